@@ -5,7 +5,34 @@ Entry points catch :class:`UserError` and print its message as a single line
 for input the user can fix (a missing data folder, an impossible flag value); a
 bug raises anything else and keeps its traceback.
 """
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable
+from typing import NoReturn
 
 
 class UserError(Exception):
     """Bad input: the message says what is wrong and what to do, in one line."""
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse with a one-line error (`error: … (see --help)`) instead of usage plus message."""
+
+    def error(self, message: str) -> NoReturn:
+        print(f"error: {message} (see --help)", file=sys.stderr)
+        sys.exit(2)
+
+
+def run_cli(main: Callable[[argparse.Namespace], None], parser: argparse.ArgumentParser,
+            argv: list[str] | None = None) -> None:
+    """Parse argv (default: the command line) and call main; a UserError becomes
+    `error: <message>` on stderr and exit status 2 (as argparse does for a bad flag), without a
+    traceback."""
+    args = parser.parse_args(argv)
+    try:
+        main(args)
+    except UserError as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)

@@ -1,0 +1,125 @@
+"""Run folders and checkpoints: atomic writes, strict loads, random-generator state.
+
+A run folder holds `args.json` (the sorted flags, the command line and the git commit),
+TensorBoard event files, and `save_models/<epoch>.pt` plus `save_models/last.pt`.
+"""
+from __future__ import annotations
+
+import json
+import os
+import random
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from errors import UserError
+
+CHECKPOINT_DIR = "save_models"
+LAST = "last.pt"
+
+
+def git_commit() -> str:
+    """The commit of the code being run, with `-dirty` if the tree has changes; `unknown` outside git."""
+    root = Path(__file__).resolve().parent
+    try:
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=True)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
+                               capture_output=True, text=True, check=True)
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return sha.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
+
+
+def atomic_write(path: Path, write: Any) -> None:
+    """Call write(tmp_path), then rename tmp_path onto path, so path is always whole.
+
+    The temporary file sits in the same folder (same file system, so the rename is atomic) and
+    is flushed to disk first; on any failure it is removed and path keeps its old content.
+    """
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        write(tmp)
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def save_checkpoint(state: dict[str, Any], path: Path) -> None:
+    """torch.save(state) to path atomically; a full disk leaves the previous file intact."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        atomic_write(path, lambda tmp: torch.save(state, tmp))
+    except OSError as err:
+        raise UserError(f"could not write checkpoint {path} ({err.strerror or err}); "
+                        f"the previous checkpoint there is intact: free space and --resume") from err
+
+
+def load_checkpoint(path: Path) -> dict[str, Any]:
+    """Load a checkpoint dict on the CPU; a missing or unreadable file is a UserError."""
+    if not path.is_file():
+        raise UserError(f"no checkpoint at {path}: check the path")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as err:  # torch raises many types for a corrupt or foreign file
+        raise UserError(f"{path} is not a readable PyTorch checkpoint ({type(err).__name__})") from err
+    if not isinstance(state, dict):
+        raise UserError(f"{path} holds a {type(state).__name__}, not a checkpoint dict")
+    return state
+
+
+def load_state_strict(module: torch.nn.Module, state_dict: dict[str, torch.Tensor], source: Path) -> None:
+    """module.load_state_dict(strict=True), turning a key or shape mismatch into one line."""
+    own = module.state_dict()
+    missing = sorted(set(own) - set(state_dict))
+    unexpected = sorted(set(state_dict) - set(own))
+    shapes = sorted(k for k in set(own) & set(state_dict) if own[k].shape != state_dict[k].shape)
+    if missing or unexpected or shapes:
+        def show(keys: list[str]) -> str:
+            return ", ".join(keys[:3]) + (f" and {len(keys) - 3} more" if len(keys) > 3 else "") or "none"
+        raise UserError(f"{source} does not match the model (missing keys: {show(missing)}; unexpected "
+                        f"keys: {show(unexpected)}; wrong shapes: {show(shapes)}): check --arch, "
+                        f"--hidden_dim and --z_dim")
+    module.load_state_dict(state_dict, strict=True)
+
+
+def rng_state() -> dict[str, Any]:
+    """The state of every random generator a run uses (Python, NumPy, torch CPU and CUDA)."""
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    """Restore generators saved by :func:`rng_state`."""
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def existing_checkpoints(run_dir: Path) -> list[Path]:
+    """Checkpoint files already in a run folder."""
+    return sorted((run_dir / CHECKPOINT_DIR).glob("*.pt"))
+
+
+def write_run_record(run_dir: Path, args: dict[str, Any]) -> None:
+    """Write args.json: the sorted flags, the command line and the git commit of this run.
+    A resumed run appends its own record under `resumes`, keeping how the run was first made."""
+    path = run_dir / "args.json"
+    record = {"args": dict(sorted(args.items())), "command": " ".join([sys.executable, *sys.argv]),
+              "git_commit": git_commit()}
+    if path.exists():
+        first = json.loads(path.read_text())
+        first.setdefault("resumes", []).append(record)
+        record = first
+    text = json.dumps(record, indent=2, default=str)
+    atomic_write(path, lambda tmp: tmp.write_text(text))

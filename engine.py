@@ -1,0 +1,84 @@
+"""The training step and the epoch loop of EMP-SSL."""
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Iterable
+
+import torch
+import torch.nn as nn
+from torch.utils.tensorboard import SummaryWriter
+from tqdm import tqdm
+
+from errors import UserError
+from loss import EMPSSLLoss
+
+
+class NonFiniteLoss(UserError):
+    """The loss became NaN or infinite; the run stops and its last checkpoint stays as it was."""
+
+
+def train_step(
+    model: nn.Module,
+    criterion: EMPSSLLoss,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    views: list[torch.Tensor],
+) -> dict[str, torch.Tensor]:
+    """One EMP-SSL step on P views of B images, each view a (B, C, H, W) tensor on the device.
+
+    Returns the detached loss, invariance S and mean coding rate R.
+    """
+    num_patches = len(views)
+    x = torch.cat(views, dim=0)  # (P·B, C, H, W), patch-major: patch p of every image together
+    z, _ = model(x)  # (P·B, d) on the unit sphere
+    z = z.view(num_patches, -1, z.shape[-1])  # (P, B, d)
+    loss, parts = criterion(z)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    scheduler.step()
+    return {"loss": loss.detach(), **parts}
+
+
+def train_one_epoch(
+    model: nn.Module,
+    criterion: EMPSSLLoss,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    loader: Iterable[tuple[list[torch.Tensor], torch.Tensor]],
+    device: torch.device,
+    epoch: int,
+    global_step: int,
+    writer: SummaryWriter,
+    stop_step: int,
+) -> int:
+    """Train on batches of loader until global_step reaches stop_step or loader ends; return global_step.
+
+    stop_step is the end of this epoch (or an earlier --max_steps), so a run resumed mid-epoch
+    finishes the epoch with the number of steps that remain in it.
+    Logs loss, invariance, TCR, learning rate and patches per second to TensorBoard every step
+    and shows them on a progress bar. A non-finite loss raises :class:`NonFiniteLoss`.
+    """
+    model.train()
+    bar = tqdm(loader, desc=f"epoch {epoch}", dynamic_ncols=True, leave=False)
+    tick = time.perf_counter()
+    for views, _ in bar:
+        views = [v.to(device, non_blocking=True) for v in views]
+        lr = optimizer.param_groups[0]["lr"]
+        stats = {k: v.item() for k, v in train_step(model, criterion, optimizer, scheduler, views).items()}
+        global_step += 1
+        if not math.isfinite(stats["loss"]):
+            raise NonFiniteLoss(
+                f"loss is not finite at step {global_step} (invariance {stats['invariance']:.4g}, "
+                f"tcr {stats['tcr']:.4g}); the last checkpoint is unchanged: lower --lr and start again")
+        now = time.perf_counter()
+        stats["lr"], stats["patches_per_s"] = lr, len(views) * views[0].shape[0] / (now - tick)
+        tick = now
+        for name, value in stats.items():
+            writer.add_scalar(f"train/{name}", value, global_step)
+        bar.set_postfix(loss=f"{stats['loss']:.3f}", sim=f"{stats['invariance']:.3f}",
+                        tcr=f"{stats['tcr']:.2f}", lr=f"{lr:.3g}", refresh=False)
+        if global_step >= stop_step:
+            break
+    return global_step

@@ -1,0 +1,42 @@
+"""The EMP-SSL encoder: backbone → pre_feature (the representation) → projection → unit sphere."""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from model.resnet import build_backbone
+
+
+class Encoder(nn.Module):
+    """backbone (N, F) → pre_feature: Linear(F, h) → BN → ReLU, the h-d representation that
+    evaluation uses → projection: Linear(h, h) → BN → ReLU → Linear(h, z) → L2-normalise.
+
+    Parameter names (`backbone.*`, `pre_feature.*`, `projection.*`) match the official encoder,
+    so official state dicts load once their `module.` prefix is stripped.
+    """
+
+    def __init__(self, arch: str = "resnet18-cifar", hidden_dim: int = 4096, z_dim: int = 1024) -> None:
+        super().__init__()
+        self.backbone, feature_dim = build_backbone(arch)
+        self.pre_feature = nn.Sequential(
+            nn.Linear(feature_dim, hidden_dim), nn.BatchNorm1d(hidden_dim), nn.ReLU()
+        )
+        self.projection = nn.Sequential(
+            nn.Linear(hidden_dim, hidden_dim),
+            nn.BatchNorm1d(hidden_dim),
+            nn.ReLU(),
+            nn.Linear(hidden_dim, z_dim),
+        )
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """x (N, 3, H, W) → (z (N, z_dim) with unit rows, pre_feature (N, hidden_dim))."""
+        feature = self.pre_feature(self.backbone(x))
+        z = F.normalize(self.projection(feature), dim=1)
+        return z, feature
+
+
+def strip_module_prefix(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Remove the `module.` prefix that nn.DataParallel / DDP put on every key (official
+    checkpoints are such state dicts); other keys are returned unchanged."""
+    return {k.removeprefix("module."): v for k, v in state_dict.items()}

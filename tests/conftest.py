@@ -1,0 +1,62 @@
+"""Shared helpers: run an entry point as a user would, in this process or in a subprocess."""
+from __future__ import annotations
+
+import importlib
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from errors import run_cli
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# A tiny but complete training configuration: about a second on one CPU core.
+TINY_RUN = ["--data", "synthetic", "--arch", "resnet10-cifar", "--hidden_dim", "64", "--z_dim", "32",
+            "--num_patches", "4", "--bs", "16", "--train_subset", "64", "--workers", "0", "--device", "cpu"]
+
+
+@dataclass
+class Result:
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+def run_script(script: str, *args: str, cwd: Path) -> Result:
+    """Run `python <script> args…` from cwd in a new process and capture its output."""
+    done = subprocess.run([sys.executable, str(ROOT / script), *args], cwd=cwd, capture_output=True,
+                          text=True, timeout=300)
+    return Result(done.returncode, done.stdout, done.stderr)
+
+
+@pytest.fixture
+def cli(capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch, tmp_path: Path):
+    """Run an entry point's command line in this process (no interpreter start-up), from tmp_path:
+    cli("main", *argv) → Result, exactly as `python main.py argv…` would exit and print."""
+    monkeypatch.chdir(tmp_path)
+
+    def run(module: str, *argv: str) -> Result:
+        entry = importlib.import_module(module)
+        capsys.readouterr()
+        try:
+            run_cli(entry.main, entry.get_args_parser(), list(argv))
+            code = 0
+        except SystemExit as stop:
+            code = stop.code if isinstance(stop.code, int) else 1
+        out, err = capsys.readouterr()
+        return Result(code, out, err)
+
+    return run
+
+
+def assert_one_line_error(result: Result, *fragments: str) -> None:
+    """Non-zero exit, no traceback, one line on stderr that contains every fragment."""
+    assert result.returncode != 0, result.stdout
+    assert "Traceback" not in result.stderr, result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, result.stderr
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]

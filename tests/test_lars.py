@@ -1,0 +1,50 @@
+"""LARS-wrapped SGD against a hand-computed update."""
+import torch
+
+from lars import LARS
+
+
+def hand_update(w, g, lr, wd, eta, momentum_buf=None, momentum=0.9):
+    """The documented rule for one ≥2-d tensor, then Nesterov SGD without weight decay (first step)."""
+    w_norm, g_norm = w.norm(), g.norm()
+    trust = min((eta * w_norm / (g_norm + wd * w_norm + 1e-8) / lr).item(), 1.0)
+    d = (g + wd * w) * trust
+    buf = d.clone()  # first momentum step: buf = d
+    return w - lr * (d + momentum * buf)
+
+
+class TestLARS:
+    def test_one_step_matches_hand_computation(self) -> None:
+        torch.manual_seed(0)
+        layer = torch.nn.Linear(6, 4)
+        x = torch.randn(8, 6)
+        layer(x).pow(2).sum().backward()
+        w, gw = layer.weight.detach().clone(), layer.weight.grad.clone()
+        b, gb = layer.bias.detach().clone(), layer.bias.grad.clone()
+        opt = LARS(layer.parameters(), lr=0.3, weight_decay=1e-4, eta=0.005)
+        opt.step()
+        torch.testing.assert_close(layer.weight.detach(), hand_update(w, gw, 0.3, 1e-4, 0.005))
+        # 1-d parameter: plain Nesterov SGD, no weight decay and no trust ratio
+        torch.testing.assert_close(layer.bias.detach(), b - 0.3 * (gb + 0.9 * gb))
+        assert opt.param_groups[0]["weight_decay"] == 1e-4  # restored after the step
+
+    def test_trust_ratio_clips_at_one(self) -> None:
+        w = torch.nn.Parameter(torch.full((3, 3), 10.0))
+        w.grad = torch.full((3, 3), 1e-3)  # η‖w‖/‖g‖/lr ≫ 1, so the ratio clips to 1
+        opt = LARS([w], lr=0.1, weight_decay=0.0, eta=0.005, momentum=0.0, nesterov=False)
+        opt.step()
+        torch.testing.assert_close(w.detach(), torch.full((3, 3), 10.0 - 0.1 * 1e-3))
+
+    def test_unclipped_ratio_scales_the_step(self) -> None:
+        w = torch.nn.Parameter(torch.ones(2, 2))
+        w.grad = torch.full((2, 2), 4.0)  # ‖w‖ = 2, ‖g‖ = 8: ratio = 0.005·2/8/0.5 = 0.0025
+        opt = LARS([w], lr=0.5, weight_decay=0.0, eta=0.005, momentum=0.0, nesterov=False)
+        opt.step()
+        torch.testing.assert_close(w.detach(), torch.full((2, 2), 1.0 - 0.5 * 4.0 * 0.0025))
+
+    def test_zero_weight_gets_plain_sgd_without_decay(self) -> None:
+        w = torch.nn.Parameter(torch.zeros(2, 2))
+        w.grad = torch.ones(2, 2)
+        opt = LARS([w], lr=0.1, weight_decay=0.5, eta=0.005, momentum=0.0, nesterov=False)
+        opt.step()
+        torch.testing.assert_close(w.detach(), torch.full((2, 2), -0.1))

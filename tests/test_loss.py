@@ -1,0 +1,100 @@
+"""The EMP-SSL objective against the published formula, its sign and its gradients."""
+import pytest
+import torch
+import torch.nn.functional as F
+
+from loss import EMPSSLLoss, invariance, total_coding_rate
+
+
+def direct_rate(z: torch.Tensor, eps: float) -> torch.Tensor:
+    """The published d×d formula in float64, one group at a time: ½ logdet(I_d + d/(Bε) ZᵀZ)."""
+    _, b, d = z.shape
+    eye = torch.eye(d, dtype=torch.float64)
+    return torch.stack([0.5 * torch.logdet(eye + d / (b * eps) * zp.T @ zp) for zp in z.double()])
+
+
+def reference_loss(z: torch.Tensor, patch_sim: float, tcr: float, eps: float) -> torch.Tensor:
+    """A straightforward per-patch loop over the official formulation, in float64."""
+    z = z.double()
+    z_avg = z.mean(0)
+    sim = sum(F.cosine_similarity(z[p], z_avg, dim=1).mean() for p in range(z.shape[0])) / z.shape[0]
+    rate = direct_rate(z, eps).mean()
+    return patch_sim * -sim + tcr * -rate
+
+
+def unit_rows(*shape: int, seed: int = 0) -> torch.Tensor:
+    return F.normalize(torch.randn(*shape, generator=torch.Generator().manual_seed(seed)), dim=-1)
+
+
+class TestTotalCodingRate:
+    @pytest.mark.parametrize("b,d", [(12, 40), (40, 12)])  # B < d uses ZZᵀ, B > d uses ZᵀZ
+    def test_matches_direct_formula_values_and_gradients(self, b: int, d: int) -> None:
+        z = unit_rows(3, b, d).requires_grad_()
+        ours = total_coding_rate(z, eps=0.2)
+        z64 = z.detach().double().requires_grad_()
+        ref = direct_rate(z64, eps=0.2)
+        assert ours.dtype == torch.float32 and ours.shape == (3,)
+        torch.testing.assert_close(ours.double(), ref.detach(), rtol=1e-5, atol=0)
+        (g,) = torch.autograd.grad(ours.sum(), z)
+        (g_ref,) = torch.autograd.grad(ref.sum(), z64)
+        assert ((g.double() - g_ref).norm() / g_ref.norm()).item() < 1e-5
+
+    def test_grows_as_rows_spread_apart(self) -> None:
+        base = unit_rows(1, 1, 32)
+        noise = unit_rows(1, 16, 32, seed=1)
+        rates = [total_coding_rate(F.normalize(base + s * noise, dim=-1)).item() for s in (0.0, 0.1, 0.5, 2.0)]
+        assert rates == sorted(rates) and rates[-1] > rates[0] + 1.0
+
+    def test_collapsed_rows_have_the_rank_one_rate(self) -> None:
+        z = unit_rows(1, 1, 16).expand(1, 10, 16)  # every row identical: ZᵀZ has one eigenvalue B
+        expected = 0.5 * torch.log(torch.tensor(1 + 16 / (10 * 0.2) * 10))
+        torch.testing.assert_close(total_coding_rate(z), expected.reshape(1))
+
+    def test_float32_under_bf16_autocast(self) -> None:
+        z = unit_rows(2, 8, 16).bfloat16()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            rate = total_coding_rate(z)
+        assert rate.dtype == torch.float32
+        torch.testing.assert_close(rate.double(), direct_rate(z.float(), 0.2), rtol=1e-5, atol=0)
+
+
+class TestInvariance:
+    def test_is_one_when_patches_agree_and_lower_otherwise(self) -> None:
+        same = unit_rows(1, 6, 8).expand(5, 6, 8)
+        assert invariance(same).item() == pytest.approx(1.0, abs=1e-6)
+        assert invariance(unit_rows(5, 6, 8)).item() < 0.7
+
+
+class TestEMPSSLLoss:
+    def test_equals_per_patch_reference(self) -> None:
+        z = unit_rows(4, 10, 24)
+        loss, parts = EMPSSLLoss(patch_sim=200.0, tcr=1.0, eps=0.2)(z)
+        torch.testing.assert_close(loss.double(), reference_loss(z, 200.0, 1.0, 0.2), rtol=1e-5, atol=1e-4)
+        assert parts["invariance"].item() == pytest.approx(invariance(z).item())
+        assert parts["tcr"].item() == pytest.approx(direct_rate(z, 0.2).mean().item(), rel=1e-5)
+
+    def test_official_sign_both_terms_reduce_the_loss(self) -> None:
+        z = unit_rows(4, 10, 24)
+        loss, parts = EMPSSLLoss(200.0, 1.0, 0.2)(z)
+        assert loss.item() == pytest.approx(-200 * parts["invariance"].item() - parts["tcr"].item(), rel=1e-5)
+        assert loss.item() < 0
+
+    def test_rate_is_taken_over_the_given_global_batch(self) -> None:
+        z = unit_rows(3, 8, 16)
+        z_global = torch.cat([z, unit_rows(3, 8, 16, seed=5)], dim=1)  # (P, 2B, d)
+        _, parts = EMPSSLLoss()(z, z_for_rate=z_global)
+        assert parts["tcr"].item() == pytest.approx(direct_rate(z_global, 0.2).mean().item(), rel=1e-5)
+        assert parts["invariance"].item() == pytest.approx(invariance(z).item())
+
+    def test_decreases_under_sgd(self) -> None:
+        raw = torch.randn(4, 16, 32, generator=torch.Generator().manual_seed(0), requires_grad=True)
+        opt = torch.optim.SGD([raw], lr=0.01)
+        criterion = EMPSSLLoss()
+        losses = []
+        for _ in range(20):
+            loss, _ = criterion(F.normalize(raw, dim=-1))
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            losses.append(loss.item())
+        assert losses[-1] < losses[0] - 1.0

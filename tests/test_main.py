@@ -1,0 +1,89 @@
+"""main.py end to end on the synthetic set: outputs, resume, and refusals of bad input."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import TINY_RUN, assert_one_line_error, run_script
+
+
+def tree(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture
+def train(cli, tmp_path: Path):
+    """train(*flags): main.py on the tiny configuration into tmp_path/run."""
+    return lambda *extra: cli("main", *TINY_RUN, "--output_dir", str(tmp_path / "run"), *extra)
+
+
+class TestTraining:
+    def test_run_writes_checkpoints_record_and_events_then_resumes(self, train, tmp_path: Path) -> None:
+        first = train("--epoch", "2", "--max_steps", "2")
+        assert first.returncode == 0, first.stderr
+        run = tmp_path / "run"
+        state = torch.load(run / "save_models" / "last.pt", weights_only=False)
+        assert {"model", "optimizer", "scheduler", "epoch", "step", "args", "rng"} <= set(state)
+        assert state["step"] == 2 and state["args"]["arch"] == "resnet10-cifar"
+        assert not any(k.startswith("module.") for k in state["model"])
+        assert not (run / "save_models" / "0.pt").exists()  # the epoch (4 steps) is not complete
+        record = json.loads((run / "args.json").read_text())
+        assert record["args"]["num_patches"] == 4 and record["command"] and record["git_commit"]
+        assert list(run.glob("events.out.tfevents.*"))
+
+        second = train("--epoch", "2", "--resume")
+        assert second.returncode == 0, second.stderr
+        state = torch.load(run / "save_models" / "last.pt", weights_only=False)
+        assert state["step"] == 8 and state["epoch"] == 1  # 64 images / 16 = 4 steps per epoch, 2 epochs
+        assert (run / "save_models" / "0.pt").exists() and (run / "save_models" / "1.pt").exists()
+        assert state["scheduler"]["last_epoch"] == 8
+        assert len(json.loads((run / "args.json").read_text())["resumes"]) == 1
+
+    def test_default_run_folder_follows_the_official_naming(self, cli, tmp_path: Path) -> None:
+        result = cli("main", *TINY_RUN, "--max_steps", "1", "--epoch", "1", "--msg", "t")
+        assert result.returncode == 0, result.stderr
+        assert (tmp_path / "logs/EMP-SSL-Training/patchsim200_numpatch4_bs16_lr0.3_t/save_models/last.pt").exists()
+
+
+class TestBadInput:
+    @pytest.mark.parametrize("flags,fragment", [
+        (["--num_patches", "1"], "--num_patches"),
+        (["--bs", "1"], "--bs"),
+        (["--eps", "0"], "--eps"),
+        (["--data", "mnist"], "--data"),
+        (["--arch", "vgg"], "--arch"),
+    ])
+    def test_refused_with_one_line_and_nothing_written(self, train, tmp_path: Path, flags: list[str],
+                                                       fragment: str) -> None:
+        assert_one_line_error(train(*flags), fragment)
+        assert not (tmp_path / "run").exists()
+
+    def test_existing_run_is_not_overwritten(self, train, tmp_path: Path) -> None:
+        assert train("--max_steps", "1").returncode == 0
+        before = tree(tmp_path / "run")
+        assert_one_line_error(train("--max_steps", "1"), "--resume")
+        assert tree(tmp_path / "run") == before
+
+    def test_resume_with_other_run_flags_is_refused(self, train) -> None:
+        assert train("--max_steps", "1").returncode == 0
+        assert_one_line_error(train("--lr", "0.1", "--resume"), "--lr")
+
+    def test_folder_data_without_subfolders(self, train, tmp_path: Path) -> None:
+        (tmp_path / "images").mkdir()
+        assert_one_line_error(train("--data", "imagefolder", "--data_dir", str(tmp_path / "images")), "train")
+        assert not (tmp_path / "run").exists()
+
+    def test_cifar_missing_and_not_downloadable(self, train, tmp_path: Path) -> None:
+        result = train("--data", "cifar10", "--data_dir", str(tmp_path / "cifar"), "--no-download")
+        assert_one_line_error(result, "--data_dir", "--data synthetic")
+        assert not (tmp_path / "run").exists()
+
+
+class TestCommandLine:
+    def test_real_process_prints_one_line_and_exits_2(self, tmp_path: Path) -> None:
+        result = run_script("main.py", "--eps", "-1", cwd=tmp_path)
+        assert result.returncode == 2
+        assert_one_line_error(result, "--eps")
