@@ -21,6 +21,7 @@ from torch.utils.tensorboard import SummaryWriter
 
 import checkpoint as ckpt
 from dataset import DATASETS, MultiPatch, augmentation_kind, build_dataset, class_balanced_subset, patch_transform
+from dataset.sampler import ResumableSampler
 from engine import train_one_epoch
 from errors import ArgumentParser, UserError, run_cli
 from lars import LARS
@@ -119,7 +120,8 @@ def resolve_device(name: str) -> torch.device:
 
 
 def build_loader(args: argparse.Namespace, device: torch.device) -> DataLoader:
-    """Multi-patch training loader: each batch is ([P tensors (B, C, H, W)], labels (B,))."""
+    """Multi-patch training loader: each batch is ([P tensors (B, C, H, W)], labels (B,)), in the
+    seeded order of a :class:`ResumableSampler` (call loader.sampler.set_epoch before each epoch)."""
     kind, size = augmentation_kind(args.data)
     transform = MultiPatch(patch_transform(kind, size), args.num_patches)
     dataset = build_dataset(args.data, args.data_dir, "train", transform=transform, download=args.download)
@@ -127,9 +129,10 @@ def build_loader(args: argparse.Namespace, device: torch.device) -> DataLoader:
         dataset = Subset(dataset, class_balanced_subset(dataset.targets, args.train_subset, seed=0))
     if len(dataset) < args.bs:
         raise UserError(f"the training set has {len(dataset)} images, fewer than --bs {args.bs}: lower --bs")
-    return DataLoader(dataset, batch_size=args.bs, shuffle=True, drop_last=True, num_workers=args.workers,
-                      pin_memory=device.type == "cuda", persistent_workers=args.workers > 0,
-                      generator=torch.Generator().manual_seed(args.seed))
+    sampler = ResumableSampler(len(dataset), args.bs, seed=args.seed)
+    return DataLoader(dataset, batch_size=sampler.local_batch, sampler=sampler, drop_last=True,
+                      num_workers=args.workers, pin_memory=device.type == "cuda",
+                      persistent_workers=args.workers > 0, generator=torch.Generator().manual_seed(args.seed))
 
 
 def resume_state(args: argparse.Namespace, run_dir: Path) -> dict[str, Any] | None:
@@ -159,10 +162,11 @@ def main(args: argparse.Namespace) -> None:
     torch.manual_seed(args.seed)
 
     loader = build_loader(args, device)
+    steps_per_epoch = loader.sampler.steps_per_epoch
     model = Encoder(args.arch, args.hidden_dim, args.z_dim).to(device)
     criterion = EMPSSLLoss(args.patch_sim, args.tcr, args.eps)
     optimizer = LARS(model.parameters(), lr=args.lr, weight_decay=args.wd, eta=args.lars_eta)
-    total_steps = len(loader) * args.epoch  # sized from the real data set, not a fixed 50,000
+    total_steps = steps_per_epoch * args.epoch  # sized from the real data set, not a fixed 50,000
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total_steps, eta_min=0)
     step = 0
     if state is not None:
@@ -178,20 +182,21 @@ def main(args: argparse.Namespace) -> None:
     except OSError as err:
         raise UserError(f"cannot write the run folder {run_dir} ({err.strerror}): choose another --output_dir") from err
     print(json.dumps({"git_commit": ckpt.git_commit(), **dict(sorted(vars(args).items()))}, default=str))
-    print(f"run folder: {run_dir}  ({len(loader)} steps per epoch, {total_steps} in all, on {device})")
+    print(f"run folder: {run_dir}  ({steps_per_epoch} steps per epoch, {total_steps} in all, on {device})")
 
     writer = SummaryWriter(log_dir=str(run_dir))
     args_record = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
-    for epoch in range(step // len(loader), args.epoch):
-        stop_step = min((epoch + 1) * len(loader), args.max_steps or total_steps)
+    for epoch in range(step // steps_per_epoch, args.epoch):
+        stop_step = min((epoch + 1) * steps_per_epoch, args.max_steps or total_steps)
         if step >= stop_step:
             break
+        loader.sampler.set_epoch(epoch, start_step=step - epoch * steps_per_epoch)
         step = train_one_epoch(model, criterion, optimizer, scheduler, loader, device, epoch, step, writer,
                                stop_step)
         state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                  "scheduler": scheduler.state_dict(), "epoch": epoch, "step": step, "args": args_record,
                  "rng": ckpt.rng_state()}
-        if step == (epoch + 1) * len(loader):
+        if step == (epoch + 1) * steps_per_epoch:
             ckpt.save_checkpoint(state, run_dir / ckpt.CHECKPOINT_DIR / f"{epoch}.pt")
         ckpt.save_checkpoint(state, run_dir / ckpt.CHECKPOINT_DIR / ckpt.LAST)
         print(f"epoch {epoch}: step {step}, checkpoint {run_dir / ckpt.CHECKPOINT_DIR / ckpt.LAST}")
