@@ -22,6 +22,7 @@ from torch.utils.tensorboard import SummaryWriter
 import checkpoint as ckpt
 from dataset import DATASETS, MultiPatch, augmentation_kind, build_dataset, class_balanced_subset, patch_transform
 from dataset.sampler import ResumableSampler
+from dataset.seeded import SeededPatches
 from engine import train_one_epoch
 from errors import ArgumentParser, UserError, run_cli
 from lars import LARS
@@ -121,12 +122,13 @@ def resolve_device(name: str) -> torch.device:
 
 def build_loader(args: argparse.Namespace, device: torch.device) -> DataLoader:
     """Multi-patch training loader: each batch is ([P tensors (B, C, H, W)], labels (B,)), in the
-    seeded order of a :class:`ResumableSampler` (call loader.sampler.set_epoch before each epoch)."""
+    seeded order of a :class:`ResumableSampler` (call loader.sampler.set_epoch before each epoch),
+    with patches that depend on (seed, epoch, image) alone."""
     kind, size = augmentation_kind(args.data)
-    transform = MultiPatch(patch_transform(kind, size), args.num_patches)
-    dataset = build_dataset(args.data, args.data_dir, "train", transform=transform, download=args.download)
+    dataset = build_dataset(args.data, args.data_dir, "train", download=args.download)
     if args.train_subset is not None:
         dataset = Subset(dataset, class_balanced_subset(dataset.targets, args.train_subset, seed=0))
+    dataset = SeededPatches(dataset, MultiPatch(patch_transform(kind, size), args.num_patches), args.seed)
     if len(dataset) < args.bs:
         raise UserError(f"the training set has {len(dataset)} images, fewer than --bs {args.bs}: lower --bs")
     sampler = ResumableSampler(len(dataset), args.bs, seed=args.seed)

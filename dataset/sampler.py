@@ -20,8 +20,10 @@ def epoch_permutation(num_items: int, seed: int, epoch: int) -> torch.Tensor:
     return torch.randperm(num_items, generator=generator)
 
 
-class ResumableSampler(Sampler[int]):
-    """Indices of this rank's images, batch after batch, from step `start_step` of the epoch.
+class ResumableSampler(Sampler[tuple[int, int]]):
+    """(epoch, index) pairs of this rank's images, batch after batch, from step `start_step` of
+    the epoch. The epoch travels with each index so that a :class:`SeededPatches` data set, even
+    in persistent DataLoader workers, draws the patches of that epoch.
 
     Use with DataLoader(batch_size=global_batch // world_size, drop_last=True) and call
     set_epoch(epoch, start_step) before each epoch.
@@ -50,9 +52,10 @@ class ResumableSampler(Sampler[int]):
         first = step * self.global_batch + self.rank * self.local_batch
         return self.perm[first:first + self.local_batch]
 
-    def __iter__(self) -> Iterator[int]:
+    def __iter__(self) -> Iterator[tuple[int, int]]:
         batches = self.perm[: self.steps_per_epoch * self.global_batch].view(self.steps_per_epoch, self.world_size, -1)
-        return iter(batches[self.start_step:, self.rank].reshape(-1).tolist())  # (steps, W, B/W) → this rank
+        mine = batches[self.start_step:, self.rank].reshape(-1).tolist()  # (steps, W, B/W) → this rank's
+        return ((self.epoch, index) for index in mine)
 
     def __len__(self) -> int:
         return (self.steps_per_epoch - self.start_step) * self.local_batch

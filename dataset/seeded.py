@@ -1,0 +1,43 @@
+"""Augmentation as a pure function of (seed, epoch, image index).
+
+Wrapping a data set in :class:`SeededPatches` makes the random patches of image i in epoch e
+depend on (seed, e, i) alone — not on the number of DataLoader workers, on which worker served
+the image, nor on what ran before. A run resumed mid-epoch therefore sees the very patches the
+uninterrupted run would have seen, and evaluation features are reproducible.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch.utils.data import Dataset
+
+
+def item_seed(seed: int, epoch: int, index: int) -> int:
+    """A 63-bit seed mixing (seed, epoch, index) so that nearby triples give unrelated streams."""
+    x = (seed * 1_000_003 + epoch) * 10_000_019 + index
+    x = (x ^ (x >> 31)) * 0x9E3779B97F4A7C15 % (1 << 64)  # splitmix-style scrambling
+    return (x ^ (x >> 29)) % (1 << 63)
+
+
+class SeededPatches(Dataset):
+    """dataset[i] → (transform(image), label) drawn from torch's generator seeded by item_seed.
+
+    Indices may be ints (epoch 0) or (epoch, index) pairs, as :class:`ResumableSampler` yields,
+    so the epoch reaches persistent DataLoader workers with every item. The caller's global
+    torch generator is left as it was.
+    """
+
+    def __init__(self, dataset: Dataset, transform: Callable[[Any], Any], seed: int) -> None:
+        self.dataset, self.transform, self.seed = dataset, transform, seed
+
+    def __len__(self) -> int:
+        return len(self.dataset)  # type: ignore[arg-type]
+
+    def __getitem__(self, key: int | tuple[int, int]) -> tuple[Any, int]:
+        epoch, index = key if isinstance(key, tuple) else (0, key)
+        image, label = self.dataset[index]
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(item_seed(self.seed, epoch, index))
+            return self.transform(image), label
