@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -34,28 +35,51 @@ def git_commit() -> str:
     return sha.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
 
 
-def atomic_write(path: Path, write: Any) -> None:
+# Test hook: the N-th checkpoint save of a process kills it with SIGKILL between writing the
+# temporary file and renaming it, to show that a crash at the worst moment loses nothing.
+KILL_AT_SAVE_ENV = "EMPSSL_TEST_KILL_AT_SAVE"
+_saves = 0
+
+
+def atomic_write(path: Path, write: Any, before_rename: Any = None) -> None:
     """Call write(tmp_path), then rename tmp_path onto path, so path is always whole.
 
     The temporary file sits in the same folder (same file system, so the rename is atomic) and
-    is flushed to disk first; on any failure it is removed and path keeps its old content.
+    is flushed to disk first, then the folder entry; on any failure the temporary file is
+    removed and path keeps its old content. A process killed at any moment leaves either the
+    old or the new file (and possibly a stale `.name.tmpPID`, which the next run removes).
     """
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     try:
         write(tmp)
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
+        if before_rename is not None:
+            before_rename()
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+    folder = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(folder)
+    finally:
+        os.close(folder)
+
+
+def _kill_if_asked() -> None:
+    """The SIGKILL test hook (see KILL_AT_SAVE_ENV)."""
+    global _saves
+    _saves += 1
+    if os.environ.get(KILL_AT_SAVE_ENV) == str(_saves):
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def save_checkpoint(state: dict[str, Any], path: Path) -> None:
     """torch.save(state) to path atomically; a full disk leaves the previous file intact."""
     path.parent.mkdir(parents=True, exist_ok=True)
     try:
-        atomic_write(path, lambda tmp: torch.save(state, tmp))
+        atomic_write(path, lambda tmp: torch.save(state, tmp), before_rename=_kill_if_asked)
     except OSError as err:
         raise UserError(f"could not write checkpoint {path} ({err.strerror or err}); "
                         f"the previous checkpoint there is intact: free space and --resume") from err

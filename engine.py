@@ -2,8 +2,10 @@
 from __future__ import annotations
 
 import math
+import sys
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
@@ -18,6 +20,26 @@ class NonFiniteLoss(UserError):
     """The loss became NaN or infinite; the run stops and its last checkpoint stays as it was."""
 
 
+@dataclass
+class NonFiniteGuard:
+    """Lets up to `budget` steps with a non-finite loss be skipped (train_step applies no update
+    for them); the next one stops the run with :class:`NonFiniteLoss`."""
+
+    budget: int = 0
+
+    def check(self, stats: dict[str, float], step: int) -> None:
+        """Pass a finite step; warn and spend the budget on a non-finite one, or raise."""
+        if math.isfinite(stats["loss"]):
+            return
+        report = f"loss is {stats['loss']} at step {step} (invariance {stats['invariance']:.4g}, tcr {stats['tcr']:.4g})"
+        if self.budget <= 0:
+            raise NonFiniteLoss(f"{report}; the last checkpoint is unchanged: lower --lr, or let a few bad steps "
+                                f"be skipped with --skip_nonfinite K, and --resume")
+        self.budget -= 1
+        tqdm.write(f"warning: {report}: step skipped, no update applied ({self.budget} more may be skipped)",
+                   file=sys.stderr)
+
+
 def train_step(
     model: nn.Module,
     criterion: EMPSSLLoss,
@@ -27,7 +49,8 @@ def train_step(
 ) -> dict[str, torch.Tensor]:
     """One EMP-SSL step on P views of B images, each view a (B, C, H, W) tensor on the device.
 
-    Returns the detached loss, invariance S and mean coding rate R.
+    Returns the detached loss, invariance S and mean coding rate R. A non-finite loss is not
+    applied: the weights and optimizer state stay as they were (the schedule still advances).
     """
     num_patches = len(views)
     x = torch.cat(views, dim=0)  # (P·B, C, H, W), patch-major: patch p of every image together
@@ -35,8 +58,9 @@ def train_step(
     z = z.view(num_patches, -1, z.shape[-1])  # (P, B, d)
     loss, parts = criterion(z)
     optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    optimizer.step()
+    if torch.isfinite(loss):  # one host synchronisation per step
+        loss.backward()
+        optimizer.step()
     scheduler.step()
     return {"loss": loss.detach(), **parts}
 
@@ -52,13 +76,17 @@ def train_one_epoch(
     global_step: int,
     writer: SummaryWriter,
     stop_step: int,
-) -> int:
-    """Train on batches of loader until global_step reaches stop_step or loader ends; return global_step.
+    after_step: Callable[[int], bool],
+    guard: NonFiniteGuard,
+) -> tuple[int, bool]:
+    """Train on batches of loader until global_step reaches stop_step or loader ends.
 
     stop_step is the end of this epoch (or an earlier --max_steps), so a run resumed mid-epoch
-    finishes the epoch with the number of steps that remain in it.
+    finishes the epoch with the number of steps that remain in it. after_step(global_step) runs
+    after every step (periodic saves) and returns True to stop the run there (a SIGTERM).
     Logs loss, invariance, TCR, learning rate and patches per second to TensorBoard every step
-    and shows them on a progress bar. A non-finite loss raises :class:`NonFiniteLoss`.
+    and shows them on a progress bar. guard decides on a non-finite loss. Returns
+    (global_step, whether after_step stopped the run).
     """
     model.train()
     bar = tqdm(loader, desc=f"epoch {epoch}", dynamic_ncols=True, leave=False)
@@ -68,10 +96,7 @@ def train_one_epoch(
         lr = optimizer.param_groups[0]["lr"]
         stats = {k: v.item() for k, v in train_step(model, criterion, optimizer, scheduler, views).items()}
         global_step += 1
-        if not math.isfinite(stats["loss"]):
-            raise NonFiniteLoss(
-                f"loss is not finite at step {global_step} (invariance {stats['invariance']:.4g}, "
-                f"tcr {stats['tcr']:.4g}); the last checkpoint is unchanged: lower --lr and start again")
+        guard.check(stats, global_step)
         now = time.perf_counter()
         stats["lr"], stats["patches_per_s"] = lr, len(views) * views[0].shape[0] / (now - tick)
         tick = now
@@ -79,6 +104,8 @@ def train_one_epoch(
             writer.add_scalar(f"train/{name}", value, global_step)
         bar.set_postfix(loss=f"{stats['loss']:.3f}", sim=f"{stats['invariance']:.3f}",
                         tcr=f"{stats['tcr']:.2f}", lr=f"{lr:.3g}", refresh=False)
+        if after_step(global_step):
+            return global_step, True
         if global_step >= stop_step:
             break
-    return global_step
+    return global_step, False

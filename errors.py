@@ -8,6 +8,7 @@ bug raises anything else and keeps its traceback.
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from collections.abc import Callable
 from typing import NoReturn
@@ -34,5 +35,14 @@ def run_cli(main: Callable[[argparse.Namespace], None], parser: argparse.Argumen
     try:
         main(args)
     except UserError as err:
-        print(f"error: {err}", file=sys.stderr)
+        print(f"error: {one_line(err)}", file=sys.stderr)
         sys.exit(2)
+
+
+def one_line(err: UserError) -> str:
+    """The message of a UserError. One raised in a DataLoader worker reaches the main process
+    re-created around the worker's traceback text, whose last line is `errors.UserError: <msg>`."""
+    lines = str(err).strip().splitlines()
+    if len(lines) <= 1:
+        return str(err).strip()
+    return re.sub(r"^[\w.]+: ", "", lines[-1])

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import random
+import signal
 from pathlib import Path
 from typing import Any
 
@@ -22,8 +24,8 @@ from torch.utils.tensorboard import SummaryWriter
 import checkpoint as ckpt
 from dataset import DATASETS, MultiPatch, augmentation_kind, build_dataset, class_balanced_subset, patch_transform
 from dataset.sampler import ResumableSampler
-from dataset.seeded import SeededPatches
-from engine import train_one_epoch
+from dataset.seeded import SeededPatches, seed_worker
+from engine import NonFiniteGuard, train_one_epoch
 from errors import ArgumentParser, UserError, run_cli
 from lars import LARS
 from loss import EMPSSLLoss
@@ -48,6 +50,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     data.add_argument("--train_subset", type=int, default=None,
                       help="train on a fixed, class-balanced subset of this many images (quick experiments)")
     data.add_argument("--workers", type=int, default=8, help="DataLoader worker processes (default: 8)")
+    data.add_argument("--skip_bad_images", action="store_true",
+                      help="decode every image of a folder data set once and leave out unreadable ones "
+                           "with a warning (default: stop with the file's name when one is met)")
 
     model = parser.add_argument_group("Model")
     model.add_argument("--arch", default="resnet18-cifar", choices=ARCHS,
@@ -78,10 +83,19 @@ def get_args_parser() -> argparse.ArgumentParser:
                          help="run folder (default: logs/<dir>/patchsim<..>_numpatch<..>_bs<..>_lr<..>_<msg>)")
     logging.add_argument("--resume", action="store_true",
                          help="continue the run in the run folder from its save_models/last.pt")
+    logging.add_argument("--save_every_steps", type=int, default=None,
+                         help="also write last.pt every N steps, so a killed run loses at most N steps "
+                              "(default: at the end of every epoch and on SIGTERM only)")
 
     running = parser.add_argument_group("Running")
     running.add_argument("--device", default="auto", help="auto (CUDA when present, else CPU), cpu, cuda or cuda:N")
     running.add_argument("--seed", type=int, default=0, help="seed of weights, data order and augmentation (0)")
+    running.add_argument("--deterministic", action="store_true",
+                         help="PyTorch's deterministic algorithms: a resumed run is bit-identical to an "
+                              "uninterrupted one on the CPU (slower on GPUs)")
+    running.add_argument("--skip_nonfinite", type=int, default=0,
+                         help="skip up to K steps whose loss is NaN or infinite, applying no update, before "
+                              "stopping the run (default 0: stop at the first)")
     return parser
 
 
@@ -95,6 +109,8 @@ def validate_args(args: argparse.Namespace) -> None:
         (args.lr > 0, "--lr must be positive"),
         (args.max_steps is None or args.max_steps >= 1, "--max_steps must be at least 1"),
         (args.workers >= 0, "--workers must be 0 or more"),
+        (args.save_every_steps is None or args.save_every_steps >= 1, "--save_every_steps must be at least 1"),
+        (args.skip_nonfinite >= 0, "--skip_nonfinite must be 0 or more"),
     ]
     for ok, message in checks:
         if not ok:
@@ -125,7 +141,8 @@ def build_loader(args: argparse.Namespace, device: torch.device) -> DataLoader:
     seeded order of a :class:`ResumableSampler` (call loader.sampler.set_epoch before each epoch),
     with patches that depend on (seed, epoch, image) alone."""
     kind, size = augmentation_kind(args.data)
-    dataset = build_dataset(args.data, args.data_dir, "train", download=args.download)
+    dataset = build_dataset(args.data, args.data_dir, "train", download=args.download,
+                            skip_bad_images=args.skip_bad_images)
     if args.train_subset is not None:
         dataset = Subset(dataset, class_balanced_subset(dataset.targets, args.train_subset, seed=0))
     dataset = SeededPatches(dataset, MultiPatch(patch_transform(kind, size), args.num_patches), args.seed)
@@ -134,7 +151,8 @@ def build_loader(args: argparse.Namespace, device: torch.device) -> DataLoader:
     sampler = ResumableSampler(len(dataset), args.bs, seed=args.seed)
     return DataLoader(dataset, batch_size=sampler.local_batch, sampler=sampler, drop_last=True,
                       num_workers=args.workers, pin_memory=device.type == "cuda",
-                      persistent_workers=args.workers > 0, generator=torch.Generator().manual_seed(args.seed))
+                      persistent_workers=args.workers > 0, worker_init_fn=seed_worker,
+                      generator=torch.Generator().manual_seed(args.seed))
 
 
 def resume_state(args: argparse.Namespace, run_dir: Path) -> dict[str, Any] | None:
@@ -154,14 +172,51 @@ def resume_state(args: argparse.Namespace, run_dir: Path) -> dict[str, Any] | No
     return state
 
 
+def seed_everything(seed: int, deterministic: bool) -> None:
+    """Seed Python, NumPy and torch; with deterministic, also make PyTorch's kernels deterministic."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    if deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # cuBLAS needs it, before CUDA starts
+        torch.use_deterministic_algorithms(True)
+        torch.backends.cudnn.benchmark = False
+
+
+class Preemption:
+    """While entered, remembers a SIGTERM (what clusters send before preemption) so that the run
+    saves last.pt at the next step boundary and exits cleanly instead of dying mid-step."""
+
+    def __enter__(self) -> Preemption:
+        self.requested = False
+        self._previous = signal.signal(signal.SIGTERM, self._request)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        signal.signal(signal.SIGTERM, self._previous)
+
+    def _request(self, signum: int, frame: Any) -> None:
+        self.requested = True
+
+
+def prepare_run_dir(run_dir: Path, args: argparse.Namespace) -> None:
+    """Create the run folder, clear temporary files a killed save left, and record this run."""
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        for leftover in (run_dir / ckpt.CHECKPOINT_DIR).glob(".*.tmp*"):
+            leftover.unlink()
+        ckpt.write_run_record(run_dir, vars(args))
+    except OSError as err:
+        raise UserError(f"cannot write the run folder {run_dir} ({err.strerror or err}): "
+                        f"choose another --output_dir") from err
+
+
 def main(args: argparse.Namespace) -> None:
     validate_args(args)
     device = resolve_device(args.device)
     run_dir = args.output_dir or default_run_dir(args)
     state = resume_state(args, run_dir)
-    random.seed(args.seed)
-    np.random.seed(args.seed)
-    torch.manual_seed(args.seed)
+    seed_everything(args.seed, args.deterministic)
 
     loader = build_loader(args, device)
     steps_per_epoch = loader.sampler.steps_per_epoch
@@ -178,32 +233,39 @@ def main(args: argparse.Namespace) -> None:
         ckpt.set_rng_state(state["rng"])
         step = state["step"]
 
-    try:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        ckpt.write_run_record(run_dir, vars(args))
-    except OSError as err:
-        raise UserError(f"cannot write the run folder {run_dir} ({err.strerror}): choose another --output_dir") from err
+    prepare_run_dir(run_dir, args)
     print(json.dumps({"git_commit": ckpt.git_commit(), **dict(sorted(vars(args).items()))}, default=str))
     print(f"run folder: {run_dir}  ({steps_per_epoch} steps per epoch, {total_steps} in all, on {device})")
-
     writer = SummaryWriter(log_dir=str(run_dir))
     args_record = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
-    for epoch in range(step // steps_per_epoch, args.epoch):
-        stop_step = min((epoch + 1) * steps_per_epoch, args.max_steps or total_steps)
-        if step >= stop_step:
-            break
-        loader.sampler.set_epoch(epoch, start_step=step - epoch * steps_per_epoch)
-        step = train_one_epoch(model, criterion, optimizer, scheduler, loader, device, epoch, step, writer,
-                               stop_step)
-        state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                 "scheduler": scheduler.state_dict(), "epoch": epoch, "step": step, "args": args_record,
-                 "rng": ckpt.rng_state()}
-        if step == (epoch + 1) * steps_per_epoch:
-            ckpt.save_checkpoint(state, run_dir / ckpt.CHECKPOINT_DIR / f"{epoch}.pt")
-        ckpt.save_checkpoint(state, run_dir / ckpt.CHECKPOINT_DIR / ckpt.LAST)
-        print(f"epoch {epoch}: step {step}, checkpoint {run_dir / ckpt.CHECKPOINT_DIR / ckpt.LAST}")
-        if args.max_steps is not None and step >= args.max_steps:
-            break
+    guard = NonFiniteGuard(args.skip_nonfinite)
+
+    def save(epoch: int, step: int, name: str = ckpt.LAST) -> None:
+        ckpt.save_checkpoint({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                              "scheduler": scheduler.state_dict(), "epoch": epoch, "step": step,
+                              "args": args_record, "rng": ckpt.rng_state()}, run_dir / ckpt.CHECKPOINT_DIR / name)
+
+    def after_step(step: int) -> bool:
+        """Save on SIGTERM (and stop) or every --save_every_steps steps."""
+        if preemption.requested or (args.save_every_steps and step % args.save_every_steps == 0):
+            save((step - 1) // steps_per_epoch, step)
+        return preemption.requested
+
+    with Preemption() as preemption:
+        for epoch in range(step // steps_per_epoch, args.epoch):
+            stop_step = min((epoch + 1) * steps_per_epoch, args.max_steps or total_steps)
+            if step >= stop_step:
+                break
+            loader.sampler.set_epoch(epoch, start_step=step - epoch * steps_per_epoch)
+            step, preempted = train_one_epoch(model, criterion, optimizer, scheduler, loader, device, epoch, step,
+                                              writer, stop_step, after_step, guard)
+            if step == (epoch + 1) * steps_per_epoch:
+                save(epoch, step, f"{epoch}.pt")
+            if preempted:
+                print(f"SIGTERM: stopped at step {step}; continue with --resume from {run_dir}")
+                break
+            save(epoch, step)
+            print(f"epoch {epoch}: step {step}, checkpoint {run_dir / ckpt.CHECKPOINT_DIR / ckpt.LAST}")
     writer.close()
     print(f"done: {run_dir}")
 

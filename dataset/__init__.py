@@ -15,6 +15,7 @@ Anything the user can fix (a missing folder, no internet, an unknown name) raise
 import pathlib
 import shutil
 import tarfile
+import warnings
 from collections.abc import Callable, Sequence
 
 import numpy as np
@@ -22,6 +23,7 @@ from torch.utils.data import Dataset
 from torchvision import datasets
 
 from dataset.aug import MultiPatch, patch_transform
+from dataset.images import drop_unreadable, load_image
 from dataset.synthetic import SyntheticShapes
 from errors import UserError
 
@@ -90,21 +92,27 @@ def _cifar(name: str, root: pathlib.Path, train: bool, transform: Callable | Non
         ) from err
 
 
-def _image_folder(root: pathlib.Path, transform: Callable | None) -> datasets.ImageFolder:
-    """torchvision ImageFolder at ``root``, with a UserError for a missing or empty tree."""
+def _image_folder(root: pathlib.Path, transform: Callable | None,
+                  skip_bad_images: bool = False) -> datasets.ImageFolder:
+    """torchvision ImageFolder at ``root``, with a UserError for a missing or empty tree (an
+    empty class folder too) and, with ``skip_bad_images``, unreadable images left out."""
     if not root.is_dir():
         raise UserError(f"expected the folder {root}: the layout is {_LAYOUT}; set --data_dir")
     try:
-        return datasets.ImageFolder(str(root), transform=transform)
+        folder = datasets.ImageFolder(str(root), transform=transform, loader=load_image)
     except FileNotFoundError as err:
         raise UserError(
-            f"no images in {root}: expected one sub-folder per class holding .jpg/.png files, "
-            f"as in {_LAYOUT}"
+            f"no images in {root} or in one of its class folders ({_first_line(err)}): expected one "
+            f"sub-folder per class holding .jpg/.png files, as in {_LAYOUT}"
         ) from err
+    if skip_bad_images:
+        for path in drop_unreadable(folder):
+            warnings.warn(f"skipping the unreadable image {path}", stacklevel=2)
+    return folder
 
 
-def _folder_split(data_dir: pathlib.Path, split: str,
-                  transform: Callable | None) -> datasets.ImageFolder:
+def _folder_split(data_dir: pathlib.Path, split: str, transform: Callable | None,
+                  skip_bad_images: bool = False) -> datasets.ImageFolder:
     """The train split ``data_dir/train``, or the test split ``data_dir/val`` (else ``test``).
 
     The test split must have exactly the classes of the train split, in the same order, so
@@ -114,12 +122,12 @@ def _folder_split(data_dir: pathlib.Path, split: str,
         raise UserError(f"data folder {data_dir} does not exist: expected {_LAYOUT}; "
                         f"set --data_dir")
     if split == "train":
-        return _image_folder(data_dir / "train", transform)
+        return _image_folder(data_dir / "train", transform, skip_bad_images)
     folder = data_dir / "val" if (data_dir / "val").is_dir() else data_dir / "test"
     if not folder.is_dir():
         raise UserError(f"no test split in {data_dir}: expected {data_dir}/val/ or "
                         f"{data_dir}/test/, as in {_LAYOUT}")
-    test = _image_folder(folder, transform)
+    test = _image_folder(folder, transform, skip_bad_images)
     train_classes = datasets.folder.find_classes(str(data_dir / "train"))[0]
     if test.classes != train_classes:
         raise UserError(
@@ -130,12 +138,14 @@ def _folder_split(data_dir: pathlib.Path, split: str,
     return test
 
 
-def build_dataset(name: str, data_dir: pathlib.Path, split: str,
-                  transform: Callable | None = None, download: bool = True) -> Dataset:
+def build_dataset(name: str, data_dir: pathlib.Path, split: str, transform: Callable | None = None,
+                  download: bool = True, skip_bad_images: bool = False) -> Dataset:
     """The ``split`` ("train" or "test") of data set ``name``, images passed through ``transform``.
 
     Every returned data set yields (transform(PIL image), int label) and has ``.targets``
-    (list[int], one per image) and ``.classes``. ``download`` applies to CIFAR only.
+    (list[int], one per image) and ``.classes``. ``download`` applies to CIFAR only. Folder data
+    sets raise a UserError naming an unreadable image when it is loaded; with ``skip_bad_images``
+    every image is decoded once up front and the unreadable ones are left out with a warning.
     """
     _check_name(name)
     if split not in ("train", "test"):
@@ -145,7 +155,7 @@ def build_dataset(name: str, data_dir: pathlib.Path, split: str,
         return _cifar(name, data_dir, split == "train", transform, download)
     if name == "synthetic":
         return SyntheticShapes(train=split == "train", transform=transform)
-    return _folder_split(data_dir, split, transform)
+    return _folder_split(data_dir, split, transform, skip_bad_images)
 
 
 def class_balanced_subset(targets: Sequence[int], n: int, seed: int = 0) -> list[int]:

@@ -7,9 +7,13 @@ uninterrupted run would have seen, and evaluation features are reproducible.
 """
 from __future__ import annotations
 
+import os
+import random
+import signal
 from collections.abc import Callable
 from typing import Any
 
+import numpy as np
 import torch
 from torch.utils.data import Dataset
 
@@ -41,3 +45,17 @@ class SeededPatches(Dataset):
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(item_seed(self.seed, epoch, index))
             return self.transform(image), label
+
+
+def seed_worker(worker_id: int) -> None:
+    """DataLoader worker set-up: seed Python's and NumPy's generators from the worker's torch seed
+    (itself derived from the loader's seeded generator), and end quietly on SIGTERM.
+
+    A cluster that preempts a job sends SIGTERM to every process of it. A worker killed by the
+    signal would make PyTorch raise in the main process at once, before it can save; a worker
+    that exits with status 0 does not, so the main process finishes its step and saves last.pt.
+    """
+    seed = torch.initial_seed() % 2**32
+    random.seed(seed)
+    np.random.seed(seed)
+    signal.signal(signal.SIGTERM, lambda signum, frame: os._exit(0))

@@ -53,10 +53,12 @@ def cli(capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch, tmp_path
 
 
 def assert_one_line_error(result: Result, *fragments: str) -> None:
-    """Non-zero exit, no traceback, one line on stderr that contains every fragment."""
+    """Non-zero exit, no traceback, and the error as one `error: …` line that ends stderr and
+    contains every fragment (a progress bar may stand before it)."""
     assert result.returncode != 0, result.stdout
     assert "Traceback" not in result.stderr, result.stderr
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1, result.stderr
+    lines = [line.strip() for line in result.stderr.replace("\r", "\n").splitlines() if line.strip()]
+    errors = [line for line in lines if line.startswith("error:")]
+    assert len(errors) == 1 and lines[-1] == errors[0], result.stderr
     for fragment in fragments:
-        assert fragment in lines[0], lines[0]
+        assert fragment in errors[0], errors[0]

@@ -1,0 +1,98 @@
+"""The bad-input battery of main.py: one line, non-zero exit, no traceback, nothing overwritten."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+from conftest import TINY_RUN, assert_one_line_error, run_script
+
+
+def image_tree(root: Path, per_class: int = 6, classes: tuple[str, ...] = ("a", "b")) -> Path:
+    """root/train/<class>/<i>.png: small solid-colour images, one colour per class."""
+    for c, name in enumerate(classes):
+        folder = root / "train" / name
+        folder.mkdir(parents=True)
+        for i in range(per_class):
+            Image.new("RGB", (32, 32), (40 * c + 5 * i, 100, 200 - 30 * c)).save(folder / f"{i}.png")
+    return root
+
+
+FOLDER_RUN = ["--data", "imagefolder", "--arch", "resnet10-cifar", "--hidden_dim", "32", "--z_dim", "16",
+              "--num_patches", "2", "--device", "cpu", "--epoch", "1"]
+
+
+class TestImageFolders:
+    @pytest.fixture
+    def corrupt_tree(self, tmp_path: Path) -> Path:
+        root = image_tree(tmp_path / "images")
+        (root / "train" / "a" / "broken.png").write_bytes(b"this is not a png")
+        return root
+
+    def test_corrupt_image_is_named_even_from_a_worker(self, tmp_path: Path, corrupt_tree: Path) -> None:
+        """A real process: the worker's error reaches the user as one line and the process exits."""
+        result = run_script("main.py", *FOLDER_RUN, "--data_dir", str(corrupt_tree), "--bs", "13", "--workers", "1",
+                            "--output_dir", str(tmp_path / "run"), cwd=tmp_path)
+        assert_one_line_error(result, "broken.png", "--skip_bad_images")
+        assert not list((tmp_path / "run").rglob("*.pt"))
+
+    def test_skip_bad_images_leaves_it_out_with_a_warning(self, cli, tmp_path: Path, corrupt_tree: Path) -> None:
+        with pytest.warns(UserWarning, match="broken.png"):
+            result = cli("main", *FOLDER_RUN, "--data_dir", str(corrupt_tree), "--bs", "12", "--workers", "0",
+                         "--skip_bad_images", "--output_dir", str(tmp_path / "run"))
+        assert result.returncode == 0, result.stderr
+        assert torch.load(tmp_path / "run/save_models/last.pt", weights_only=False)["step"] == 1
+
+    def test_empty_class_folder(self, cli, tmp_path: Path) -> None:
+        root = image_tree(tmp_path / "images")
+        (root / "train" / "empty").mkdir()
+        result = cli("main", *FOLDER_RUN, "--data_dir", str(root), "--bs", "4", "--workers", "0",
+                     "--output_dir", str(tmp_path / "run"))
+        assert_one_line_error(result, "empty", "class")
+        assert not (tmp_path / "run").exists()
+
+
+class TestRunFolders:
+    @pytest.fixture
+    def run(self, cli, tmp_path: Path) -> Path:
+        assert cli("main", *TINY_RUN, "--max_steps", "1", "--output_dir", str(tmp_path / "run")).returncode == 0
+        return tmp_path / "run"
+
+    def test_resume_with_another_architecture(self, cli, run: Path) -> None:
+        before = (run / "save_models" / "last.pt").read_bytes()
+        flags = [*TINY_RUN, "--arch", "resnet18-cifar", "--resume", "--output_dir", str(run)]
+        assert_one_line_error(cli("main", *flags), "--arch resnet10-cifar", "resnet18-cifar")
+        assert (run / "save_models" / "last.pt").read_bytes() == before
+
+    def test_resume_from_a_file_that_is_not_a_checkpoint(self, cli, run: Path) -> None:
+        (run / "save_models" / "last.pt").write_text("garbage")
+        result = cli("main", *TINY_RUN, "--resume", "--output_dir", str(run))
+        assert_one_line_error(result, "last.pt", "not a readable PyTorch checkpoint")
+        assert (run / "save_models" / "last.pt").read_text() == "garbage"
+
+    def test_resume_without_a_checkpoint(self, cli, tmp_path: Path) -> None:
+        result = cli("main", *TINY_RUN, "--resume", "--output_dir", str(tmp_path / "new"))
+        assert_one_line_error(result, "no checkpoint")
+        assert not (tmp_path / "new").exists()
+
+    def test_output_folder_that_cannot_be_written(self, cli, tmp_path: Path) -> None:
+        (tmp_path / "a_file").write_text("")
+        result = cli("main", *TINY_RUN, "--max_steps", "1", "--output_dir", str(tmp_path / "a_file" / "run"))
+        assert_one_line_error(result, "cannot write the run folder", "--output_dir")
+
+    @pytest.mark.parametrize("flags,fragment", [
+        (["--save_every_steps", "0"], "--save_every_steps"),
+        (["--skip_nonfinite", "-1"], "--skip_nonfinite"),
+        (["--max_steps", "0"], "--max_steps"),
+        (["--device", "cuda"], "no GPU"),
+        (["--train_subset", "5"], "subset"),
+        (["--bs", "80"], "--bs"),
+    ])
+    def test_impossible_values(self, cli, tmp_path: Path, flags: list[str], fragment: str) -> None:
+        if flags[0] == "--device" and torch.cuda.is_available():
+            pytest.skip("this machine has a GPU")
+        result = cli("main", *TINY_RUN, *flags, "--output_dir", str(tmp_path / "run"))
+        assert_one_line_error(result, fragment)
+        assert not (tmp_path / "run").exists()
