@@ -180,9 +180,10 @@ def agree(step: Callable[[], T]) -> T:
     return result  # type: ignore[return-value]
 
 
-def on_main(step: Callable[[], T | None]) -> T | None:
-    """Run step on rank 0 only (writing files); the other ranks wait and stop too if it fails."""
-    return agree(lambda: step() if is_main() else None)
+def on_main(step: Callable[..., T], *args: object) -> T | None:
+    """step(*args) on rank 0 only (writing files); the other ranks wait, get None, and stop too
+    if it fails."""
+    return agree(lambda: step(*args) if is_main() else None)
 
 
 def main_first(step: Callable[[], T]) -> T:
@@ -246,4 +247,4 @@ def mean_over_ranks(stats: dict[str, torch.Tensor]) -> dict[str, float]:
     if is_initialized():
         dist.all_reduce(values, op=dist.ReduceOp.SUM)
         values /= get_world_size()
-    return dict(zip(stats, values.tolist()))
+    return dict(zip(stats, values.tolist(), strict=True))

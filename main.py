@@ -216,7 +216,7 @@ def main(args: argparse.Namespace) -> None:
         ckpt.set_rng_state(state["rng"])
         step = state["step"]
 
-    distributed.on_main(lambda: create_run_folder(args, run_dir))
+    distributed.on_main(create_run_folder, args, run_dir)
     distributed.print_main(json.dumps({"git_commit": ckpt.git_commit(), **dict(sorted(vars(args).items()))},
                                       default=str))
     distributed.print_main(f"run folder: {run_dir}  ({steps_per_epoch} steps per epoch, {total_steps} in all, "
@@ -234,7 +234,7 @@ def main(args: argparse.Namespace) -> None:
         state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                  "scheduler": scheduler.state_dict(), "epoch": epoch, "step": step, "args": args_record,
                  "rng": ckpt.rng_state()}
-        distributed.on_main(lambda: save_epoch(state, run_dir, step == (epoch + 1) * steps_per_epoch))
+        distributed.on_main(save_epoch, state, run_dir, step == (epoch + 1) * steps_per_epoch)
         if args.max_steps is not None and step >= args.max_steps:
             break
     if writer is not None:

@@ -112,7 +112,7 @@ class TestGatherWithoutProcessGroup:
 
     def test_collective_helpers_run_the_step_once_in_one_process(self) -> None:
         assert distributed.agree(lambda: 7) == 7 and distributed.main_first(lambda: 8) == 8
-        assert distributed.on_main(lambda: 9) == 9
+        assert distributed.on_main(lambda x: x + 1, 8) == 9
         assert distributed.mean_over_ranks({"a": torch.tensor(2.5)}) == {"a": 2.5}
         assert (distributed.get_rank(), distributed.get_world_size(), distributed.is_main()) == (0, 1, True)
 
