@@ -30,13 +30,19 @@ def free_port() -> int:
 
 
 def fixed_problem() -> tuple[Encoder, list[torch.Tensor], EMPSSLLoss]:
-    """Seeded weights (BatchNorm in eval mode, so statistics do not depend on the split) and a
-    fixed global batch of P views of B images."""
+    """Seeded weights and a fixed global batch of P views of B images. BatchNorm is in eval mode,
+    so normalisation does not depend on the split, with the running statistics of this batch
+    (cumulative average over one pass), so the embeddings are spread as in training."""
     torch.manual_seed(0)
-    model = Encoder("resnet10-cifar", hidden_dim=64, z_dim=32).eval()
+    model = Encoder("resnet10-cifar", hidden_dim=64, z_dim=32)
     generator = torch.Generator().manual_seed(1)
     views = [torch.randn(B, 3, 32, 32, generator=generator) for _ in range(P)]  # P × (B, C, H, W)
-    return model, views, EMPSSLLoss(patch_sim=200.0, tcr=1.0, eps=0.2)
+    for module in model.modules():
+        if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
+            module.momentum = None
+    with torch.no_grad():
+        model(torch.cat(views))  # (P·B, C, H, W)
+    return model.eval(), views, EMPSSLLoss(patch_sim=200.0, tcr=1.0, eps=0.2)
 
 
 def step_and_grads(model: torch.nn.Module, views: list[torch.Tensor], criterion: EMPSSLLoss,
