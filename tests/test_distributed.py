@@ -143,8 +143,11 @@ class TestTwoRanks:
             for name in ("loss", "invariance", "tcr"):
                 assert result["parts"][name] == pytest.approx(parts[name].item(), rel=1e-5), name
             assert result["grads"].keys() == grads.keys()
+            # float32 sums in another order differ by ~1e-6 of a gradient's norm; a gather whose
+            # backward does not sum over ranks is off by 2e-2 to 5e-1
             for name, grad in grads.items():
-                torch.testing.assert_close(result["grads"][name], grad, rtol=1e-4, atol=1e-6, msg=name)
+                error = (result["grads"][name] - grad).norm() / grad.norm()
+                assert error < 2e-5, (name, error.item())
 
     def test_a_failure_on_one_rank_stops_all_and_rank_0_reports_it(self, two_ranks: list[dict]) -> None:
         assert two_ranks[0]["agree_error"] == "rank 1: disk of rank 1 is full"
