@@ -12,6 +12,7 @@ import torch.nn as nn
 from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
+from distributed import gather_with_grad, get_world_size, is_main, mean_over_ranks
 from errors import UserError
 from loss import EMPSSLLoss
 
@@ -47,16 +48,20 @@ def train_step(
     scheduler: torch.optim.lr_scheduler.LRScheduler,
     views: list[torch.Tensor],
 ) -> dict[str, torch.Tensor]:
-    """One EMP-SSL step on P views of B images, each view a (B, C, H, W) tensor on the device.
+    """One EMP-SSL step on P views of this rank's B images, each view a (B, C, H, W) tensor on the device.
 
-    Returns the detached loss, invariance S and mean coding rate R. A non-finite loss is not
-    applied: the weights and optimizer state stay as they were (the schedule still advances).
+    The coding rate is taken over the images of every rank (the global batch), the invariance
+    over this rank's own. Returns this rank's detached loss, invariance S and mean coding rate R.
+    A non-finite loss is not applied: the weights and optimizer state stay as they were (the
+    schedule still advances). A NaN anywhere reaches every rank's rate through the gather, so
+    all ranks skip alike.
     """
     num_patches = len(views)
     x = torch.cat(views, dim=0)  # (P·B, C, H, W), patch-major: patch p of every image together
     z, _ = model(x)  # (P·B, d) on the unit sphere
     z = z.view(num_patches, -1, z.shape[-1])  # (P, B, d)
-    loss, parts = criterion(z)
+    z_global = gather_with_grad(z, dim=1)  # (P, W·B, d), rank-major; z itself in one process
+    loss, parts = criterion(z, z_for_rate=z_global)
     optimizer.zero_grad(set_to_none=True)
     if torch.isfinite(loss):  # one host synchronisation per step
         loss.backward()
@@ -74,7 +79,7 @@ def train_one_epoch(
     device: torch.device,
     epoch: int,
     global_step: int,
-    writer: SummaryWriter,
+    writer: SummaryWriter | None,
     stop_step: int,
     after_step: Callable[[int], bool],
     guard: NonFiniteGuard,
@@ -84,24 +89,26 @@ def train_one_epoch(
     stop_step is the end of this epoch (or an earlier --max_steps), so a run resumed mid-epoch
     finishes the epoch with the number of steps that remain in it. after_step(global_step) runs
     after every step (periodic saves) and returns True to stop the run there (a SIGTERM).
-    Logs loss, invariance, TCR, learning rate and patches per second to TensorBoard every step
-    and shows them on a progress bar. guard decides on a non-finite loss. Returns
+    Logs loss, invariance, TCR (averaged over ranks: the global batch's values), learning rate and
+    patches per second to TensorBoard (writer None: not logged) every step and shows them on a
+    progress bar on rank 0. guard decides on a non-finite loss, on every rank alike. Returns
     (global_step, whether after_step stopped the run).
     """
     model.train()
-    bar = tqdm(loader, desc=f"epoch {epoch}", dynamic_ncols=True, leave=False)
+    bar = tqdm(loader, desc=f"epoch {epoch}", dynamic_ncols=True, leave=False, disable=not is_main())
     tick = time.perf_counter()
     for views, _ in bar:
         views = [v.to(device, non_blocking=True) for v in views]
         lr = optimizer.param_groups[0]["lr"]
-        stats = {k: v.item() for k, v in train_step(model, criterion, optimizer, scheduler, views).items()}
+        stats = mean_over_ranks(train_step(model, criterion, optimizer, scheduler, views))
         global_step += 1
         guard.check(stats, global_step)
         now = time.perf_counter()
-        stats["lr"], stats["patches_per_s"] = lr, len(views) * views[0].shape[0] / (now - tick)
+        stats["lr"], stats["patches_per_s"] = lr, len(views) * views[0].shape[0] * get_world_size() / (now - tick)
         tick = now
-        for name, value in stats.items():
-            writer.add_scalar(f"train/{name}", value, global_step)
+        if writer is not None:
+            for name, value in stats.items():
+                writer.add_scalar(f"train/{name}", value, global_step)
         bar.set_postfix(loss=f"{stats['loss']:.3f}", sim=f"{stats['invariance']:.3f}",
                         tcr=f"{stats['tcr']:.2f}", lr=f"{lr:.3g}", refresh=False)
         if after_step(global_step):

@@ -27,7 +27,9 @@ def total_coding_rate(z: torch.Tensor, eps: float = 0.2) -> torch.Tensor:
     By Sylvester's identity logdet(I_d + c·ZᵀZ) = logdet(I_B + c·ZZᵀ), so the smaller of the
     two Gram matrices is used (B×B when B < d). The matrix is symmetric with eigenvalues in
     [1, 1 + c·B], so one batched Cholesky factorisation L Lᵀ gives
-    logdet = 2 · Σ log diag(L) stably for all P groups at once. The Gram matrix is formed in
+    logdet = 2 · Σ log diag(L) stably for all P groups at once; it can fail only on NaN or
+    infinite input, and then that group's rate is NaN (the trainer's non-finite guard sees it)
+    rather than an exception. The Gram matrix is formed in
     float32 even under bf16 autocast: the rate's gradient loses digits in lower precision.
     """
     with torch.autocast(device_type=z.device.type, enabled=False):
@@ -39,8 +41,9 @@ def total_coding_rate(z: torch.Tensor, eps: float = 0.2) -> torch.Tensor:
         else:
             gram = z.transpose(1, 2) @ z  # (P, d, d)
         eye = torch.eye(gram.shape[-1], device=z.device, dtype=z.dtype)
-        chol = torch.linalg.cholesky(eye + scale * gram)  # (P, n, n) lower-triangular
-        return torch.diagonal(chol, dim1=-2, dim2=-1).log().sum(-1)  # ½ · 2 · Σ log diag
+        chol, info = torch.linalg.cholesky_ex(eye + scale * gram)  # (P, n, n) lower-triangular, (P,)
+        rate = torch.diagonal(chol, dim1=-2, dim2=-1).log().sum(-1)  # ½ · 2 · Σ log diag
+        return torch.where(info == 0, rate, torch.nan)  # only non-finite z fails: NaN, no exception
 
 
 def invariance(z: torch.Tensor) -> torch.Tensor:

@@ -3,6 +3,7 @@ Total Coding Rate of each patch group (Tong, Chen, Ma, LeCun, arXiv 2304.03977).
 
 Usage:
     python main.py --num_patches 20 --epoch 30          # CIFAR-10, the paper's setting
+    torchrun --nproc_per_node 4 main.py --num_patches 20 --epoch 30   # 4 GPUs, same global --bs
     python main.py --data synthetic --arch resnet10-cifar --hidden_dim 512 --z_dim 128 \
         --num_patches 8 --bs 50 --epoch 1 --device cpu   # a first run on the built-in data
 """
@@ -22,6 +23,7 @@ from torch.utils.data import DataLoader, Subset
 from torch.utils.tensorboard import SummaryWriter
 
 import checkpoint as ckpt
+import distributed
 from dataset import DATASETS, MultiPatch, augmentation_kind, build_dataset, class_balanced_subset, patch_transform
 from dataset.sampler import ResumableSampler
 from dataset.seeded import SeededPatches, seed_worker
@@ -67,7 +69,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     loss.add_argument("--eps", type=float, default=0.2, help="distortion ε of the coding rate, > 0 (0.2)")
 
     optim = parser.add_argument_group("Optim")
-    optim.add_argument("--bs", type=int, default=100, help="images per step, B; each step sees P·B patches (100)")
+    optim.add_argument("--bs", type=int, default=100,
+                       help="images per step, B, over all processes (split evenly among torchrun's ranks); "
+                            "each step sees P·B patches (100)")
     optim.add_argument("--lr", type=float, default=0.3, help="base learning rate of LARS-wrapped SGD (0.3), "
                                                               "cosine-annealed to 0 over every step of the run")
     optim.add_argument("--wd", type=float, default=1e-4, help="weight decay of ≥2-d weights (1e-4)")
@@ -96,11 +100,22 @@ def get_args_parser() -> argparse.ArgumentParser:
     running.add_argument("--skip_nonfinite", type=int, default=0,
                          help="skip up to K steps whose loss is NaN or infinite, applying no update, before "
                               "stopping the run (default 0: stop at the first)")
+
+    dist_group = parser.add_argument_group("Distributed (under torchrun)")
+    dist_group.add_argument("--dist_backend", default="auto", choices=("auto", "nccl", "gloo"),
+                            help="process-group backend (auto: nccl on GPUs, gloo on the CPU)")
+    dist_group.add_argument("--dist_timeout", type=float, default=30.0,
+                            help="minutes a process waits for the others (rank 0 downloading data or writing "
+                                 "a checkpoint) before the run stops with an error instead of hanging (30)")
+    dist_group.add_argument("--sync_bn", action="store_true",
+                            help="BatchNorm statistics over the global batch (SyncBatchNorm, GPUs only); off by "
+                                 "default: the official nn.DataParallel normalised each GPU's share separately")
     return parser
 
 
 def validate_args(args: argparse.Namespace) -> None:
     """Refuse impossible flag values before anything is built or written."""
+    world = distributed.launch_from_env().world_size
     checks = [
         (args.num_patches >= 2, "--num_patches must be at least 2 (the invariance term compares patches)"),
         (args.bs >= 2, "--bs must be at least 2 (the coding rate and BatchNorm need several images)"),
@@ -111,6 +126,9 @@ def validate_args(args: argparse.Namespace) -> None:
         (args.workers >= 0, "--workers must be 0 or more"),
         (args.save_every_steps is None or args.save_every_steps >= 1, "--save_every_steps must be at least 1"),
         (args.skip_nonfinite >= 0, "--skip_nonfinite must be 0 or more"),
+        (args.dist_timeout > 0, "--dist_timeout must be positive (minutes)"),
+        (args.bs % world == 0, f"--bs {args.bs} is the global batch and must split evenly over the {world} "
+                               f"processes: use a multiple of {world}"),
     ]
     for ok, message in checks:
         if not ok:
@@ -141,14 +159,15 @@ def build_loader(args: argparse.Namespace, device: torch.device) -> DataLoader:
     seeded order of a :class:`ResumableSampler` (call loader.sampler.set_epoch before each epoch),
     with patches that depend on (seed, epoch, image) alone."""
     kind, size = augmentation_kind(args.data)
-    dataset = build_dataset(args.data, args.data_dir, "train", download=args.download,
+    dataset = build_dataset(args.data, args.data_dir, "train", download=args.download and distributed.is_main(),
                             skip_bad_images=args.skip_bad_images)
     if args.train_subset is not None:
         dataset = Subset(dataset, class_balanced_subset(dataset.targets, args.train_subset, seed=0))
     dataset = SeededPatches(dataset, MultiPatch(patch_transform(kind, size), args.num_patches), args.seed)
     if len(dataset) < args.bs:
         raise UserError(f"the training set has {len(dataset)} images, fewer than --bs {args.bs}: lower --bs")
-    sampler = ResumableSampler(len(dataset), args.bs, seed=args.seed)
+    sampler = ResumableSampler(len(dataset), args.bs, seed=args.seed, rank=distributed.get_rank(),
+                               world_size=distributed.get_world_size())
     return DataLoader(dataset, batch_size=sampler.local_batch, sampler=sampler, drop_last=True,
                       num_workers=args.workers, pin_memory=device.type == "cuda",
                       persistent_workers=args.workers > 0, worker_init_fn=seed_worker,
@@ -211,16 +230,18 @@ def prepare_run_dir(run_dir: Path, args: argparse.Namespace) -> None:
                         f"choose another --output_dir") from err
 
 
+@distributed.entry_point
 def main(args: argparse.Namespace) -> None:
     validate_args(args)
-    device = resolve_device(args.device)
+    device = distributed.setup(resolve_device(args.device), args.dist_backend, args.dist_timeout, args.sync_bn)
     run_dir = args.output_dir or default_run_dir(args)
-    state = resume_state(args, run_dir)
+    state = distributed.agree(lambda: resume_state(args, run_dir))  # every rank reads last.pt
     seed_everything(args.seed, args.deterministic)
 
-    loader = build_loader(args, device)
+    loader = distributed.main_first(lambda: build_loader(args, device))  # rank 0 downloads, the others wait
     steps_per_epoch = loader.sampler.steps_per_epoch
     model = Encoder(args.arch, args.hidden_dim, args.z_dim).to(device)
+    net = distributed.wrap(model, device, args.sync_bn)  # DDP over the ranks; model itself in one process
     criterion = EMPSSLLoss(args.patch_sim, args.tcr, args.eps)
     optimizer = LARS(model.parameters(), lr=args.lr, weight_decay=args.wd, eta=args.lars_eta)
     total_steps = steps_per_epoch * args.epoch  # sized from the real data set, not a fixed 50,000
@@ -233,23 +254,27 @@ def main(args: argparse.Namespace) -> None:
         ckpt.set_rng_state(state["rng"])
         step = state["step"]
 
-    prepare_run_dir(run_dir, args)
-    print(json.dumps({"git_commit": ckpt.git_commit(), **dict(sorted(vars(args).items()))}, default=str))
-    print(f"run folder: {run_dir}  ({steps_per_epoch} steps per epoch, {total_steps} in all, on {device})")
-    writer = SummaryWriter(log_dir=str(run_dir))
+    distributed.on_main(prepare_run_dir, run_dir, args)
+    distributed.print_main(json.dumps({"git_commit": ckpt.git_commit(), **dict(sorted(vars(args).items()))},
+                                      default=str))
+    distributed.print_main(f"run folder: {run_dir}  ({steps_per_epoch} steps per epoch, {total_steps} in all, "
+                           f"on {device} × {distributed.get_world_size()} processes)")
+    writer = SummaryWriter(log_dir=str(run_dir)) if distributed.is_main() else None
     args_record = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
     guard = NonFiniteGuard(args.skip_nonfinite)
 
     def save(epoch: int, step: int, name: str = ckpt.LAST) -> None:
-        ckpt.save_checkpoint({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                              "scheduler": scheduler.state_dict(), "epoch": epoch, "step": step,
-                              "args": args_record, "rng": ckpt.rng_state()}, run_dir / ckpt.CHECKPOINT_DIR / name)
+        """Write a checkpoint (rank 0; the others wait and stop too if it fails)."""
+        state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                 "epoch": epoch, "step": step, "args": args_record, "rng": ckpt.rng_state()}
+        distributed.on_main(ckpt.save_checkpoint, state, run_dir / ckpt.CHECKPOINT_DIR / name)
 
     def after_step(step: int) -> bool:
-        """Save on SIGTERM (and stop) or every --save_every_steps steps."""
-        if preemption.requested or (args.save_every_steps and step % args.save_every_steps == 0):
+        """Save on SIGTERM (on any rank; then stop) or every --save_every_steps steps."""
+        stop = distributed.any_rank(preemption.requested)
+        if stop or (args.save_every_steps and step % args.save_every_steps == 0):
             save((step - 1) // steps_per_epoch, step)
-        return preemption.requested
+        return stop
 
     with Preemption() as preemption:
         for epoch in range(step // steps_per_epoch, args.epoch):
@@ -257,17 +282,18 @@ def main(args: argparse.Namespace) -> None:
             if step >= stop_step:
                 break
             loader.sampler.set_epoch(epoch, start_step=step - epoch * steps_per_epoch)
-            step, preempted = train_one_epoch(model, criterion, optimizer, scheduler, loader, device, epoch, step,
+            step, preempted = train_one_epoch(net, criterion, optimizer, scheduler, loader, device, epoch, step,
                                               writer, stop_step, after_step, guard)
             if step == (epoch + 1) * steps_per_epoch:
                 save(epoch, step, f"{epoch}.pt")
             if preempted:
-                print(f"SIGTERM: stopped at step {step}; continue with --resume from {run_dir}")
+                distributed.print_main(f"SIGTERM: stopped at step {step}; continue with --resume from {run_dir}")
                 break
             save(epoch, step)
-            print(f"epoch {epoch}: step {step}, checkpoint {run_dir / ckpt.CHECKPOINT_DIR / ckpt.LAST}")
-    writer.close()
-    print(f"done: {run_dir}")
+            distributed.print_main(f"epoch {epoch}: step {step}, checkpoint {run_dir / ckpt.CHECKPOINT_DIR / ckpt.LAST}")
+    if writer is not None:
+        writer.close()
+    distributed.print_main(f"done: {run_dir}")
 
 
 if __name__ == "__main__":

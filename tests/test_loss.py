@@ -58,6 +58,13 @@ class TestTotalCodingRate:
         torch.testing.assert_close(rate.double(), direct_rate(z.float(), 0.2), rtol=1e-5, atol=0)
 
 
+    def test_non_finite_input_gives_nan_not_an_exception(self) -> None:
+        z = unit_rows(2, 6, 8)
+        z[0, 1, 2] = float("nan")
+        rate = total_coding_rate(z)
+        assert torch.isnan(rate[0]) and torch.isfinite(rate[1])
+
+
 class TestInvariance:
     def test_is_one_when_patches_agree_and_lower_otherwise(self) -> None:
         same = unit_rows(1, 6, 8).expand(5, 6, 8)

@@ -1,0 +1,267 @@
+"""Data-parallel training on torch.distributed: set-up from torchrun, rank helpers, a gather
+with gradients.
+
+Launched by `torchrun --nproc_per_node N main.py …`, every process reads RANK, LOCAL_RANK and
+WORLD_SIZE from its environment, joins one process group (NCCL on GPUs, gloo on CPUs) and trains
+a DistributedDataParallel copy of the encoder on its B/W images of each global batch of B.
+Without torchrun (or with one process) there is no process group and every helper here is the
+identity, so the same code runs as a single process.
+
+Gradient scaling. With W ranks, rank r embeds its images into z_r (P, B/W, d) and computes
+
+    L_r = patch_sim · (−S(z_r)) + tcr · (−mean_p R(Z_p)),   Z = gather(z_1 … z_W)  (P, B, d),
+
+so the coding rate is taken over the global batch, as under the official nn.DataParallel.
+DDP averages the parameter gradients over ranks: (1/W) Σ_r ∂L_r/∂θ. The invariance terms give
+(1/W) Σ_r ∂S(z_r)/∂θ = ∂S_global/∂θ, since S over the global batch is the mean of the equal-sized
+local S(z_r). Every rank computes the same R, so the gather's backward must SUM the incoming
+gradients over ranks: rank r then holds W · ∂R/∂z_r, and DDP's average gives Σ_r ∂R/∂z_r ·
+∂z_r/∂θ = ∂R/∂θ. A gather that kept only the local gradient would divide the coding-rate gradient
+by W. Together the update equals that of one process on the whole batch (up to BatchNorm, whose
+statistics stay per rank unless --sync_bn).
+"""
+from __future__ import annotations
+
+import functools
+import os
+import re
+from collections.abc import Callable
+from datetime import timedelta
+from typing import NamedTuple, TypeVar
+
+import torch
+import torch.distributed as dist
+import torch.nn as nn
+from torch.nn.parallel import DistributedDataParallel
+
+from errors import UserError
+
+T = TypeVar("T")
+
+
+class Launch(NamedTuple):
+    """Where this process sits in a torchrun launch; (0, 0, 1, 1) for a plain `python main.py`."""
+
+    rank: int
+    local_rank: int
+    world_size: int
+    local_world_size: int
+
+
+def launch_from_env() -> Launch:
+    """Read torchrun's RANK, LOCAL_RANK, WORLD_SIZE and LOCAL_WORLD_SIZE (absent: one process)."""
+    env = os.environ
+    world_size = int(env.get("WORLD_SIZE", "1"))
+    return Launch(int(env.get("RANK", "0")), int(env.get("LOCAL_RANK", "0")), world_size,
+                  int(env.get("LOCAL_WORLD_SIZE", str(world_size))))
+
+
+def is_initialized() -> bool:
+    """Whether this process belongs to a process group (several ranks)."""
+    return dist.is_available() and dist.is_initialized()
+
+
+def get_rank() -> int:
+    """This process's rank in the group, 0 without one."""
+    return dist.get_rank() if is_initialized() else 0
+
+
+def get_world_size() -> int:
+    """Number of ranks, 1 without a process group."""
+    return dist.get_world_size() if is_initialized() else 1
+
+
+def is_main() -> bool:
+    """True on rank 0, the one process that prints, logs and writes files."""
+    return get_rank() == 0
+
+
+def print_main(*values: object) -> None:
+    """print on rank 0 only."""
+    if is_main():
+        print(*values, flush=True)
+
+
+def choose_backend(name: str, device: torch.device) -> str:
+    """auto → nccl for CUDA devices, gloo for the CPU; refuse combinations that cannot run."""
+    if name == "auto":
+        return "nccl" if device.type == "cuda" else "gloo"
+    if name == "nccl" and device.type != "cuda":
+        if not torch.cuda.is_available():
+            raise UserError("--dist_backend nccl needs GPUs but this machine has none: "
+                            "use --dist_backend gloo (or auto) to train on the CPU")
+        raise UserError("--dist_backend nccl needs --device cuda (or auto)")
+    if name == "gloo" and device.type == "cuda":
+        raise UserError("--dist_backend gloo is for CPU training: use nccl (or auto) on GPUs, or --device cpu")
+    return name
+
+
+def setup(device: torch.device, backend: str, timeout_minutes: float, sync_bn: bool) -> torch.device:
+    """Join torchrun's process group when launched with several processes; return this rank's device.
+
+    Under torchrun a CUDA device becomes cuda:LOCAL_RANK. Every check here runs before the group
+    forms and gives the same answer on every rank of a machine, so a refusal stops them all.
+    Collectives that wait longer than timeout_minutes (a dead or stuck rank) raise instead of hanging.
+    """
+    launch = launch_from_env()
+    if launch.world_size == 1:
+        return device
+    if not dist.is_available():
+        raise UserError("this PyTorch build has no torch.distributed: run a single process without torchrun")
+    if device.type == "cuda":
+        if device.index is not None:
+            raise UserError(f"--device {device} names one GPU, but under torchrun each process takes "
+                            f"the GPU of its LOCAL_RANK: use --device cuda (or auto)")
+        if launch.local_world_size > torch.cuda.device_count():  # the same answer on every rank of the machine
+            raise UserError(f"torchrun started {launch.local_world_size} processes on this machine but it "
+                            f"has {torch.cuda.device_count()} GPUs: use --nproc_per_node "
+                            f"{torch.cuda.device_count()}")
+        device = torch.device("cuda", launch.local_rank)
+    backend = choose_backend(backend, device)
+    if sync_bn and device.type != "cuda":
+        raise UserError("--sync_bn needs GPUs (PyTorch's SyncBatchNorm runs on CUDA only): drop it on the CPU")
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    dist.init_process_group(backend, timeout=timedelta(minutes=timeout_minutes),
+                            device_id=device if device.type == "cuda" else None)
+    return device
+
+
+def cleanup() -> None:
+    """Leave the process group, if any."""
+    if is_initialized():
+        dist.destroy_process_group()
+
+
+def entry_point(main: Callable[..., None]) -> Callable[..., None]:
+    """Wrap an entry point's main(args): leave the process group at exit, and let one process
+    report a UserError. Before the group forms every rank refuses alike, so local rank 0 of each
+    machine reports; afterwards rank 0 reports (:func:`agree` brings other ranks' messages to it).
+    Every other process exits with status 2 and says nothing."""
+
+    @functools.wraps(main)
+    def run(*args: object) -> None:
+        try:
+            main(*args)
+        except UserError:
+            reporter = is_main() if is_initialized() else launch_from_env().local_rank == 0
+            if reporter:
+                raise
+            raise SystemExit(2) from None
+        finally:
+            cleanup()
+
+    return run
+
+
+def agree(step: Callable[[], T]) -> T:
+    """Run step on every rank; if it raises UserError on any rank, all ranks stop together.
+
+    Rank 0 raises the message of the lowest failing rank (prefixed `rank r:` when that is not
+    itself), so a decision such as "this run folder already holds checkpoints" is the same
+    everywhere and is reported once. A rank that is dead or silent past --dist_timeout also
+    becomes a UserError here. Collective: every rank must call it at the same point.
+    """
+    if not is_initialized():
+        return step()
+    try:
+        result, message = step(), None
+    except UserError as err:
+        result, message = None, str(err)
+    messages: list[str | None] = [None] * get_world_size()
+    try:
+        dist.all_gather_object(messages, message)
+    except RuntimeError as err:  # gloo and NCCL raise RuntimeError subclasses for lost or silent peers
+        raise UserError(f"another process of this run stopped or did not answer within --dist_timeout "
+                        f"({_first_sentence(err)}): see its output") from err
+    failed = [(rank, text) for rank, text in enumerate(messages) if text is not None]
+    if failed:
+        rank, text = failed[0]
+        raise UserError(text if rank == get_rank() else f"rank {rank}: {text}")
+    return result  # type: ignore[return-value]
+
+
+def _first_sentence(err: BaseException) -> str:
+    """The first sentence of an error, without the `[file.cc:123] ` prefix of C++ errors."""
+    text = (str(err).strip().splitlines() or [type(err).__name__])[0]
+    return re.sub(r"^\[[^\]]*\]\s*", "", text).split(". ")[0][:200]
+
+
+def on_main(step: Callable[..., T], *args: object) -> T | None:
+    """step(*args) on rank 0 only (writing files); the other ranks wait, get None, and stop too
+    if it fails."""
+    return agree(lambda: step(*args) if is_main() else None)
+
+
+def main_first(step: Callable[[], T]) -> T:
+    """Run step on rank 0 while the others wait, then on the others (rank 0 downloads a data set
+    once, the rest then read it); a UserError anywhere stops every rank."""
+    first = agree(step if is_main() else lambda: None)
+    return agree(lambda: first if is_main() else step())
+
+
+def wrap(model: nn.Module, device: torch.device, sync_bn: bool) -> nn.Module:
+    """DistributedDataParallel around model when several ranks train, else model itself.
+
+    sync_bn converts model's BatchNorm layers to SyncBatchNorm in place (same parameters and
+    state-dict keys), so statistics span the global batch; off, each rank normalises with its
+    own images, as each GPU did under the official nn.DataParallel. DDP's default
+    broadcast_buffers keeps every rank's running statistics equal to rank 0's.
+    """
+    if not is_initialized():
+        return model
+    if sync_bn:
+        nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+
+
+class _GatherWithGrad(torch.autograd.Function):
+    """All-gather along `dim` whose backward sums the incoming gradients over ranks."""
+
+    @staticmethod
+    def forward(ctx: torch.autograd.function.FunctionCtx, x: torch.Tensor, dim: int) -> torch.Tensor:
+        ctx.dim, ctx.size = dim, x.shape[dim]
+        x = x.contiguous()
+        parts = [torch.empty_like(x) for _ in range(dist.get_world_size())]
+        dist.all_gather(parts, x)
+        return torch.cat(parts, dim=dim)  # x's shape with W·n along dim, rank-major blocks
+
+    @staticmethod
+    def backward(ctx: torch.autograd.function.FunctionCtx, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
+        grad = grad.clone(memory_format=torch.contiguous_format)  # all_reduce works in place: use a copy
+        dist.all_reduce(grad, op=dist.ReduceOp.SUM)
+        return grad.narrow(ctx.dim, dist.get_rank() * ctx.size, ctx.size), None  # this rank's block
+
+
+def gather_with_grad(x: torch.Tensor, dim: int = 0) -> torch.Tensor:
+    """Concatenate every rank's x along dim, in rank order, keeping the autograd graph.
+
+    x: this rank's tensor with n entries along dim (the same shape on every rank); returns W·n
+    entries along dim, rank r's at [r·n, (r+1)·n), as the sampler splits each global batch. The
+    gradient reaching x is the sum over ranks of the gradients of their copies of that block
+    (all-reduce, then this rank's slice); see the module docstring for why. Without a process
+    group it returns x itself.
+    """
+    if not is_initialized():
+        return x
+    return _GatherWithGrad.apply(x, dim)
+
+
+def mean_over_ranks(stats: dict[str, torch.Tensor]) -> dict[str, float]:
+    """Average scalar tensors over ranks (one all-reduce) and return them as floats, so every rank
+    logs and checks the same numbers; the mean of equal-sized local losses is the global loss."""
+    values = torch.stack([v.detach().float().reshape(()) for v in stats.values()])  # (K,)
+    if is_initialized():
+        dist.all_reduce(values, op=dist.ReduceOp.SUM)
+        values /= get_world_size()
+    return dict(zip(stats, values.tolist(), strict=True))
+
+
+def any_rank(flag: bool) -> bool:
+    """True on every rank if flag is True on any (one all-reduce): a SIGTERM that reaches one
+    rank first still stops all of them at the same step."""
+    if not is_initialized():
+        return flag
+    value = torch.tensor([float(flag)], device="cuda" if dist.get_backend() == "nccl" else "cpu")
+    dist.all_reduce(value, op=dist.ReduceOp.MAX)
+    return bool(value.item())

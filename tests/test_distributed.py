@@ -1,0 +1,224 @@
+"""Data-parallel training: the gather with gradients, two gloo ranks against one process, torchrun
+end to end, and refusals under torchrun."""
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+
+import distributed
+from conftest import ROOT, TINY_RUN, assert_one_line_error
+from engine import train_step
+from errors import UserError
+from loss import EMPSSLLoss
+from model import Encoder
+
+P, B, WORLD = 4, 8, 2  # patches, global batch, ranks
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def fixed_problem() -> tuple[Encoder, list[torch.Tensor], EMPSSLLoss]:
+    """Seeded weights and a fixed global batch of P views of B images. BatchNorm is in eval mode,
+    so normalisation does not depend on the split, with the running statistics of this batch
+    (cumulative average over one pass), so the embeddings are spread as in training."""
+    torch.manual_seed(0)
+    model = Encoder("resnet10-cifar", hidden_dim=64, z_dim=32)
+    generator = torch.Generator().manual_seed(1)
+    views = [torch.randn(B, 3, 32, 32, generator=generator) for _ in range(P)]  # P × (B, C, H, W)
+    for module in model.modules():
+        if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
+            module.momentum = None
+    with torch.no_grad():
+        model(torch.cat(views))  # (P·B, C, H, W)
+    return model.eval(), views, EMPSSLLoss(patch_sim=200.0, tcr=1.0, eps=0.2)
+
+
+def step_and_grads(model: torch.nn.Module, views: list[torch.Tensor], criterion: EMPSSLLoss,
+                   params: torch.nn.Module) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """engine.train_step with an optimizer that does not move; returns (parts, gradients of params)."""
+    optimizer = torch.optim.SGD(params.parameters(), lr=0.0)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
+    parts = train_step(model, criterion, optimizer, scheduler, views)
+    return parts, {name: p.grad.clone() for name, p in params.named_parameters()}
+
+
+def rank_worker(rank: int, port: int, out: Path) -> None:
+    """One of two gloo ranks: every check whose result the parent compares with one process."""
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), LOCAL_RANK=str(rank),
+                      WORLD_SIZE=str(WORLD), LOCAL_WORLD_SIZE=str(WORLD))
+    torch.set_num_threads(1)
+    device = distributed.setup(torch.device("cpu"), "auto", timeout_minutes=1.0, sync_bn=False)
+    result: dict[str, object] = {"device": str(device), "backend": torch.distributed.get_backend()}
+
+    x = torch.full((2, 3, 1), float(rank + 1), requires_grad=True)  # rank r's block: all r + 1
+    gathered = distributed.gather_with_grad(x, dim=1)  # (2, 6, 1)
+    weight = torch.arange(12.0).view(2, 6, 1) * (10 ** rank)  # a different loss on every rank
+    (gathered * weight).sum().backward()
+    result.update(gathered=gathered.detach(), x_grad=x.grad)
+
+    model, views, criterion = fixed_problem()
+    mine = [v[rank * B // WORLD:(rank + 1) * B // WORLD] for v in views]  # P × (B/W, C, H, W)
+    net = distributed.wrap(model, device, sync_bn=False)
+    parts, grads = step_and_grads(net, mine, criterion, model)
+    result.update(parts=distributed.mean_over_ranks(parts), grads=grads)
+
+    def only_rank_1_fails() -> str:
+        if rank == 1:
+            raise UserError("disk of rank 1 is full")
+        return "fine"
+    try:
+        distributed.agree(only_rank_1_fails)
+    except UserError as err:
+        result["agree_error"] = str(err)
+    def rank_0_writes_the_others_read() -> str:
+        if rank == 0:
+            (out / "marker").write_text("rank 0 was here")
+            return "wrote"
+        return (out / "marker").read_text()
+    result["main_first"] = distributed.main_first(rank_0_writes_the_others_read)
+
+    if rank == 1:
+        torch.save(result, out / "rank1.pt")
+        os._exit(0)  # dies without leaving the group
+    try:
+        distributed.agree(lambda: None)
+    except UserError as err:
+        result["dead_peer_error"] = str(err)
+    torch.save(result, out / "rank0.pt")
+    distributed.cleanup()
+
+
+@pytest.fixture(scope="module")
+def two_ranks(tmp_path_factory: pytest.TempPathFactory) -> list[dict]:
+    out = tmp_path_factory.mktemp("ranks")
+    mp.spawn(rank_worker, args=(free_port(), out), nprocs=WORLD)
+    return [torch.load(out / f"rank{r}.pt", weights_only=False) for r in range(WORLD)]
+
+
+class TestGatherWithoutProcessGroup:
+    def test_is_the_identity_with_the_gradient_unchanged(self) -> None:
+        x = torch.randn(3, 4, 5, requires_grad=True)
+        y = distributed.gather_with_grad(x, dim=1)
+        assert y is x
+        weight = torch.randn(3, 4, 5)
+        (y * weight).sum().backward()
+        torch.testing.assert_close(x.grad, weight, rtol=0, atol=0)
+
+    def test_collective_helpers_run_the_step_once_in_one_process(self) -> None:
+        assert distributed.agree(lambda: 7) == 7 and distributed.main_first(lambda: 8) == 8
+        assert distributed.on_main(lambda x: x + 1, 8) == 9
+        assert distributed.mean_over_ranks({"a": torch.tensor(2.5)}) == {"a": 2.5}
+        assert (distributed.get_rank(), distributed.get_world_size(), distributed.is_main()) == (0, 1, True)
+
+
+class TestTwoRanks:
+    def test_gloo_on_the_cpu(self, two_ranks: list[dict]) -> None:
+        assert [r["device"] for r in two_ranks] == ["cpu", "cpu"]
+        assert [r["backend"] for r in two_ranks] == ["gloo", "gloo"]
+
+    def test_gather_concatenates_in_rank_order_and_sums_gradients_over_ranks(self, two_ranks: list[dict]) -> None:
+        expected = torch.cat([torch.full((2, 3, 1), 1.0), torch.full((2, 3, 1), 2.0)], dim=1)  # (2, 6, 1)
+        weight = torch.arange(12.0).view(2, 6, 1)
+        for rank, result in enumerate(two_ranks):
+            torch.testing.assert_close(result["gathered"], expected, rtol=0, atol=0)
+            block = weight[:, rank * 3:(rank + 1) * 3]  # (2, 3, 1): rank's slice of each rank's loss weight
+            torch.testing.assert_close(result["x_grad"], block * 1 + block * 10, rtol=0, atol=0)
+
+    def test_loss_parts_and_every_gradient_equal_one_process_on_the_whole_batch(self, two_ranks: list[dict]) -> None:
+        model, views, criterion = fixed_problem()
+        parts, grads = step_and_grads(model, views, criterion, model)
+        for result in two_ranks:
+            for name in ("loss", "invariance", "tcr"):
+                assert result["parts"][name] == pytest.approx(parts[name].item(), rel=1e-5), name
+            assert result["grads"].keys() == grads.keys()
+            # float32 sums in another order differ by ~1e-6 of a gradient's norm; a gather whose
+            # backward does not sum over ranks is off by 2e-2 to 5e-1
+            for name, grad in grads.items():
+                error = (result["grads"][name] - grad).norm() / grad.norm()
+                assert error < 2e-5, (name, error.item())
+
+    def test_a_failure_on_one_rank_stops_all_and_rank_0_reports_it(self, two_ranks: list[dict]) -> None:
+        assert two_ranks[0]["agree_error"] == "rank 1: disk of rank 1 is full"
+        assert two_ranks[1]["agree_error"] == "disk of rank 1 is full"
+
+    def test_main_first_runs_rank_0_before_the_others(self, two_ranks: list[dict]) -> None:
+        assert [r["main_first"] for r in two_ranks] == ["wrote", "rank 0 was here"]
+
+    def test_a_dead_rank_becomes_one_error_on_rank_0(self, two_ranks: list[dict]) -> None:
+        assert "another process of this run stopped" in two_ranks[0]["dead_peer_error"]
+
+
+def torchrun(*argv: str, cwd: Path) -> subprocess.CompletedProcess:
+    """`torchrun --nproc_per_node 2 main.py argv…` on 127.0.0.1."""
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(WORLD),
+               "--master_addr", "127.0.0.1", "--master_port", str(free_port()), str(ROOT / "main.py"), *argv]
+    return subprocess.run(command, cwd=cwd, capture_output=True, text=True, timeout=300)
+
+
+class TestTorchrun:
+    def test_two_processes_train_write_one_checkpoint_set_and_resume(self, tmp_path: Path) -> None:
+        run = tmp_path / "run"
+        flags = [*TINY_RUN, "--output_dir", str(run), "--epoch", "1", "--dist_timeout", "2"]
+        first = torchrun(*flags, "--max_steps", "2", cwd=tmp_path)
+        assert first.returncode == 0, first.stderr
+        assert first.stdout.count("run folder:") == 1 and "× 2 processes" in first.stdout  # rank 0 alone prints
+        assert sorted(p.name for p in (run / "save_models").iterdir()) == ["last.pt"]
+        assert len(list(run.glob("events.out.tfevents.*"))) == 1
+        state = torch.load(run / "save_models" / "last.pt", weights_only=False)
+        assert state["step"] == 2 and not any(k.startswith("module.") for k in state["model"])
+
+        second = torchrun(*flags, "--resume", cwd=tmp_path)
+        assert second.returncode == 0, second.stderr
+        state = torch.load(run / "save_models" / "last.pt", weights_only=False)
+        assert state["step"] == 4 and state["scheduler"]["last_epoch"] == 4  # 64 images / 16 per step
+        assert sorted(p.name for p in (run / "save_models").iterdir()) == ["0.pt", "last.pt"]
+        assert len(json.loads((run / "args.json").read_text())["resumes"]) == 1
+
+
+@pytest.fixture
+def launched(monkeypatch: pytest.MonkeyPatch):
+    """launched(rank): the environment torchrun gives rank `rank` of 2 on one machine (no group forms:
+    every refusal tested here comes first)."""
+    def set_rank(rank: int) -> None:
+        for name, value in (("RANK", rank), ("LOCAL_RANK", rank), ("WORLD_SIZE", WORLD), ("LOCAL_WORLD_SIZE", WORLD)):
+            monkeypatch.setenv(name, str(value))
+        monkeypatch.delenv("MASTER_ADDR", raising=False)
+    return set_rank
+
+
+class TestBadInputUnderTorchrun:
+    @pytest.mark.parametrize("flags,fragments", [
+        (["--bs", "15"], ("--bs 15", "multiple of 2")),
+        (["--sync_bn"], ("--sync_bn", "GPUs")),
+        (["--dist_timeout", "0"], ("--dist_timeout",)),
+    ])
+    def test_rank_0_reports_in_one_line_and_rank_1_exits_quietly(self, cli, launched, tmp_path: Path,
+                                                                  flags: list[str], fragments: tuple[str, ...]) -> None:
+        launched(0)
+        assert_one_line_error(cli("main", *TINY_RUN, "--output_dir", "run", *flags), *fragments)
+        launched(1)
+        quiet = cli("main", *TINY_RUN, "--output_dir", "run", *flags)
+        assert (quiet.returncode, quiet.stdout, quiet.stderr) == (2, "", "")
+        assert not (tmp_path / "run").exists()
+
+    @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without GPUs")
+    @pytest.mark.parametrize("flags,fragment", [
+        (["--dist_backend", "nccl"], "--dist_backend gloo"),
+        (["--device", "cuda"], "--device cpu"),
+    ])
+    def test_nccl_or_cuda_without_gpus(self, cli, launched, flags: list[str], fragment: str) -> None:
+        launched(0)
+        rest = [f for f in TINY_RUN if f not in ("--device", "cpu")]
+        assert_one_line_error(cli("main", *rest, "--output_dir", "run", *flags), fragment)
