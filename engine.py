@@ -23,16 +23,19 @@ def train_step(
     criterion: EMPSSLLoss,
     optimizer: torch.optim.Optimizer,
     scheduler: torch.optim.lr_scheduler.LRScheduler,
-    views: list[torch.Tensor],
+    x: torch.Tensor,
+    num_patches: int,
+    amp_dtype: torch.dtype | None = None,
 ) -> dict[str, torch.Tensor]:
-    """One EMP-SSL step on P views of B images, each view a (B, C, H, W) tensor on the device.
+    """One EMP-SSL step on x (P·B, C, H, W): P patches of B images on the device, patch-major
+    (patch p of every image together). amp_dtype (e.g. torch.bfloat16) runs the encoder under
+    autocast; the loss and the coding rate are always float32.
 
     Returns the detached loss, invariance S and mean coding rate R.
     """
-    num_patches = len(views)
-    x = torch.cat(views, dim=0)  # (P·B, C, H, W), patch-major: patch p of every image together
-    z, _ = model(x)  # (P·B, d) on the unit sphere
-    z = z.view(num_patches, -1, z.shape[-1])  # (P, B, d)
+    with torch.autocast(x.device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+        z, _ = model(x)  # (P·B, d) on the unit sphere
+    z = z.float().view(num_patches, -1, z.shape[-1])  # (P, B, d)
     loss, parts = criterion(z)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
@@ -46,14 +49,16 @@ def train_one_epoch(
     criterion: EMPSSLLoss,
     optimizer: torch.optim.Optimizer,
     scheduler: torch.optim.lr_scheduler.LRScheduler,
-    loader: Iterable[tuple[list[torch.Tensor], torch.Tensor]],
-    device: torch.device,
+    batches: Iterable[torch.Tensor],
     epoch: int,
     global_step: int,
     writer: SummaryWriter,
     stop_step: int,
+    num_patches: int,
+    amp_dtype: torch.dtype | None = None,
 ) -> int:
-    """Train on batches of loader until global_step reaches stop_step or loader ends; return global_step.
+    """Train on batches (patch-major (P·B, C, H, W) tensors on the device, see dataset/source.py)
+    until global_step reaches stop_step or batches end; return global_step.
 
     stop_step is the end of this epoch (or an earlier --max_steps), so a run resumed mid-epoch
     finishes the epoch with the number of steps that remain in it.
@@ -61,19 +66,19 @@ def train_one_epoch(
     and shows them on a progress bar. A non-finite loss raises :class:`NonFiniteLoss`.
     """
     model.train()
-    bar = tqdm(loader, desc=f"epoch {epoch}", dynamic_ncols=True, leave=False)
+    bar = tqdm(batches, desc=f"epoch {epoch}", dynamic_ncols=True, leave=False)
     tick = time.perf_counter()
-    for views, _ in bar:
-        views = [v.to(device, non_blocking=True) for v in views]
+    for x in bar:
         lr = optimizer.param_groups[0]["lr"]
-        stats = {k: v.item() for k, v in train_step(model, criterion, optimizer, scheduler, views).items()}
+        stats = {k: v.item() for k, v in train_step(model, criterion, optimizer, scheduler, x, num_patches,
+                                                     amp_dtype).items()}
         global_step += 1
         if not math.isfinite(stats["loss"]):
             raise NonFiniteLoss(
                 f"loss is not finite at step {global_step} (invariance {stats['invariance']:.4g}, "
                 f"tcr {stats['tcr']:.4g}); the last checkpoint is unchanged: lower --lr and start again")
         now = time.perf_counter()
-        stats["lr"], stats["patches_per_s"] = lr, len(views) * views[0].shape[0] / (now - tick)
+        stats["lr"], stats["patches_per_s"] = lr, x.shape[0] / (now - tick)
         tick = now
         for name, value in stats.items():
             writer.add_scalar(f"train/{name}", value, global_step)
