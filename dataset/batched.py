@@ -115,7 +115,7 @@ def _apply(x: torch.Tensor, mask: torch.Tensor, op, *factors: torch.Tensor) -> N
     """x[i] = op(x[i], factor[i]) for the patches i where mask is set, in place."""
     index = mask.nonzero().squeeze(1)  # (K,)
     if len(index):
-        x[index] = op(x[index], *(f[index] for f in factors))
+        x.index_copy_(0, index, op(x.index_select(0, index), *(f.index_select(0, index) for f in factors)))
 
 
 def color_augment(x: torch.Tensor, p: ColorParams) -> torch.Tensor:
@@ -132,8 +132,8 @@ def color_augment(x: torch.Tensor, p: ColorParams) -> torch.Tensor:
 
 
 def normalize(x: torch.Tensor) -> torch.Tensor:
-    """Normalize(mean 0.5, std 0.5) per channel: [0, 1] → [−1, 1]."""
-    return (x - 0.5) / 0.5
+    """Normalize(mean 0.5, std 0.5) per channel, in place: [0, 1] → [−1, 1]."""
+    return x.sub_(0.5).div_(0.5)
 
 
 def rank_patches(num_patches: int, global_batch: int, first: int, count: int, device: torch.device) -> torch.Tensor:

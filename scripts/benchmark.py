@@ -28,7 +28,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from dataset.source import build_train_batches  # noqa: E402
+from dataset.source import AUGMENTS, build_train_batches  # noqa: E402
 from engine import train_step  # noqa: E402
 from errors import ArgumentParser, run_cli  # noqa: E402
 from lars import LARS  # noqa: E402
@@ -50,7 +50,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--data", default="synthetic", choices=("synthetic", "cifar10", "imagefolder"),
                         help="training images (synthetic: the built-in 32×32 set, CIFAR-sized)")
     parser.add_argument("--data_dir", type=Path, default=Path("data"), help="folder of --data cifar10/imagefolder")
-    parser.add_argument("--steps", type=int, default=None, help="timed training steps per path (CPU 3, --full 20)")
+    parser.add_argument("--steps", type=int, default=None, help="timed training steps per path (CPU 5, --full 20)")
     parser.add_argument("--precision", default="fp32", choices=tuple(AMP_DTYPES), help="encoder precision (fp32)")
     parser.add_argument("--channels_last", action="store_true", help="channels-last layout in (3)")
     parser.add_argument("--compile", action="store_true", help="torch.compile the encoder in (3)")
@@ -65,21 +65,23 @@ def sizes(args: argparse.Namespace) -> dict:
     return {"patchgen": {"batch": 100, "num_patches": 20, "repeats": 5 if args.full else 3},
             "tcr": {"batch": 100, "dim": 1024, "num_patches": [20, 200], "loop_groups": 20},
             "train": {**model, "batch": 100 if args.full else 50, "num_patches": 20 if args.full else 8,
-                      "steps": args.steps or (20 if args.full else 3), "warmup": 3 if args.full else 1}}
+                      "steps": args.steps or (20 if args.full else 5), "warmup": 3 if args.full else 1}}
 
 
-def timed(fn: Callable[[], object], repeats: int, device: torch.device) -> float:
-    """Median wall seconds of fn() over repeats calls (the device synchronised around each)."""
-    times = []
+def timed(fns: dict[str, Callable[[], object]], repeats: int, device: torch.device) -> dict[str, float]:
+    """Median wall seconds of each fn() over repeats calls, the fns taking turns (so that a change
+    of the machine's load hits them alike), the device synchronised around each call."""
+    times: dict[str, list[float]] = {name: [] for name in fns}
     for _ in range(repeats):
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        start = time.perf_counter()
-        fn()
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+        for name, fn in fns.items():
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            start = time.perf_counter()
+            fn()
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(t) for name, t in times.items()}
 
 
 def batches(args: argparse.Namespace, augment: str, num_patches: int, batch: int, device: torch.device):
@@ -96,12 +98,11 @@ def batches(args: argparse.Namespace, augment: str, num_patches: int, batch: int
 
 def bench_patchgen(args: argparse.Namespace, cfg: dict, device: torch.device) -> dict:
     """(1) Patches per second of each augmentation path, the first batch (worker start-up) excluded."""
-    out = {}
-    for augment in ("pil", "batched"):
-        it = batches(args, augment, cfg["num_patches"], cfg["batch"], device)
+    its = {augment: batches(args, augment, cfg["num_patches"], cfg["batch"], device) for augment in AUGMENTS}
+    for it in its.values():
         next(it)
-        seconds = timed(lambda: next(it), cfg["repeats"], device)
-        out[augment] = cfg["num_patches"] * cfg["batch"] / seconds
+    seconds = timed({augment: lambda it=it: next(it) for augment, it in its.items()}, cfg["repeats"], device)
+    out = {augment: cfg["num_patches"] * cfg["batch"] / s for augment, s in seconds.items()}
     out["ratio"] = out["batched"] / out["pil"]
     return out
 
@@ -120,9 +121,10 @@ def bench_tcr(cfg: dict, device: torch.device) -> dict:
     for num_patches in cfg["num_patches"]:
         z = torch.nn.functional.normalize(torch.randn(num_patches, cfg["batch"], cfg["dim"], device=device), dim=-1)
         z.requires_grad_(True)
-        ours = timed(lambda: total_coding_rate(z).mean().backward(), 5, device)
         groups = min(num_patches, cfg["loop_groups"])
-        loop = timed(lambda: rate_by_logdet_loop(z[:groups]).mean().backward(), 3, device) * num_patches / groups
+        seconds = timed({"ours": lambda: total_coding_rate(z).mean().backward(),
+                         "loop": lambda: rate_by_logdet_loop(z[:groups]).mean().backward()}, 3, device)
+        ours, loop = seconds["ours"], seconds["loop"] * num_patches / groups
         with torch.no_grad():
             gap = (total_coding_rate(z[:groups]) - rate_by_logdet_loop(z[:groups])).abs().max().item()
         out[f"P={num_patches}"] = {"ours_ms": 1e3 * ours, "loop_ms": 1e3 * loop, "ratio": loop / ours,
@@ -131,26 +133,27 @@ def bench_tcr(cfg: dict, device: torch.device) -> dict:
     return out
 
 
+def training_step(args: argparse.Namespace, cfg: dict, augment: str, device: torch.device) -> Callable[[], None]:
+    """One whole training step (batch made, forward, backward, LARS) of a fresh model, as a closure."""
+    torch.manual_seed(0)
+    model = Encoder(cfg["arch"], cfg["hidden_dim"], cfg["z_dim"]).to(device)
+    net = prepare_model(model, device, args.channels_last, args.compile)
+    optimizer = LARS(model.parameters(), lr=0.3)
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=1000)
+    criterion, amp = EMPSSLLoss(), AMP_DTYPES[args.precision]
+    it = batches(args, augment, cfg["num_patches"], cfg["batch"], device)
+    return lambda: train_step(net, criterion, optimizer, scheduler, next(it), cfg["num_patches"], amp)["loss"].item()
+
+
 def bench_train(args: argparse.Namespace, cfg: dict, device: torch.device) -> dict:
-    """(3) Training steps per second of each augment path: batches made and the whole step taken."""
-    out = {}
-    for augment in ("pil", "batched"):
-        torch.manual_seed(0)
-        model = Encoder(cfg["arch"], cfg["hidden_dim"], cfg["z_dim"]).to(device)
-        net = prepare_model(model, device, args.channels_last, args.compile)
-        optimizer = LARS(model.parameters(), lr=0.3)
-        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=1000)
-        criterion, amp = EMPSSLLoss(), AMP_DTYPES[args.precision]
-        it = batches(args, augment, cfg["num_patches"], cfg["batch"], device)
-
-        def step() -> None:
-            train_step(net, criterion, optimizer, scheduler, next(it), cfg["num_patches"], amp)["loss"].item()
-
+    """(3) Training steps per second of each augment path, the paths taking turns step by step."""
+    steps = {augment: training_step(args, cfg, augment, device) for augment in AUGMENTS}
+    for step in steps.values():
         for _ in range(cfg["warmup"]):
             step()
-        seconds = timed(step, cfg["steps"], device)
-        out[augment] = {"steps_per_s": 1 / seconds,
-                        "s_per_cifar10_epoch": seconds * (CIFAR10_TRAIN // cfg["batch"])}
+    seconds = timed(steps, cfg["steps"], device)
+    out = {augment: {"steps_per_s": 1 / s, "s_per_cifar10_epoch": s * (CIFAR10_TRAIN // cfg["batch"])}
+           for augment, s in seconds.items()}
     out["ratio"] = out["batched"]["steps_per_s"] / out["pil"]["steps_per_s"]
     return out
 
