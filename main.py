@@ -22,11 +22,11 @@ import checkpoint as ckpt
 from dataset import DATASETS
 from dataset.source import AUGMENTS, Batches, build_train_batches
 from engine import train_one_epoch
-from speed import AMP_DTYPES, prepare_model
 from errors import ArgumentParser, UserError, run_cli
 from lars import LARS
 from loss import EMPSSLLoss
 from model import ARCHS, Encoder
+from speed import AMP_DTYPES, prepare_model
 
 # Flags that define what a run computes: a resumed run must keep them.
 RUN_DEFINING = ("data", "train_subset", "num_patches", "augment", "arch", "hidden_dim", "z_dim", "patch_sim",

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Callable
 
 import torch
 
@@ -89,8 +90,8 @@ def sample_crops(n: int, height: int, width: int, ratio: tuple[float, float], ge
     found = fits.any(1)
     w, h = torch.where(found, w, fallback_w), torch.where(found, h, fallback_h)
     u = torch.rand(n, 2, generator=generator, device=generator.device)  # (n, 2) uniform offsets
-    top = torch.where(found, (u[:, 0] * (height - h + 1)).long(), (height - h) // 2)
-    left = torch.where(found, (u[:, 1] * (width - w + 1)).long(), (width - w) // 2)
+    top = torch.where(found, (u[:, 0] * (height - h + 1)).long().clamp(max=height - h), (height - h) // 2)
+    left = torch.where(found, (u[:, 1] * (width - w + 1)).long().clamp(max=width - w), (width - w) // 2)
     flip = torch.rand(n, generator=generator, device=generator.device) < P_FLIP
     return CropParams(top, left, h, w, flip)
 
@@ -111,7 +112,7 @@ def sample_colors(n: int, generator: torch.Generator) -> ColorParams:
         solarize=coin[:, 3] < P_SOLARIZE)
 
 
-def _apply(x: torch.Tensor, mask: torch.Tensor, op, *factors: torch.Tensor) -> None:
+def _apply(x: torch.Tensor, mask: torch.Tensor, op: Callable[..., torch.Tensor], *factors: torch.Tensor) -> None:
     """x[i] = op(x[i], factor[i]) for the patches i where mask is set, in place."""
     index = mask.nonzero().squeeze(1)  # (K,)
     if len(index):
