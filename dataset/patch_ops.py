@@ -79,8 +79,8 @@ def resized_crop(images: torch.Tensor, top: torch.Tensor, left: torch.Tensor, he
 
 def grey(x: torch.Tensor) -> torch.Tensor:
     """Luma of RGB patches (N, 3, H, W) → (N, 1, H, W): 0.299 R + 0.587 G + 0.114 B."""
-    weights = torch.tensor(LUMA, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
-    return (x * weights).sum(1, keepdim=True)
+    r, g, b = x.unbind(1)  # (N, H, W) each
+    return (LUMA[0] * r + LUMA[1] * g + LUMA[2] * b).unsqueeze(1)
 
 
 def _blend(x: torch.Tensor, other: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
