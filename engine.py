@@ -46,9 +46,13 @@ def train_step(
     criterion: EMPSSLLoss,
     optimizer: torch.optim.Optimizer,
     scheduler: torch.optim.lr_scheduler.LRScheduler,
-    views: list[torch.Tensor],
+    x: torch.Tensor,
+    num_patches: int,
+    amp_dtype: torch.dtype | None = None,
 ) -> dict[str, torch.Tensor]:
-    """One EMP-SSL step on P views of this rank's B images, each view a (B, C, H, W) tensor on the device.
+    """One EMP-SSL step on x (P·B, C, H, W): P patches of this rank's B images on the device,
+    patch-major (patch p of every image together). amp_dtype (e.g. torch.bfloat16) runs the
+    encoder under autocast; the loss and the coding rate are always float32.
 
     The coding rate is taken over the images of every rank (the global batch), the invariance
     over this rank's own. Returns this rank's detached loss, invariance S and mean coding rate R.
@@ -56,10 +60,9 @@ def train_step(
     schedule still advances). A NaN anywhere reaches every rank's rate through the gather, so
     all ranks skip alike.
     """
-    num_patches = len(views)
-    x = torch.cat(views, dim=0)  # (P·B, C, H, W), patch-major: patch p of every image together
-    z, _ = model(x)  # (P·B, d) on the unit sphere
-    z = z.view(num_patches, -1, z.shape[-1])  # (P, B, d)
+    with torch.autocast(x.device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+        z, _ = model(x)  # (P·B, d) on the unit sphere
+    z = z.float().view(num_patches, -1, z.shape[-1])  # (P, B, d)
     z_global = gather_with_grad(z, dim=1)  # (P, W·B, d), rank-major; z itself in one process
     loss, parts = criterion(z, z_for_rate=z_global)
     optimizer.zero_grad(set_to_none=True)
@@ -75,16 +78,18 @@ def train_one_epoch(
     criterion: EMPSSLLoss,
     optimizer: torch.optim.Optimizer,
     scheduler: torch.optim.lr_scheduler.LRScheduler,
-    loader: Iterable[tuple[list[torch.Tensor], torch.Tensor]],
-    device: torch.device,
+    batches: Iterable[torch.Tensor],
     epoch: int,
     global_step: int,
     writer: SummaryWriter | None,
     stop_step: int,
+    num_patches: int,
+    amp_dtype: torch.dtype | None,
     after_step: Callable[[int], bool],
     guard: NonFiniteGuard,
 ) -> tuple[int, bool]:
-    """Train on batches of loader until global_step reaches stop_step or loader ends.
+    """Train on batches (patch-major (P·B, C, H, W) tensors on the device, see dataset/source.py)
+    until global_step reaches stop_step or batches end.
 
     stop_step is the end of this epoch (or an earlier --max_steps), so a run resumed mid-epoch
     finishes the epoch with the number of steps that remain in it. after_step(global_step) runs
@@ -95,16 +100,15 @@ def train_one_epoch(
     (global_step, whether after_step stopped the run).
     """
     model.train()
-    bar = tqdm(loader, desc=f"epoch {epoch}", dynamic_ncols=True, leave=False, disable=not is_main())
+    bar = tqdm(batches, desc=f"epoch {epoch}", dynamic_ncols=True, leave=False, disable=not is_main())
     tick = time.perf_counter()
-    for views, _ in bar:
-        views = [v.to(device, non_blocking=True) for v in views]
+    for x in bar:
         lr = optimizer.param_groups[0]["lr"]
-        stats = mean_over_ranks(train_step(model, criterion, optimizer, scheduler, views))
+        stats = mean_over_ranks(train_step(model, criterion, optimizer, scheduler, x, num_patches, amp_dtype))
         global_step += 1
         guard.check(stats, global_step)
         now = time.perf_counter()
-        stats["lr"], stats["patches_per_s"] = lr, len(views) * views[0].shape[0] * get_world_size() / (now - tick)
+        stats["lr"], stats["patches_per_s"] = lr, x.shape[0] * get_world_size() / (now - tick)
         tick = now
         if writer is not None:
             for name, value in stats.items():

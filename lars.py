@@ -34,18 +34,25 @@ class LARS(torch.optim.SGD):
 
     @torch.no_grad()
     def _adapt_gradients(self) -> None:
-        """Rescale the gradient of every ≥2-d parameter by its clipped trust ratio, in place.
-        Computed with tensor ops only, so no device-to-host synchronisation per tensor."""
+        """Rescale the gradient of every ≥2-d parameter by its clipped trust ratio, in place: all
+        norms of a group at once (torch._foreach_norm), no device-to-host synchronisation.
+
+        With s = clamp(ratio, max=1) where adapted and 1 elsewhere, g ← s·g + (s·wd·[adapted])·w,
+        which is (g + wd·w)·s where adapted and g elsewhere."""
         for group in self.param_groups:
             wd, lr = group["weight_decay"], group["lr"]
-            for p in group["params"]:
-                if p.grad is None or p.ndim == 1:
-                    continue
-                w_norm, g_norm = torch.linalg.vector_norm(p), torch.linalg.vector_norm(p.grad)
-                ratio = self.eta * w_norm / (g_norm + wd * w_norm + self.eps) / lr
-                adapt = (w_norm > 0) & (g_norm > 0)
-                scaled = (p.grad + wd * p) * ratio.clamp(max=1.0)
-                p.grad.copy_(torch.where(adapt, scaled, p.grad))
+            params = [p for p in group["params"] if p.grad is not None and p.ndim > 1]
+            if not params:
+                continue
+            grads = [p.grad for p in params]
+            w_norm = torch.stack(torch._foreach_norm(params))  # (T,) one norm per tensor
+            g_norm = torch.stack(torch._foreach_norm(grads))  # (T,)
+            ratio = self.eta * w_norm / (g_norm + wd * w_norm + self.eps) / lr
+            adapt = (w_norm > 0) & (g_norm > 0)
+            scale = torch.where(adapt, ratio.clamp(max=1.0), 1.0)  # (T,)
+            decay = torch.where(adapt, scale * wd, 0.0)  # (T,)
+            torch._foreach_mul_(grads, list(scale.unbind()))
+            torch._foreach_add_(grads, torch._foreach_mul(params, list(decay.unbind())))
 
     @torch.no_grad()
     def step(self, closure: Callable[[], float] | None = None) -> float | None:  # type: ignore[override]

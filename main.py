@@ -19,23 +19,22 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Subset
 from torch.utils.tensorboard import SummaryWriter
 
 import checkpoint as ckpt
 import distributed
-from dataset import DATASETS, MultiPatch, augmentation_kind, build_dataset, class_balanced_subset, patch_transform
-from dataset.sampler import ResumableSampler
-from dataset.seeded import SeededPatches, seed_worker
+from dataset import DATASETS
+from dataset.source import AUGMENTS, Batches, build_train_batches
 from engine import NonFiniteGuard, train_one_epoch
 from errors import ArgumentParser, UserError, run_cli
 from lars import LARS
 from loss import EMPSSLLoss
 from model import ARCHS, Encoder
+from speed import AMP_DTYPES, compile_model, prepare_model
 
 # Flags that define what a run computes: a resumed run must keep them.
-RUN_DEFINING = ("data", "train_subset", "num_patches", "arch", "hidden_dim", "z_dim", "patch_sim", "tcr",
-                "eps", "bs", "lr", "wd", "lars_eta", "epoch", "seed")
+RUN_DEFINING = ("data", "train_subset", "num_patches", "augment", "arch", "hidden_dim", "z_dim", "patch_sim",
+                "tcr", "eps", "bs", "lr", "wd", "lars_eta", "epoch", "seed", "precision")
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -52,6 +51,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     data.add_argument("--train_subset", type=int, default=None,
                       help="train on a fixed, class-balanced subset of this many images (quick experiments)")
     data.add_argument("--workers", type=int, default=8, help="DataLoader worker processes (default: 8)")
+    data.add_argument("--augment", default="pil", choices=AUGMENTS,
+                      help="pil: the official per-patch PIL pipeline in workers (default); batched: all patches "
+                           "of a step at once on the training device, same distributions (see README, Speed)")
     data.add_argument("--skip_bad_images", action="store_true",
                       help="decode every image of a folder data set once and leave out unreadable ones "
                            "with a warning (default: stop with the file's name when one is met)")
@@ -94,6 +96,10 @@ def get_args_parser() -> argparse.ArgumentParser:
     running = parser.add_argument_group("Running")
     running.add_argument("--device", default="auto", help="auto (CUDA when present, else CPU), cpu, cuda or cuda:N")
     running.add_argument("--seed", type=int, default=0, help="seed of weights, data order and augmentation (0)")
+    running.add_argument("--precision", default="fp32", choices=tuple(AMP_DTYPES),
+                         help="fp32 (official) or bf16 autocast for the encoder; loss and coding rate stay float32")
+    running.add_argument("--channels_last", action="store_true", help="channels-last memory layout (faster convs on GPU)")
+    running.add_argument("--compile", action="store_true", help="torch.compile the encoder (off by default)")
     running.add_argument("--deterministic", action="store_true",
                          help="PyTorch's deterministic algorithms: a resumed run is bit-identical to an "
                               "uninterrupted one on the CPU (slower on GPUs)")
@@ -154,24 +160,16 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
-def build_loader(args: argparse.Namespace, device: torch.device) -> DataLoader:
-    """Multi-patch training loader: each batch is ([P tensors (B, C, H, W)], labels (B,)), in the
-    seeded order of a :class:`ResumableSampler` (call loader.sampler.set_epoch before each epoch),
-    with patches that depend on (seed, epoch, image) alone."""
-    kind, size = augmentation_kind(args.data)
-    dataset = build_dataset(args.data, args.data_dir, "train", download=args.download and distributed.is_main(),
-                            skip_bad_images=args.skip_bad_images)
-    if args.train_subset is not None:
-        dataset = Subset(dataset, class_balanced_subset(dataset.targets, args.train_subset, seed=0))
-    dataset = SeededPatches(dataset, MultiPatch(patch_transform(kind, size), args.num_patches), args.seed)
-    if len(dataset) < args.bs:
-        raise UserError(f"the training set has {len(dataset)} images, fewer than --bs {args.bs}: lower --bs")
-    sampler = ResumableSampler(len(dataset), args.bs, seed=args.seed, rank=distributed.get_rank(),
-                               world_size=distributed.get_world_size())
-    return DataLoader(dataset, batch_size=sampler.local_batch, sampler=sampler, drop_last=True,
-                      num_workers=args.workers, pin_memory=device.type == "cuda",
-                      persistent_workers=args.workers > 0, worker_init_fn=seed_worker,
-                      generator=torch.Generator().manual_seed(args.seed))
+def build_batches(args: argparse.Namespace, device: torch.device) -> Batches:
+    """This process's training batches: (P·B/W, C, H, W) patch tensors on the device, made by the
+    --augment path, in the seeded, resumable order of a ResumableSampler split over the ranks (call
+    set_epoch). Only rank 0 downloads CIFAR."""
+    memory_format = torch.channels_last if args.channels_last else torch.contiguous_format
+    return build_train_batches(args.data, args.data_dir, args.augment, args.num_patches, args.bs, args.seed,
+                               device, args.workers, download=args.download and distributed.is_main(),
+                               train_subset=args.train_subset, skip_bad_images=args.skip_bad_images,
+                               rank=distributed.get_rank(), world_size=distributed.get_world_size(),
+                               memory_format=memory_format)
 
 
 def resume_state(args: argparse.Namespace, run_dir: Path) -> dict[str, Any] | None:
@@ -238,10 +236,12 @@ def main(args: argparse.Namespace) -> None:
     state = distributed.agree(lambda: resume_state(args, run_dir))  # every rank reads last.pt
     seed_everything(args.seed, args.deterministic)
 
-    loader = distributed.main_first(lambda: build_loader(args, device))  # rank 0 downloads, the others wait
-    steps_per_epoch = loader.sampler.steps_per_epoch
+    batches = distributed.main_first(lambda: build_batches(args, device))  # rank 0 downloads, the others wait
+    steps_per_epoch = batches.steps_per_epoch
     model = Encoder(args.arch, args.hidden_dim, args.z_dim).to(device)
+    prepare_model(model, device, args.channels_last)
     net = distributed.wrap(model, device, args.sync_bn)  # DDP over the ranks; model itself in one process
+    net = compile_model(net, device) if args.compile else net  # what trains; shares model's parameters
     criterion = EMPSSLLoss(args.patch_sim, args.tcr, args.eps)
     optimizer = LARS(model.parameters(), lr=args.lr, weight_decay=args.wd, eta=args.lars_eta)
     total_steps = steps_per_epoch * args.epoch  # sized from the real data set, not a fixed 50,000
@@ -281,9 +281,10 @@ def main(args: argparse.Namespace) -> None:
             stop_step = min((epoch + 1) * steps_per_epoch, args.max_steps or total_steps)
             if step >= stop_step:
                 break
-            loader.sampler.set_epoch(epoch, start_step=step - epoch * steps_per_epoch)
-            step, preempted = train_one_epoch(net, criterion, optimizer, scheduler, loader, device, epoch, step,
-                                              writer, stop_step, after_step, guard)
+            batches.set_epoch(epoch, start_step=step - epoch * steps_per_epoch)
+            step, preempted = train_one_epoch(net, criterion, optimizer, scheduler, batches, epoch, step, writer,
+                                              stop_step, args.num_patches, AMP_DTYPES[args.precision], after_step,
+                                              guard)
             if step == (epoch + 1) * steps_per_epoch:
                 save(epoch, step, f"{epoch}.pt")
             if preempted:

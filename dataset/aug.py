@@ -19,6 +19,14 @@ import torch
 from PIL import Image, ImageFilter, ImageOps
 from torchvision import transforms as T
 
+# The official parameters, shared with the batched implementation (dataset/batched.py).
+CROP_SCALE = (0.25, 0.25)  # area of the crop as a fraction of the image
+CROP_RATIO = {"cifar": (1.0, 1.0), "imagenet": (3 / 4, 4 / 3)}  # aspect ratio range of the crop
+P_FLIP, P_JITTER, P_GRAY, P_BLUR, P_SOLARIZE = 0.5, 0.8, 0.2, 0.1, 0.1
+JITTER = (0.4, 0.4, 0.4, 0.2)  # brightness, contrast, saturation, hue strengths of ColorJitter
+BLUR_SIGMA = (0.1, 2.0)  # range of the Gaussian blur's σ in pixels
+SOLARIZE_THRESHOLD = 128  # grey levels at or above it are inverted
+
 
 class PILGaussianBlur:
     """PIL ``ImageFilter.GaussianBlur`` with radius σ ~ U[sigma_min, sigma_max] per call.
@@ -63,25 +71,29 @@ def patch_transform(kind: str, size: int) -> T.Compose:
     ``kind`` is "cifar" (square crop, bilinear) or "imagenet" (aspect ratio 3/4..4/3, bicubic);
     any other value is a programming error (ValueError).
     """
-    if kind == "cifar":
-        crop = T.RandomResizedCrop(
-            size, scale=(0.25, 0.25), ratio=(1.0, 1.0), interpolation=T.InterpolationMode.BILINEAR
-        )
-    elif kind == "imagenet":
-        crop = T.RandomResizedCrop(
-            size, scale=(0.25, 0.25), interpolation=T.InterpolationMode.BICUBIC
-        )
-    else:
-        raise ValueError(f"unknown augmentation kind {kind!r}: expected 'cifar' or 'imagenet'")
     return T.Compose([
-        crop,
-        T.RandomHorizontalFlip(p=0.5),
-        T.RandomApply([T.ColorJitter(0.4, 0.4, 0.4, 0.2)], p=0.8),
-        T.RandomGrayscale(p=0.2),
-        T.RandomApply([PILGaussianBlur(0.1, 2.0)], p=0.1),
-        T.RandomApply([PILSolarize(128)], p=0.1),
+        *geometric_transform(kind, size).transforms,
+        T.RandomApply([T.ColorJitter(*JITTER)], p=P_JITTER),
+        T.RandomGrayscale(p=P_GRAY),
+        T.RandomApply([PILGaussianBlur(*BLUR_SIGMA)], p=P_BLUR),
+        T.RandomApply([PILSolarize(SOLARIZE_THRESHOLD)], p=P_SOLARIZE),
         T.ToTensor(),
         T.Normalize((0.5, 0.5, 0.5), (0.5, 0.5, 0.5)),
+    ])
+
+
+def geometric_transform(kind: str, size: int) -> T.Compose:
+    """The geometric first half of :func:`patch_transform`: RandomResizedCrop and flip (PIL → PIL).
+
+    ``kind`` is "cifar" (square crop, bilinear) or "imagenet" (aspect ratio 3/4..4/3, bicubic);
+    any other value is a programming error (ValueError).
+    """
+    if kind not in CROP_RATIO:
+        raise ValueError(f"unknown augmentation kind {kind!r}: expected 'cifar' or 'imagenet'")
+    mode = T.InterpolationMode.BILINEAR if kind == "cifar" else T.InterpolationMode.BICUBIC
+    return T.Compose([
+        T.RandomResizedCrop(size, scale=CROP_SCALE, ratio=CROP_RATIO[kind], interpolation=mode),
+        T.RandomHorizontalFlip(p=P_FLIP),
     ])
 
 

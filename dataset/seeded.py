@@ -25,6 +25,12 @@ def item_seed(seed: int, epoch: int, index: int) -> int:
     return (x ^ (x >> 29)) % (1 << 63)
 
 
+def step_seed(seed: int, epoch: int, step: int) -> int:
+    """The seed of the batch-level draws of one training step: :func:`item_seed` of (seed, epoch, step)
+    XOR a fixed 63-bit salt, so that step s and image s of an epoch draw from unrelated streams."""
+    return item_seed(seed, epoch, step) ^ 0x2545F4914F6CDD1D
+
+
 class SeededPatches(Dataset):
     """dataset[i] → (transform(image), label) drawn from torch's generator seeded by item_seed.
 

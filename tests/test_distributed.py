@@ -50,7 +50,7 @@ def step_and_grads(model: torch.nn.Module, views: list[torch.Tensor], criterion:
     """engine.train_step with an optimizer that does not move; returns (parts, gradients of params)."""
     optimizer = torch.optim.SGD(params.parameters(), lr=0.0)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
-    parts = train_step(model, criterion, optimizer, scheduler, views)
+    parts = train_step(model, criterion, optimizer, scheduler, torch.cat(views), len(views))  # (P·B, C, H, W)
     return parts, {name: p.grad.clone() for name, p in params.named_parameters()}
 
 

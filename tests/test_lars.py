@@ -28,6 +28,16 @@ class TestLARS:
         torch.testing.assert_close(layer.bias.detach(), b - 0.3 * (gb + 0.9 * gb))
         assert opt.param_groups[0]["weight_decay"] == 1e-4  # restored after the step
 
+    def test_every_tensor_gets_its_own_ratio(self) -> None:
+        torch.manual_seed(1)
+        net = torch.nn.Sequential(torch.nn.Linear(6, 5), torch.nn.ReLU(), torch.nn.Linear(5, 3))
+        (net(torch.randn(8, 6)) * 10).pow(2).sum().backward()
+        net[2].weight.data.mul_(7.0)  # very different norms: a shared or misordered ratio would show
+        before = [(p.detach().clone(), p.grad.clone()) for p in (net[0].weight, net[2].weight)]
+        LARS(net.parameters(), lr=0.3, weight_decay=1e-4, eta=0.005).step()
+        for p, (w, g) in zip((net[0].weight, net[2].weight), before):
+            torch.testing.assert_close(p.detach(), hand_update(w, g, 0.3, 1e-4, 0.005))
+
     def test_trust_ratio_clips_at_one(self) -> None:
         w = torch.nn.Parameter(torch.full((3, 3), 10.0))
         w.grad = torch.full((3, 3), 1e-3)  # η‖w‖/‖g‖/lr ≫ 1, so the ratio clips to 1

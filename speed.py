@@ -1,0 +1,49 @@
+"""Speed settings of the encoder: mixed precision, memory layout and compilation.
+
+Precision policy: ``--precision bf16`` autocasts the encoder's forward to bfloat16; the
+embeddings are cast back to float32 before the loss, and the coding rate forms its Gram matrix
+in float32 (loss.py). On GPUs, float32 matrix products stay true float32 (no TF32: the coding
+rate's gradient would lose digits), while cuDNN convolutions may use TF32 as PyTorch allows by
+default (and as the official float32 runs did).
+"""
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+
+import torch
+import torch.nn as nn
+
+from errors import UserError
+
+AMP_DTYPES: dict[str, torch.dtype | None] = {"fp32": None, "bf16": torch.bfloat16}
+
+
+def _compiler_missing(device: torch.device) -> str | None:
+    """Why torch.compile cannot work on this device, or None: the CPU backend needs a C++
+    compiler, the CUDA backend needs Triton."""
+    if device.type == "cuda":
+        return None if importlib.util.find_spec("triton") else "Triton is not installed (pip install triton)"
+    compilers = [os.environ.get("CXX"), "g++", "c++", "clang++"]
+    if any(c and shutil.which(c) for c in compilers):
+        return None
+    return "no C++ compiler (g++ or clang++) was found, and the CPU backend needs one"
+
+
+def prepare_model(model: nn.Module, device: torch.device, channels_last: bool) -> None:
+    """Apply the matmul precision policy and, if asked, the channels-last layout (in place; before
+    any DistributedDataParallel wrapper is built around the model)."""
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = False  # true float32 products for the coding rate
+        torch.backends.cudnn.allow_tf32 = True  # PyTorch's default for convolutions
+    if channels_last:
+        model.to(memory_format=torch.channels_last)
+
+
+def compile_model(net: nn.Module, device: torch.device) -> nn.Module:
+    """torch.compile(net), which shares its parameters; a UserError when no compiler can run."""
+    why = _compiler_missing(device)
+    if why:
+        raise UserError(f"--compile cannot run on {device}: {why}; install it or drop --compile")
+    return torch.compile(net)
