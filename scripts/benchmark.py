@@ -33,7 +33,7 @@ from engine import train_step  # noqa: E402
 from errors import ArgumentParser, run_cli  # noqa: E402
 from lars import LARS  # noqa: E402
 from loss import EMPSSLLoss, total_coding_rate  # noqa: E402
-from model import ARCHS, Encoder  # noqa: E402
+from model import Encoder  # noqa: E402
 from speed import AMP_DTYPES, compile_model, prepare_model  # noqa: E402
 
 CIFAR10_TRAIN = 50_000  # images in one CIFAR-10 epoch, for seconds per epoch
