@@ -24,6 +24,7 @@ from dataset import DATASETS, MultiPatch, augmentation_kind, build_dataset, clas
 from dataset.sampler import ResumableSampler
 from dataset.seeded import SeededPatches
 from engine import train_one_epoch
+from features import KNNMonitor
 from errors import ArgumentParser, UserError, run_cli
 from lars import LARS
 from loss import EMPSSLLoss
@@ -79,6 +80,16 @@ def get_args_parser() -> argparse.ArgumentParser:
     logging.add_argument("--resume", action="store_true",
                          help="continue the run in the run folder from its save_models/last.pt")
 
+    monitor = parser.add_argument_group("Eval")
+    monitor.add_argument("--eval_every", type=int, default=0,
+                         help="every N epochs, log the weighted kNN top-1 of the test split against the training "
+                              "split as eval/knn_top1 (default 0: never; evaluate.py gives the full protocol)")
+    monitor.add_argument("--eval_patches", type=int, default=4,
+                         help="patches per image in that kNN's bag-of-features (default 4; evaluate.py uses 128)")
+    monitor.add_argument("--eval_subset", type=int, default=None,
+                         help="that kNN uses a fixed class-balanced subset of this many images of each split "
+                              "(default: all)")
+
     running = parser.add_argument_group("Running")
     running.add_argument("--device", default="auto", help="auto (CUDA when present, else CPU), cpu, cuda or cuda:N")
     running.add_argument("--seed", type=int, default=0, help="seed of weights, data order and augmentation (0)")
@@ -95,6 +106,7 @@ def validate_args(args: argparse.Namespace) -> None:
         (args.lr > 0, "--lr must be positive"),
         (args.max_steps is None or args.max_steps >= 1, "--max_steps must be at least 1"),
         (args.workers >= 0, "--workers must be 0 or more"),
+        (args.eval_every >= 0 and args.eval_patches >= 1, "--eval_every must be ≥ 0 and --eval_patches ≥ 1"),
     ]
     for ok, message in checks:
         if not ok:
@@ -164,6 +176,8 @@ def main(args: argparse.Namespace) -> None:
     torch.manual_seed(args.seed)
 
     loader = build_loader(args, device)
+    monitor = KNNMonitor(args.data, args.data_dir, args.download, args.eval_patches, args.eval_subset, args.seed,
+                         args.bs, args.workers, device) if args.eval_every else None
     steps_per_epoch = loader.sampler.steps_per_epoch
     model = Encoder(args.arch, args.hidden_dim, args.z_dim).to(device)
     criterion = EMPSSLLoss(args.patch_sim, args.tcr, args.eps)
@@ -202,6 +216,10 @@ def main(args: argparse.Namespace) -> None:
             ckpt.save_checkpoint(state, run_dir / ckpt.CHECKPOINT_DIR / f"{epoch}.pt")
         ckpt.save_checkpoint(state, run_dir / ckpt.CHECKPOINT_DIR / ckpt.LAST)
         print(f"epoch {epoch}: step {step}, checkpoint {run_dir / ckpt.CHECKPOINT_DIR / ckpt.LAST}")
+        if monitor is not None and step == (epoch + 1) * steps_per_epoch and (epoch + 1) % args.eval_every == 0:
+            knn_top1 = monitor(model)
+            writer.add_scalar("eval/knn_top1", knn_top1, step)
+            print(f"epoch {epoch}: kNN top-1 {knn_top1:.2f} ({args.eval_patches} patches per image)")
         if args.max_steps is not None and step >= args.max_steps:
             break
     writer.close()
