@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -39,13 +40,15 @@ def get_args_parser() -> argparse.ArgumentParser:
                        help="checkpoint to evaluate: ours (save_models/<epoch>.pt) or an official state dict")
     model.add_argument("--arch", default=None, choices=ARCHS, help="backbone (default: the checkpoint's, "
                        "else the official resnet18-cifar)")
-    model.add_argument("--hidden_dim", type=int, default=None, help="pre_feature width (default: checkpoint's, else 4096)")
+    model.add_argument("--hidden_dim", type=int, default=None,
+                       help="pre_feature width (default: the checkpoint's, else 4096)")
     model.add_argument("--z_dim", type=int, default=None, help="projection width (default: checkpoint's, else 1024)")
     model.add_argument("--random_init", action="store_true",
                        help="evaluate an untrained encoder of the same architecture, seeded by --seed: the baseline")
 
     data = parser.add_argument_group("Data")
-    data.add_argument("--data", default=None, choices=DATASETS, help="data set (default: the checkpoint's, else cifar10)")
+    data.add_argument("--data", default=None, choices=DATASETS,
+                      help="data set (default: the checkpoint's, else cifar10)")
     data.add_argument("--data_dir", type=Path, default=None, help="its folder (default: the checkpoint's, else data)")
     data.add_argument("--download", action=argparse.BooleanOptionalAction, default=True,
                       help="download CIFAR into --data_dir when it is missing (default: on)")
@@ -70,7 +73,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     probes.add_argument("--knn_k", type=int, default=20, help="neighbours (official 20)")
     probes.add_argument("--knn_t", type=float, default=0.07, help="temperature of the exp(cos/T) votes (official 0.07)")
     probes.add_argument("--linear", action=argparse.BooleanOptionalAction, default=True, help="linear probe (on)")
-    probes.add_argument("--linear_epochs", type=int, default=100, help="epochs, cosine schedule over them (official 100)")
+    probes.add_argument("--linear_epochs", type=int, default=100,
+                        help="epochs, cosine schedule over them (official 100)")
     probes.add_argument("--linear_lr", type=float, default=0.03, help="SGD learning rate (official 0.03)")
     probes.add_argument("--linear_wd", type=float, default=5e-5, help="weight decay (official 5e-5)")
     probes.add_argument("--linear_momentum", type=float, default=0.9, help="SGD momentum (official 0.9)")
@@ -89,7 +93,8 @@ def validate_args(args: argparse.Namespace) -> None:
         (args.ckpt is not None or args.random_init, "pass --ckpt (or --model_path), or --random_init"),
         (args.ckpt is not None or args.output is not None, "--random_init without --ckpt needs --output"),
         (args.test_patches >= 1, "--test_patches must be at least 1"),
-        (min(args.eval_bs, args.forward_bs, args.linear_bs) >= 1, "--eval_bs, --forward_bs and --linear_bs must be ≥ 1"),
+        (min(args.eval_bs, args.forward_bs, args.linear_bs) >= 1,
+         "--eval_bs, --forward_bs and --linear_bs must be at least 1"),
         (args.knn_k >= 1 and args.knn_t > 0, "--knn_k must be at least 1 and --knn_t positive"),
         (args.linear_epochs >= 1 and args.linear_lr > 0, "--linear_epochs must be ≥ 1 and --linear_lr positive"),
         (args.workers >= 0, "--workers must be 0 or more"),
@@ -149,11 +154,9 @@ def extract(args: argparse.Namespace, model: Encoder, device: torch.device, spli
         key = {**base_key, "split": split, "subset": len(dataset)}
         loader = patch_loader(dataset, args.data, args.test_patches, args.seed, args.eval_bs, args.workers,
                               pin_memory=device.type == "cuda")
+        compute = partial(bag_of_features, model, loader, device, args.forward_bs, dtype, desc=f"{split} features")
         tick = time.perf_counter()
-        (feats, labels), hit = cached_features(
-            cache_path(cache_dir, prefix, key), key,
-            lambda: bag_of_features(model, loader, device, args.forward_bs, dtype, desc=f"{split} features"),
-            args.recompute)
+        (feats, labels), hit = cached_features(cache_path(cache_dir, prefix, key), key, compute, args.recompute)
         seconds[f"features_{split}"] = time.perf_counter() - tick
         print(f"{split}: {len(labels)} images, {'cached' if hit else 'computed'} features {tuple(feats.shape)}")
         tensors[split] = (feats.to(device), labels.to(device))

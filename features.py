@@ -12,8 +12,8 @@ from __future__ import annotations
 import hashlib
 import json
 import pickle
-from contextlib import nullcontext
 from collections.abc import Callable, Iterable, Sequence
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -77,7 +77,7 @@ def bag_of_features(model: nn.Module, batches: Batches, device: torch.device, fo
             part = pre.float().view(-1, views[0].shape[0], pre.shape[1]).sum(0)  # (B, hidden)
             total = part if total is None else total + part
         features.append((total / len(views)).cpu())
-        labels.append(torch.as_tensor(targets))
+        labels.append(torch.as_tensor(targets).cpu())
     model.train(was_training)
     return torch.cat(features), torch.cat(labels)  # (N, hidden), (N,)
 

@@ -24,8 +24,8 @@ from dataset import DATASETS, MultiPatch, augmentation_kind, build_dataset, clas
 from dataset.sampler import ResumableSampler
 from dataset.seeded import SeededPatches
 from engine import train_one_epoch
-from features import KNNMonitor
 from errors import ArgumentParser, UserError, run_cli
+from features import KNNMonitor
 from lars import LARS
 from loss import EMPSSLLoss
 from model import ARCHS, Encoder

@@ -16,6 +16,7 @@ import argparse
 import json
 import sys
 import time
+from collections.abc import Iterable
 from pathlib import Path
 
 import torch
@@ -23,12 +24,12 @@ from torch.utils.data import Subset
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root, for `python scripts/…`
 
-from dataset import SyntheticShapes  # noqa: E402
-from errors import ArgumentParser, run_cli  # noqa: E402
-from features import bag_of_features, patch_loader  # noqa: E402
-from main import resolve_device  # noqa: E402
-from model import ARCHS, Encoder  # noqa: E402
-from probes import knn_accuracy, linear_probe  # noqa: E402
+from dataset import SyntheticShapes
+from errors import ArgumentParser, run_cli
+from features import bag_of_features, patch_loader
+from main import resolve_device
+from model import ARCHS, Encoder
+from probes import knn_accuracy, linear_probe
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -46,7 +47,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     probes = parser.add_argument_group("Probes")
     probes.add_argument("--dim", type=int, default=4096, help="feature width of the probes (4096)")
     probes.add_argument("--classes", type=int, default=10, help="classes (10)")
-    probes.add_argument("--knn_train", type=int, default=10000, help="kNN memory size (default 10,000; official 50,000)")
+    probes.add_argument("--knn_train", type=int, default=10000,
+                        help="kNN memory size (default 10,000; official 50,000)")
     probes.add_argument("--knn_test", type=int, default=2000, help="kNN queries (default 2,000; official 10,000)")
     probes.add_argument("--linear_train", type=int, default=10000, help="linear-probe training features (10,000)")
     probes.add_argument("--linear_epochs", type=int, default=2, help="epochs timed (default 2; official 100)")
@@ -73,7 +75,9 @@ def main(args: argparse.Namespace) -> None:
     images = SyntheticShapes(train=False)
     images = Subset(images, range(min(args.images, len(images))))
     loader = patch_loader(images, "synthetic", args.test_patches, 0, args.eval_bs, args.workers)
-    bag = lambda batches: bag_of_features(model, batches, device, args.forward_bs, dtype)  # noqa: E731
+
+    def bag(batches: Iterable) -> tuple[torch.Tensor, torch.Tensor]:
+        return bag_of_features(model, batches, device, args.forward_bs, dtype)
 
     bag(list(patch_loader(Subset(images, range(1)), "synthetic", 2, 0, 1, 0)))  # warm-up
     aug_s, batches = timed(lambda: list(loader), device)
@@ -81,8 +85,9 @@ def main(args: argparse.Namespace) -> None:
     total_s, _ = timed(lambda: bag(loader), device)
 
     g = torch.Generator().manual_seed(0)
-    train_x, test_x = (torch.randn(n, args.dim, generator=g).to(device) for n in (args.knn_train, args.knn_test))
-    train_y, test_y = (torch.randint(args.classes, (n,), generator=g).to(device) for n in (args.knn_train, args.knn_test))
+    sizes = (args.knn_train, args.knn_test)
+    train_x, test_x = (torch.randn(n, args.dim, generator=g).to(device) for n in sizes)  # (N, dim), (M, dim)
+    train_y, test_y = (torch.randint(args.classes, (n,), generator=g).to(device) for n in sizes)  # (N,), (M,)
     knn_s, _ = timed(lambda: knn_accuracy(train_x, train_y, test_x, test_y, args.classes), device)
     lin_x, lin_y = train_x[:args.linear_train], train_y[:args.linear_train]
     linear_s, _ = timed(lambda: linear_probe(lin_x, lin_y, test_x, test_y, args.classes, args.linear_epochs), device)

@@ -36,8 +36,7 @@ class TestKNN:
     def test_votes_are_weighted_by_exp_cosine_over_t_among_the_k_nearest(self) -> None:
         # The query is [1, 0]. Neighbours: one of class 1 at cos 1, two of class 0 at cos 0.8,
         # and three of class 2 at cos 0.6 that only a k > 3 would reach.
-        angle = lambda c: [c, math.sqrt(1 - c * c)]  # noqa: E731
-        train = torch.tensor([angle(1.0), angle(0.8), angle(0.8), angle(0.6), angle(0.6), angle(0.6)])
+        train = torch.tensor([[c, math.sqrt(1 - c * c)] for c in (1.0, 0.8, 0.8, 0.6, 0.6, 0.6)])
         labels = torch.tensor([1, 0, 0, 2, 2, 2])
         scores = knn_scores(train, labels, torch.tensor([[2.0, 0.0]]), num_classes=3, k=3, temperature=0.07)
         expected = torch.tensor([[2 * math.exp(0.8 / 0.07), math.exp(1 / 0.07), 0.0]])
