@@ -219,7 +219,7 @@ def main(args: argparse.Namespace) -> None:
         ckpt.atomic_write(output, lambda tmp: tmp.write_text(text))
     except OSError as err:
         raise UserError(f"cannot write {output} ({err.strerror or err}): choose another --output") from err
-    name = "random init" if args.random_init else str(args.ckpt)
+    name = f"random-init {args.arch}" if args.random_init else str(args.ckpt)
     print(f"{name} on {args.data} ({args.test_patches} patches): {' | '.join(summary) or 'features only'}")
     print(f"results: {output}")
 

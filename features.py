@@ -45,7 +45,8 @@ def patch_loader(dataset: Dataset, data: str, num_patches: int, seed: int, eval_
                  pin_memory: bool = False) -> DataLoader:
     """Batches ([P tensors (B, C, H, W)], labels (B,)) of `eval_bs` images in data-set order, each
     image's P patches drawn with the training augmentation of `data` as a pure function of
-    (seed, index): the same seed gives the same patches whatever the batch size or worker count."""
+    (seed, index in `dataset`): the same seed gives the same patches whatever the batch size or
+    worker count."""
     kind, size = augmentation_kind(data)
     patches = SeededPatches(dataset, MultiPatch(patch_transform(kind, size), num_patches), seed)
     return DataLoader(patches, batch_size=eval_bs, shuffle=False, num_workers=workers, pin_memory=pin_memory,

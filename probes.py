@@ -85,7 +85,7 @@ def linear_probe(train_features: torch.Tensor, train_labels: torch.Tensor, test_
     for _ in bar:
         order = torch.randperm(len(train_labels), generator=generator, device=device)
         classifier.train()
-        for idx in order[: steps * bs].view(steps, -1):  # (bs,) each; a short last batch is dropped
+        for idx in order[: steps * bs].view(steps, -1):  # (steps, bs); a short last batch is dropped
             loss = F.cross_entropy(classifier(train_features[idx]), train_labels[idx])
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
