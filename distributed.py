@@ -82,6 +82,19 @@ def print_main(*values: object) -> None:
         print(*values, flush=True)
 
 
+def resolve_device(name: str) -> torch.device:
+    """auto → cuda when available, else cpu; an unavailable CUDA device is a UserError."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError as err:
+        raise UserError(f"--device {name!r} is not a device: use auto, cpu, cuda or cuda:N") from err
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"--device {name} asked for CUDA but this machine has no GPU: use --device cpu")
+    return device
+
+
 def choose_backend(name: str, device: torch.device) -> str:
     """auto → nccl for CUDA devices, gloo for the CPU; refuse combinations that cannot run."""
     if name == "auto":

@@ -27,6 +27,7 @@ from dataset import DATASETS
 from dataset.source import AUGMENTS, Batches, build_train_batches
 from engine import NonFiniteGuard, train_one_epoch
 from errors import ArgumentParser, UserError, run_cli
+from features import KNNMonitor
 from lars import LARS
 from loss import EMPSSLLoss
 from model import ARCHS, Encoder
@@ -93,6 +94,16 @@ def get_args_parser() -> argparse.ArgumentParser:
                          help="also write last.pt every N steps, so a killed run loses at most N steps "
                               "(default: at the end of every epoch and on SIGTERM only)")
 
+    monitor = parser.add_argument_group("Eval")
+    monitor.add_argument("--eval_every", type=int, default=0,
+                         help="every N epochs, log the weighted kNN top-1 of the test split against the training "
+                              "split as eval/knn_top1 (default 0: never; evaluate.py gives the full protocol)")
+    monitor.add_argument("--eval_patches", type=int, default=4,
+                         help="patches per image in that kNN's bag-of-features (default 4; evaluate.py uses 128)")
+    monitor.add_argument("--eval_subset", type=int, default=None,
+                         help="that kNN uses a fixed class-balanced subset of this many images of each split "
+                              "(default: all)")
+
     running = parser.add_argument_group("Running")
     running.add_argument("--device", default="auto", help="auto (CUDA when present, else CPU), cpu, cuda or cuda:N")
     running.add_argument("--seed", type=int, default=0, help="seed of weights, data order and augmentation (0)")
@@ -135,6 +146,7 @@ def validate_args(args: argparse.Namespace) -> None:
         (args.dist_timeout > 0, "--dist_timeout must be positive (minutes)"),
         (args.bs % world == 0, f"--bs {args.bs} is the global batch and must split evenly over the {world} "
                                f"processes: use a multiple of {world}"),
+        (args.eval_every >= 0 and args.eval_patches >= 1, "--eval_every must be ≥ 0 and --eval_patches ≥ 1"),
     ]
     for ok, message in checks:
         if not ok:
@@ -145,19 +157,6 @@ def default_run_dir(args: argparse.Namespace) -> Path:
     """The official run folder name: logs/<dir>/patchsim<w>_numpatch<P>_bs<B>_lr<lr>_<msg>."""
     name = f"patchsim{args.patch_sim:g}_numpatch{args.num_patches}_bs{args.bs}_lr{args.lr:g}_{args.msg}"
     return Path("logs") / args.dir / name
-
-
-def resolve_device(name: str) -> torch.device:
-    """auto → cuda when available, else cpu; an unavailable CUDA device is a UserError."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError as err:
-        raise UserError(f"--device {name!r} is not a device: use auto, cpu, cuda or cuda:N") from err
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise UserError(f"--device {name} asked for CUDA but this machine has no GPU: use --device cpu")
-    return device
 
 
 def build_batches(args: argparse.Namespace, device: torch.device) -> Batches:
@@ -228,15 +227,25 @@ def prepare_run_dir(run_dir: Path, args: argparse.Namespace) -> None:
                         f"choose another --output_dir") from err
 
 
+def log_knn(monitor: KNNMonitor, model: Encoder, writer: SummaryWriter, epoch: int, step: int) -> None:
+    """The cheap training-time kNN (rank 0): top-1 on the test split, to TensorBoard and the console."""
+    knn_top1 = monitor(model)
+    writer.add_scalar("eval/knn_top1", knn_top1, step)
+    print(f"epoch {epoch}: kNN top-1 {knn_top1:.2f} ({monitor.num_patches} patches per image)")
+
+
 @distributed.entry_point
 def main(args: argparse.Namespace) -> None:
     validate_args(args)
-    device = distributed.setup(resolve_device(args.device), args.dist_backend, args.dist_timeout, args.sync_bn)
+    device = distributed.resolve_device(args.device)
+    device = distributed.setup(device, args.dist_backend, args.dist_timeout, args.sync_bn)
     run_dir = args.output_dir or default_run_dir(args)
     state = distributed.agree(lambda: resume_state(args, run_dir))  # every rank reads last.pt
     seed_everything(args.seed, args.deterministic)
 
     batches = distributed.main_first(lambda: build_batches(args, device))  # rank 0 downloads, the others wait
+    monitor = KNNMonitor(args.data, args.data_dir, args.download, args.eval_patches, args.eval_subset, args.seed,
+                         args.bs, args.workers, device) if args.eval_every and distributed.is_main() else None
     steps_per_epoch = batches.steps_per_epoch
     model = Encoder(args.arch, args.hidden_dim, args.z_dim).to(device)
     prepare_model(model, device, args.channels_last)
@@ -292,6 +301,8 @@ def main(args: argparse.Namespace) -> None:
                 break
             save(epoch, step)
             distributed.print_main(f"epoch {epoch}: step {step}, checkpoint {run_dir / ckpt.CHECKPOINT_DIR / ckpt.LAST}")
+            if args.eval_every and step == (epoch + 1) * steps_per_epoch and (epoch + 1) % args.eval_every == 0:
+                distributed.on_main(log_knn, monitor, model, writer, epoch, step)
     if writer is not None:
         writer.close()
     distributed.print_main(f"done: {run_dir}")

@@ -30,6 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from dataset.source import AUGMENTS, build_train_batches  # noqa: E402
 from engine import train_step  # noqa: E402
+from distributed import resolve_device  # noqa: E402
 from errors import ArgumentParser, run_cli  # noqa: E402
 from lars import LARS  # noqa: E402
 from loss import EMPSSLLoss, total_coding_rate  # noqa: E402
@@ -194,8 +195,7 @@ def table(result: dict) -> str:
 def main(args: argparse.Namespace) -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
-    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
-                          "cpu" if args.device == "auto" else args.device)
+    device = resolve_device(args.device)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
     cfg = sizes(args)

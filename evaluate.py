@@ -1,0 +1,228 @@
+"""Evaluate an EMP-SSL encoder with the official protocol: bag-of-features, weighted kNN and a
+linear probe on the frozen 4096-d pre_feature.
+
+Usage:
+    python evaluate.py --ckpt logs/EMP-SSL-Training/<run>/save_models/29.pt          # the paper's protocol
+    python evaluate.py --ckpt <run>/save_models/last.pt --random_init                 # its baseline
+    python evaluate.py --model_path official.pt --arch resnet18-cifar --data cifar10  # an official checkpoint
+
+Writes `<checkpoint stem>.eval.json` beside the checkpoint (every number and the configuration)
+and caches the features there, keyed by checkpoint, data and patches; `--recompute` ignores them.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import torch
+
+import checkpoint as ckpt
+from dataset import DATASETS
+from errors import ArgumentParser, UserError, run_cli
+from features import bag_of_features, cache_path, cached_features, eval_split, file_digest, patch_loader
+from distributed import resolve_device
+from model import ARCHS, Encoder, strip_module_prefix
+from probes import knn_accuracy, linear_probe
+
+# Flags that default to the checkpoint's training args, else to these official defaults.
+FROM_CHECKPOINT = {"data": "cifar10", "data_dir": "data", "arch": "resnet18-cifar", "hidden_dim": 4096, "z_dim": 1024}
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    parser = ArgumentParser("EMP-SSL evaluation", description="kNN and linear probes on bag-of-features; "
+                            "defaults are the official ones.")
+    model = parser.add_argument_group("Model")
+    model.add_argument("--ckpt", "--model_path", type=Path, default=None,
+                       help="checkpoint to evaluate: ours (save_models/<epoch>.pt) or an official state dict")
+    model.add_argument("--arch", default=None, choices=ARCHS, help="backbone (default: the checkpoint's, "
+                       "else the official resnet18-cifar)")
+    model.add_argument("--hidden_dim", type=int, default=None,
+                       help="pre_feature width (default: the checkpoint's, else 4096)")
+    model.add_argument("--z_dim", type=int, default=None, help="projection width (default: checkpoint's, else 1024)")
+    model.add_argument("--random_init", action="store_true",
+                       help="evaluate an untrained encoder of the same architecture, seeded by --seed: the baseline")
+
+    data = parser.add_argument_group("Data")
+    data.add_argument("--data", default=None, choices=DATASETS,
+                      help="data set (default: the checkpoint's, else cifar10)")
+    data.add_argument("--data_dir", type=Path, default=None, help="its folder (default: the checkpoint's, else data)")
+    data.add_argument("--download", action=argparse.BooleanOptionalAction, default=True,
+                      help="download CIFAR into --data_dir when it is missing (default: on)")
+    data.add_argument("--train_subset", type=int, default=None, help="use a fixed class-balanced subset of this "
+                      "many training images (quick checks; default: all)")
+    data.add_argument("--test_subset", type=int, default=None, help="the same for the test split (default: all)")
+    data.add_argument("--workers", type=int, default=8, help="DataLoader worker processes for the patches (8)")
+
+    feats = parser.add_argument_group("Features")
+    feats.add_argument("--test_patches", type=int, default=128,
+                       help="patches per image averaged into its feature (official default 128)")
+    feats.add_argument("--eval_bs", type=int, default=50, help="images per batch (official 50)")
+    feats.add_argument("--forward_bs", type=int, default=2048,
+                       help="patches per forward pass (default 2048); lower it if memory runs out")
+    feats.add_argument("--seed", type=int, default=0, help="seed of the patches (and of --random_init weights) (0)")
+    feats.add_argument("--precision", default=None, choices=("fp32", "bf16"),
+                       help="forward precision; features are kept in float32 (default: bf16 on CUDA, else fp32)")
+    feats.add_argument("--recompute", action="store_true", help="ignore cached features and compute them again")
+
+    probes = parser.add_argument_group("Probes")
+    probes.add_argument("--knn", action=argparse.BooleanOptionalAction, default=True, help="weighted kNN (on)")
+    probes.add_argument("--knn_k", type=int, default=20, help="neighbours (official 20)")
+    probes.add_argument("--knn_t", type=float, default=0.07, help="temperature of the exp(cos/T) votes (official 0.07)")
+    probes.add_argument("--linear", action=argparse.BooleanOptionalAction, default=True, help="linear probe (on)")
+    probes.add_argument("--linear_epochs", type=int, default=100,
+                        help="epochs, cosine schedule over them (official 100)")
+    probes.add_argument("--linear_lr", type=float, default=0.03, help="SGD learning rate (official 0.03)")
+    probes.add_argument("--linear_wd", type=float, default=5e-5, help="weight decay (official 5e-5)")
+    probes.add_argument("--linear_momentum", type=float, default=0.9, help="SGD momentum (official 0.9)")
+    probes.add_argument("--linear_bs", type=int, default=100, help="batch size (official 100)")
+
+    running = parser.add_argument_group("Running")
+    running.add_argument("--output", type=Path, default=None,
+                         help="result JSON (default: <checkpoint stem>[.random_init].eval.json beside the checkpoint)")
+    running.add_argument("--device", default="auto", help="auto (CUDA when present, else CPU), cpu, cuda or cuda:N")
+    return parser
+
+
+def validate_args(args: argparse.Namespace) -> None:
+    """Refuse impossible flag values before anything is loaded or written."""
+    checks = [
+        (args.ckpt is not None or args.random_init, "pass --ckpt (or --model_path), or --random_init"),
+        (args.ckpt is not None or args.output is not None, "--random_init without --ckpt needs --output"),
+        (args.test_patches >= 1, "--test_patches must be at least 1"),
+        (min(args.eval_bs, args.forward_bs, args.linear_bs) >= 1,
+         "--eval_bs, --forward_bs and --linear_bs must be at least 1"),
+        (args.knn_k >= 1 and args.knn_t > 0, "--knn_k must be at least 1 and --knn_t positive"),
+        (args.linear_epochs >= 1 and args.linear_lr > 0, "--linear_epochs must be ≥ 1 and --linear_lr positive"),
+        (args.workers >= 0, "--workers must be 0 or more"),
+    ]
+    for ok, message in checks:
+        if not ok:
+            raise UserError(message)
+
+
+def read_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """(state dict without `module.` prefixes, checkpoint record: training args, epoch, step).
+    Ours is a dict with `model`; an official checkpoint is a bare DataParallel state dict."""
+    state = ckpt.load_checkpoint(path)
+    if isinstance(state.get("model"), dict):
+        record = {"args": state.get("args", {}), "epoch": state.get("epoch"), "step": state.get("step")}
+        return strip_module_prefix(state["model"]), record
+    if state and all(isinstance(v, torch.Tensor) for v in state.values()):
+        return strip_module_prefix(state), {"args": {}}
+    raise UserError(f"{path} is neither a training checkpoint (a dict with 'model') nor a state dict of tensors")
+
+
+def build_encoder(args: argparse.Namespace) -> tuple[Encoder, dict[str, Any]]:
+    """The encoder to evaluate, in eval mode on the CPU, and the checkpoint record. Fills the
+    unset flags of FROM_CHECKPOINT from the checkpoint's training args, else the official defaults."""
+    state, record = read_checkpoint(args.ckpt) if args.ckpt is not None else ({}, {"args": {}})
+    for name, default in FROM_CHECKPOINT.items():
+        if getattr(args, name) is None:
+            setattr(args, name, record["args"].get(name, default))
+    args.data_dir = Path(args.data_dir)
+    torch.manual_seed(args.seed)  # the --random_init weights
+    model = Encoder(args.arch, args.hidden_dim, args.z_dim)
+    if not args.random_init:
+        ckpt.load_state_strict(model, state, args.ckpt)
+    return model.eval(), record
+
+
+def output_paths(args: argparse.Namespace) -> tuple[Path, Path, str]:
+    """(result JSON, cache folder, cache file prefix)."""
+    if args.ckpt is None:
+        return args.output, args.output.parent, "random_init"
+    stem = args.ckpt.stem + (".random_init" if args.random_init else "")
+    return args.output or args.ckpt.with_name(f"{stem}.eval.json"), args.ckpt.parent, args.ckpt.name
+
+
+def extract(args: argparse.Namespace, model: Encoder, device: torch.device, splits: dict[str, tuple[Any, int]],
+            precision: str, weights: str, cache_dir: Path, prefix: str,
+            seconds: dict[str, float]) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """{split: (bag-of-features (N, hidden_dim) float32, labels (N,))} on the device, from the cache
+    beside the checkpoint when it holds them, else computed and cached."""
+    base_key = {"weights": weights, "arch": args.arch, "hidden_dim": args.hidden_dim, "z_dim": args.z_dim,
+                "data": args.data, "data_dir": None if args.data == "synthetic" else str(args.data_dir.resolve()),
+                "test_patches": args.test_patches, "seed": args.seed, "precision": precision}
+    dtype = torch.bfloat16 if precision == "bf16" else None
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    tensors = {}
+    for split, (dataset, _) in splits.items():
+        key = {**base_key, "split": split, "subset": len(dataset)}
+        loader = patch_loader(dataset, args.data, args.test_patches, args.seed, args.eval_bs, args.workers,
+                              pin_memory=device.type == "cuda")
+        compute = partial(bag_of_features, model, loader, device, args.forward_bs, dtype, desc=f"{split} features")
+        tick = time.perf_counter()
+        (feats, labels), hit = cached_features(cache_path(cache_dir, prefix, key), key, compute, args.recompute)
+        seconds[f"features_{split}"] = time.perf_counter() - tick
+        print(f"{split}: {len(labels)} images, {'cached' if hit else 'computed'} features {tuple(feats.shape)}")
+        tensors[split] = (feats.to(device), labels.to(device))
+    return tensors
+
+
+def run_probes(args: argparse.Namespace, tensors: dict[str, tuple[torch.Tensor, torch.Tensor]], num_classes: int,
+               seconds: dict[str, float]) -> tuple[dict[str, Any], list[str]]:
+    """({"knn": …, "linear": …} for the probes switched on, their one-line summaries)."""
+    results, summary = {}, []
+    if args.knn:
+        tick = time.perf_counter()
+        knn = knn_accuracy(*tensors["train"], *tensors["test"], num_classes, args.knn_k, args.knn_t)
+        seconds["knn"] = time.perf_counter() - tick
+        results["knn"] = {"k": args.knn_k, "t": args.knn_t, **knn}
+        summary.append(f"kNN top-1 {knn['top1']:.2f} top-5 {knn['top5']:.2f}")
+    if args.linear:
+        tick = time.perf_counter()
+        linear = linear_probe(*tensors["train"], *tensors["test"], num_classes, args.linear_epochs, args.linear_lr,
+                              args.linear_momentum, args.linear_wd, args.linear_bs, args.seed, progress=True)
+        seconds["linear"] = time.perf_counter() - tick
+        best = linear["best_top1_over_test_epochs"]
+        results["linear"] = {"epochs": args.linear_epochs, "lr": args.linear_lr, "momentum": args.linear_momentum,
+                             "wd": args.linear_wd, "bs": args.linear_bs, "schedule": "cosine over epochs",
+                             "top1": linear["top1"], "top5": linear["top5"],
+                             "best_top1_over_test_epochs (official reporting)": best,
+                             "test_top1_per_epoch": linear["history_top1"]}
+        summary.append(f"linear top-1 {linear['top1']:.2f} top-5 {linear['top5']:.2f} (final epoch; "
+                       f"best over test epochs, official reporting: {best:.2f})")
+    return results, summary
+
+
+def main(args: argparse.Namespace) -> None:
+    validate_args(args)
+    device = resolve_device(args.device)
+    model, record = build_encoder(args)
+    model.to(device)
+    splits = {split: eval_split(args.data, args.data_dir, split, subset, args.download)
+              for split, subset in (("train", args.train_subset), ("test", args.test_subset))}
+    output, cache_dir, prefix = output_paths(args)
+    precision = args.precision or ("bf16" if device.type == "cuda" else "fp32")
+    weights = f"random_init (torch {torch.__version__})" if args.random_init else file_digest(args.ckpt)
+    print(json.dumps({"git_commit": ckpt.git_commit(), **dict(sorted(vars(args).items()))}, default=str))
+
+    seconds: dict[str, float] = {}
+    tensors = extract(args, model, device, splits, precision, weights, cache_dir, prefix, seconds)
+    probes, summary = run_probes(args, tensors, splits["train"][1], seconds)
+    result = {
+        "checkpoint": None if args.ckpt is None else str(args.ckpt), "random_init": args.random_init,
+        "checkpoint_epoch": record.get("epoch"), "checkpoint_step": record.get("step"), "weights": weights,
+        "arch": args.arch, "hidden_dim": args.hidden_dim, "z_dim": args.z_dim, "data": args.data,
+        "data_dir": str(args.data_dir), "train_images": len(tensors["train"][1]),
+        "test_images": len(tensors["test"][1]), "num_classes": splits["train"][1],
+        "train_subset": args.train_subset, "test_subset": args.test_subset, "test_patches": args.test_patches,
+        "seed": args.seed, "precision": precision, "git_commit": ckpt.git_commit(), **probes, "seconds": seconds,
+    }
+    text = json.dumps(result, indent=2)
+    try:
+        output.parent.mkdir(parents=True, exist_ok=True)
+        ckpt.atomic_write(output, lambda tmp: tmp.write_text(text))
+    except OSError as err:
+        raise UserError(f"cannot write {output} ({err.strerror or err}): choose another --output") from err
+    name = f"random-init {args.arch}" if args.random_init else str(args.ckpt)
+    print(f"{name} on {args.data} ({args.test_patches} patches): {' | '.join(summary) or 'features only'}")
+    print(f"results: {output}")
+
+
+if __name__ == "__main__":
+    run_cli(main, get_args_parser())

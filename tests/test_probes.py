@@ -1,0 +1,94 @@
+"""The probes on tensors: weighted kNN and the linear probe."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from probes import knn_accuracy, knn_scores, linear_probe, topk_correct
+
+
+def clusters(n: int, num_classes: int = 10, dim: int = 32, noise: float = 0.1,
+             seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """n points around num_classes random unit centres, (n, dim) features and (n,) labels."""
+    g = torch.Generator().manual_seed(seed)
+    centres = torch.nn.functional.normalize(torch.randn(num_classes, dim, generator=torch.Generator().manual_seed(99)),
+                                            dim=1)  # (C, dim), the same for every split
+    labels = torch.randint(num_classes, (n,), generator=g)
+    return centres[labels] + noise * torch.randn(n, dim, generator=g), labels
+
+
+class TestKNN:
+    def test_separated_clusters_are_classified_perfectly(self) -> None:
+        train, test = clusters(500), clusters(200, seed=1)
+        acc = knn_accuracy(*train, *test, num_classes=10)
+        assert acc["top1"] == 100.0 and acc["top5"] == 100.0
+
+    def test_random_labels_give_about_chance_and_top5_at_least_top1(self) -> None:
+        g = torch.Generator().manual_seed(0)
+        train_x, test_x = torch.randn(2000, 32, generator=g), torch.randn(1000, 32, generator=g)
+        train_y, test_y = torch.randint(10, (2000,), generator=g), torch.randint(10, (1000,), generator=g)
+        acc = knn_accuracy(train_x, train_y, test_x, test_y, num_classes=10)
+        assert 5.0 < acc["top1"] < 15.0  # chance is 10%; the standard error is about 1%
+        assert 40.0 < acc["top5"] < 60.0 and acc["top5"] >= acc["top1"]
+
+    def test_votes_are_weighted_by_exp_cosine_over_t_among_the_k_nearest(self) -> None:
+        # The query is [1, 0]. Neighbours: one of class 1 at cos 1, two of class 0 at cos 0.8,
+        # and three of class 2 at cos 0.6 that only a k > 3 would reach.
+        train = torch.tensor([[c, math.sqrt(1 - c * c)] for c in (1.0, 0.8, 0.8, 0.6, 0.6, 0.6)])
+        labels = torch.tensor([1, 0, 0, 2, 2, 2])
+        scores = knn_scores(train, labels, torch.tensor([[2.0, 0.0]]), num_classes=3, k=3, temperature=0.07)
+        expected = torch.tensor([[2 * math.exp(0.8 / 0.07), math.exp(1 / 0.07), 0.0]])
+        torch.testing.assert_close(scores, expected, rtol=1e-4, atol=0)
+        assert scores.argmax() == 1  # a majority vote would say 0
+        hot = knn_scores(train, labels, torch.tensor([[1.0, 0.0]]), num_classes=3, k=3, temperature=1.0)
+        assert hot.argmax() == 0  # at T = 1 the two class-0 neighbours outweigh the closer one
+
+    def test_chunk_size_does_not_change_the_result(self) -> None:
+        g = torch.Generator().manual_seed(3)
+        train_x, test_x = torch.randn(300, 16, generator=g), torch.randn(77, 16, generator=g)
+        train_y, test_y = torch.randint(5, (300,), generator=g), torch.randint(5, (77,), generator=g)
+        reference = knn_scores(train_x, train_y, test_x, 5, chunk=1000)
+        accuracies = set()
+        for chunk in (1, 7, 76, 77):
+            scores = knn_scores(train_x, train_y, test_x, 5, chunk=chunk)
+            torch.testing.assert_close(scores, reference, rtol=1e-5, atol=0)  # exp(cos/T) is up to e^14
+            accuracies.add(tuple(knn_accuracy(train_x, train_y, test_x, test_y, 5, chunk=chunk).values()))
+        assert len(accuracies) == 1
+
+    def test_topk_is_capped_at_the_number_of_classes(self) -> None:
+        scores = torch.tensor([[0.1, 0.5, 0.2], [0.9, 0.0, 0.1]])
+        assert topk_correct(scores, torch.tensor([2, 1]), 1).tolist() == [False, False]
+        assert topk_correct(scores, torch.tensor([2, 1]), 2).tolist() == [True, False]
+        assert topk_correct(scores, torch.tensor([2, 1]), 5).tolist() == [True, True]
+
+
+class TestLinearProbe:
+    def test_separable_features_are_learned_and_the_result_is_the_final_epoch(self) -> None:
+        train, test = clusters(1000, dim=64, noise=0.2), clusters(300, dim=64, noise=0.2, seed=1)
+        out = linear_probe(*train, *test, num_classes=10, epochs=10)
+        assert out["top1"] > 95.0 and out["top5"] >= out["top1"]
+        assert out["top1"] == out["history_top1"][-1] and len(out["history_top1"]) == 10
+        assert out["best_top1_over_test_epochs"] == max(out["history_top1"])
+
+    def test_reproducible_and_fewer_images_than_a_batch(self) -> None:
+        train, test = clusters(50, dim=8, noise=0.3), clusters(40, dim=8, noise=0.3, seed=1)
+        first = linear_probe(*train, *test, num_classes=10, epochs=3, bs=100, seed=5)
+        assert first == linear_probe(*train, *test, num_classes=10, epochs=3, bs=100, seed=5)
+
+    @pytest.mark.parametrize("epochs", [1, 4])
+    def test_learning_rate_is_cosine_annealed_to_zero(self, epochs: int, monkeypatch: pytest.MonkeyPatch) -> None:
+        seen = []
+        step = torch.optim.SGD.step
+
+        def record(self, *args, **kwargs):
+            seen.append(self.param_groups[0]["lr"])
+            return step(self, *args, **kwargs)
+
+        monkeypatch.setattr(torch.optim.SGD, "step", record)
+        train = clusters(200, dim=8)
+        linear_probe(*train, *train, num_classes=10, epochs=epochs, lr=0.4, bs=100)
+        per_epoch = seen[::2]  # two batches of 100 per epoch
+        expected = [0.4 * (1 + math.cos(math.pi * e / epochs)) / 2 for e in range(epochs)]
+        assert per_epoch == pytest.approx(expected) and len(seen) == 2 * epochs
