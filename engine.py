@@ -1,12 +1,18 @@
-"""The training step and the epoch loop of EMP-SSL."""
+"""The training step and the epoch loop of EMP-SSL, with what keeps a run safe: seeding, the
+non-finite-loss guard and SIGTERM handling."""
 from __future__ import annotations
 
 import math
+import os
+import random
+import signal
 import sys
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import Any
 
+import numpy as np
 import torch
 import torch.nn as nn
 from torch.utils.tensorboard import SummaryWriter
@@ -39,6 +45,33 @@ class NonFiniteGuard:
         self.budget -= 1
         tqdm.write(f"warning: {report}: step skipped, no update applied ({self.budget} more may be skipped)",
                    file=sys.stderr)
+
+
+def seed_everything(seed: int, deterministic: bool) -> None:
+    """Seed Python, NumPy and torch; with deterministic, also make PyTorch's kernels deterministic."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    if deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # cuBLAS needs it, before CUDA starts
+        torch.use_deterministic_algorithms(True)
+        torch.backends.cudnn.benchmark = False
+
+
+class Preemption:
+    """While entered, remembers a SIGTERM (what clusters send before preemption) so that the run
+    saves last.pt at the next step boundary and exits cleanly instead of dying mid-step."""
+
+    def __enter__(self) -> Preemption:
+        self.requested = False
+        self._previous = signal.signal(signal.SIGTERM, self._request)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        signal.signal(signal.SIGTERM, self._previous)
+
+    def _request(self, signum: int, frame: Any) -> None:
+        self.requested = True
 
 
 def train_step(

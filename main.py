@@ -11,13 +11,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import random
-import signal
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch.utils.tensorboard import SummaryWriter
 
@@ -25,7 +21,7 @@ import checkpoint as ckpt
 import distributed
 from dataset import DATASETS
 from dataset.source import AUGMENTS, Batches, build_train_batches
-from engine import NonFiniteGuard, train_one_epoch
+from engine import NonFiniteGuard, Preemption, seed_everything, train_one_epoch
 from errors import ArgumentParser, UserError, run_cli
 from features import KNNMonitor
 from lars import LARS
@@ -186,33 +182,6 @@ def resume_state(args: argparse.Namespace, run_dir: Path) -> dict[str, Any] | No
         diff = ", ".join(f"--{k} {saved[k]} (now {getattr(args, k)})" for k in changed)
         raise UserError(f"--resume: {last} was trained with {diff}: resume with the same flags")
     return state
-
-
-def seed_everything(seed: int, deterministic: bool) -> None:
-    """Seed Python, NumPy and torch; with deterministic, also make PyTorch's kernels deterministic."""
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-    if deterministic:
-        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # cuBLAS needs it, before CUDA starts
-        torch.use_deterministic_algorithms(True)
-        torch.backends.cudnn.benchmark = False
-
-
-class Preemption:
-    """While entered, remembers a SIGTERM (what clusters send before preemption) so that the run
-    saves last.pt at the next step boundary and exits cleanly instead of dying mid-step."""
-
-    def __enter__(self) -> Preemption:
-        self.requested = False
-        self._previous = signal.signal(signal.SIGTERM, self._request)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        signal.signal(signal.SIGTERM, self._previous)
-
-    def _request(self, signum: int, frame: Any) -> None:
-        self.requested = True
 
 
 def prepare_run_dir(run_dir: Path, args: argparse.Namespace) -> None:

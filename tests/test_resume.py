@@ -14,7 +14,7 @@ import torch
 
 import checkpoint
 import main as main_module
-from conftest import ROOT, TINY_RUN, assert_one_line_error, run_script
+from conftest import ROOT, TINY_RUN, assert_one_line_error
 
 EXACT = [*TINY_RUN, "--deterministic", "--epoch", "2", "--train_subset", "32"]  # 2 steps per epoch, 4 in all
 
