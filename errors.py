@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import re
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import NoReturn
 
 
@@ -24,6 +24,13 @@ class ArgumentParser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
         print(f"error: {message} (see --help)", file=sys.stderr)
         sys.exit(2)
+
+
+def require(checks: Iterable[tuple[bool, str]]) -> None:
+    """Raise a UserError with the message of the first (ok, message) check that is not ok."""
+    for ok, message in checks:
+        if not ok:
+            raise UserError(message)
 
 
 def run_cli(main: Callable[[argparse.Namespace], None], parser: argparse.ArgumentParser,

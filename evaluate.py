@@ -22,7 +22,7 @@ import torch
 
 import checkpoint as ckpt
 from dataset import DATASETS
-from errors import ArgumentParser, UserError, run_cli
+from errors import ArgumentParser, UserError, require, run_cli
 from features import bag_of_features, cache_path, cached_features, eval_split, file_digest, patch_loader
 from distributed import resolve_device
 from model import ARCHS, Encoder, strip_module_prefix
@@ -89,7 +89,7 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 def validate_args(args: argparse.Namespace) -> None:
     """Refuse impossible flag values before anything is loaded or written."""
-    checks = [
+    require([
         (args.ckpt is not None or args.random_init, "pass --ckpt (or --model_path), or --random_init"),
         (args.ckpt is not None or args.output is not None, "--random_init without --ckpt needs --output"),
         (args.test_patches >= 1, "--test_patches must be at least 1"),
@@ -98,10 +98,7 @@ def validate_args(args: argparse.Namespace) -> None:
         (args.knn_k >= 1 and args.knn_t > 0, "--knn_k must be at least 1 and --knn_t positive"),
         (args.linear_epochs >= 1 and args.linear_lr > 0, "--linear_epochs must be ≥ 1 and --linear_lr positive"),
         (args.workers >= 0, "--workers must be 0 or more"),
-    ]
-    for ok, message in checks:
-        if not ok:
-            raise UserError(message)
+    ])
 
 
 def read_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:

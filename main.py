@@ -22,7 +22,7 @@ import distributed
 from dataset import DATASETS
 from dataset.source import AUGMENTS, Batches, build_train_batches
 from engine import NonFiniteGuard, Preemption, seed_everything, train_one_epoch
-from errors import ArgumentParser, UserError, run_cli
+from errors import ArgumentParser, UserError, require, run_cli
 from features import KNNMonitor
 from lars import LARS
 from loss import EMPSSLLoss
@@ -129,7 +129,7 @@ def get_args_parser() -> argparse.ArgumentParser:
 def validate_args(args: argparse.Namespace) -> None:
     """Refuse impossible flag values before anything is built or written."""
     world = distributed.launch_from_env().world_size
-    checks = [
+    require([
         (args.num_patches >= 2, "--num_patches must be at least 2 (the invariance term compares patches)"),
         (args.bs >= 2, "--bs must be at least 2 (the coding rate and BatchNorm need several images)"),
         (args.eps > 0, "--eps must be positive (it divides the coding rate's scale d/(B·eps))"),
@@ -143,10 +143,7 @@ def validate_args(args: argparse.Namespace) -> None:
         (args.bs % world == 0, f"--bs {args.bs} is the global batch and must split evenly over the {world} "
                                f"processes: use a multiple of {world}"),
         (args.eval_every >= 0 and args.eval_patches >= 1, "--eval_every must be ≥ 0 and --eval_patches ≥ 1"),
-    ]
-    for ok, message in checks:
-        if not ok:
-            raise UserError(message)
+    ])
 
 
 def default_run_dir(args: argparse.Namespace) -> Path:
