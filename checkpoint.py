@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -122,12 +123,32 @@ def rng_state() -> dict[str, Any]:
 
 
 def set_rng_state(state: dict[str, Any]) -> None:
-    """Restore generators saved by :func:`rng_state`."""
+    """Restore generators saved by :func:`rng_state`. The CUDA states go to the GPUs visible now,
+    in order: states of GPUs that are no longer visible are dropped, and GPUs that were not
+    visible at saving keep their own."""
     random.setstate(state["python"])
     np.random.set_state(state["numpy"])
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+        for index, cuda_state in enumerate(state["cuda"][:torch.cuda.device_count()]):  # saved with more or fewer GPUs
+            torch.cuda.set_rng_state(cuda_state, index)
+
+
+def link_or_copy(source: Path, target: Path) -> None:
+    """Make target the file source atomically: a hard link (no second copy of the bytes), or a copy
+    where the file system has no hard links; target is always whole, old or new."""
+    tmp = target.with_name(f".{target.name}.tmp{os.getpid()}")
+    tmp.unlink(missing_ok=True)
+    try:
+        os.link(source, tmp)
+    except OSError:
+        try:
+            atomic_write(target, lambda path: shutil.copyfile(source, path))
+        except OSError as err:
+            raise UserError(f"could not write checkpoint {target} ({err.strerror or err}); {source} is "
+                            f"whole: free space and --resume") from err
+        return
+    os.replace(tmp, target)
 
 
 def existing_checkpoints(run_dir: Path) -> list[Path]:

@@ -82,19 +82,6 @@ def print_main(*values: object) -> None:
         print(*values, flush=True)
 
 
-def resolve_device(name: str) -> torch.device:
-    """auto → cuda when available, else cpu; an unavailable CUDA device is a UserError."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError as err:
-        raise UserError(f"--device {name!r} is not a device: use auto, cpu, cuda or cuda:N") from err
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise UserError(f"--device {name} asked for CUDA but this machine has no GPU: use --device cpu")
-    return device
-
-
 def choose_backend(name: str, device: torch.device) -> str:
     """auto → nccl for CUDA devices, gloo for the CPU; refuse combinations that cannot run."""
     if name == "auto":
@@ -260,21 +247,18 @@ def gather_with_grad(x: torch.Tensor, dim: int = 0) -> torch.Tensor:
     return _GatherWithGrad.apply(x, dim)
 
 
-def mean_over_ranks(stats: dict[str, torch.Tensor]) -> dict[str, float]:
-    """Average scalar tensors over ranks (one all-reduce) and return them as floats, so every rank
-    logs and checks the same numbers; the mean of equal-sized local losses is the global loss."""
-    values = torch.stack([v.detach().float().reshape(()) for v in stats.values()])  # (K,)
+def mean_over_ranks(values: torch.Tensor, flag: bool = False) -> tuple[list, bool]:
+    """(values averaged over ranks, as nested Python lists; whether flag is set on any rank).
+
+    values: any float tensor on this rank's device (e.g. (steps, K) statistics), the same shape on
+    every rank; the mean of equal-sized local losses is the global loss. One all-reduce carries
+    the values and the flag (a SIGTERM that reaches one rank first still stops all of them at the
+    same step), and one device-to-host copy reads them: the only synchronisation of a read.
+    """
+    packed = torch.cat([values.detach().float().reshape(-1),
+                        torch.tensor([float(flag)], device=values.device)])  # (numel + 1,)
     if is_initialized():
-        dist.all_reduce(values, op=dist.ReduceOp.SUM)
-        values /= get_world_size()
-    return dict(zip(stats, values.tolist(), strict=True))
-
-
-def any_rank(flag: bool) -> bool:
-    """True on every rank if flag is True on any (one all-reduce): a SIGTERM that reaches one
-    rank first still stops all of them at the same step."""
-    if not is_initialized():
-        return flag
-    value = torch.tensor([float(flag)], device="cuda" if dist.get_backend() == "nccl" else "cpu")
-    dist.all_reduce(value, op=dist.ReduceOp.MAX)
-    return bool(value.item())
+        dist.all_reduce(packed, op=dist.ReduceOp.SUM)
+        packed[:-1] /= get_world_size()
+    host = packed.cpu()  # the one device-to-host copy
+    return host[:-1].view(values.shape).tolist(), bool(host[-1] > 0)

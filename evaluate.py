@@ -24,7 +24,7 @@ import checkpoint as ckpt
 from dataset import DATASETS
 from errors import ArgumentParser, UserError, require, run_cli
 from features import bag_of_features, cache_path, cached_features, eval_split, file_digest, patch_loader
-from distributed import resolve_device
+from device import resolve_device
 from model import ARCHS, Encoder, strip_module_prefix
 from probes import knn_accuracy, linear_probe
 

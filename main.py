@@ -21,7 +21,8 @@ import checkpoint as ckpt
 import distributed
 from dataset import DATASETS
 from dataset.source import AUGMENTS, Batches, build_train_batches
-from engine import NonFiniteGuard, Preemption, seed_everything, train_one_epoch
+from device import resolve_device
+from engine import NonFiniteGuard, Preemption, StepLog, Training, seed_everything, train_one_epoch
 from errors import ArgumentParser, UserError, require, run_cli
 from features import KNNMonitor
 from lars import LARS
@@ -86,6 +87,10 @@ def get_args_parser() -> argparse.ArgumentParser:
                          help="run folder (default: logs/<dir>/patchsim<..>_numpatch<..>_bs<..>_lr<..>_<msg>)")
     logging.add_argument("--resume", action="store_true",
                          help="continue the run in the run folder from its save_models/last.pt")
+    logging.add_argument("--log_every", type=int, default=10,
+                         help="read the step values (loss, invariance, coding rate) from the device every N steps: "
+                              "the progress bar, the non-finite check and SIGTERM act then; TensorBoard still "
+                              "gets every step (default 10; 1 waits for the GPU at every step)")
     logging.add_argument("--save_every_steps", type=int, default=None,
                          help="also write last.pt every N steps, so a killed run loses at most N steps "
                               "(default: at the end of every epoch and on SIGTERM only)")
@@ -139,6 +144,9 @@ def validate_args(args: argparse.Namespace) -> None:
         (args.workers >= 0, "--workers must be 0 or more"),
         (args.save_every_steps is None or args.save_every_steps >= 1, "--save_every_steps must be at least 1"),
         (args.skip_nonfinite >= 0, "--skip_nonfinite must be 0 or more"),
+        (args.log_every >= 1, "--log_every must be at least 1"),
+        (not (args.compile and args.sync_bn), "--compile with --sync_bn is not supported (SyncBatchNorm breaks "
+                                              "torch.compile's graph): drop one of them"),
         (args.dist_timeout > 0, "--dist_timeout must be positive (minutes)"),
         (args.bs % world == 0, f"--bs {args.bs} is the global batch and must split evenly over the {world} "
                                f"processes: use a multiple of {world}"),
@@ -193,6 +201,21 @@ def prepare_run_dir(run_dir: Path, args: argparse.Namespace) -> None:
                         f"choose another --output_dir") from err
 
 
+def build_training(args: argparse.Namespace, device: torch.device, steps_per_epoch: int, run_dir: Path) -> Training:
+    """The encoder on the device (wrapped for DDP and compiled as asked), the loss, LARS and the
+    cosine schedule to 0 over every step of the run, sized from the real data set (the official
+    code assumes 50,000 images)."""
+    model = Encoder(args.arch, args.hidden_dim, args.z_dim).to(device)
+    prepare_model(model, device, args.channels_last)
+    net = distributed.wrap(model, device, args.sync_bn)  # DDP over the ranks; model itself in one process
+    net = compile_model(net, device) if args.compile else net  # what trains; shares model's parameters
+    optimizer = LARS(model.parameters(), lr=args.lr, weight_decay=args.wd, eta=args.lars_eta)
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=steps_per_epoch * args.epoch, eta_min=0)
+    record = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
+    return Training(model, net, EMPSSLLoss(args.patch_sim, args.tcr, args.eps), optimizer, scheduler,
+                    args.num_patches, AMP_DTYPES[args.precision], steps_per_epoch, run_dir, record)
+
+
 def log_knn(monitor: KNNMonitor, model: Encoder, writer: SummaryWriter, epoch: int, step: int) -> None:
     """The cheap training-time kNN (rank 0): top-1 on the test split, to TensorBoard and the console."""
     knn_top1 = monitor(model)
@@ -200,11 +223,34 @@ def log_knn(monitor: KNNMonitor, model: Encoder, writer: SummaryWriter, epoch: i
     print(f"epoch {epoch}: kNN top-1 {knn_top1:.2f} ({monitor.num_patches} patches per image)")
 
 
+def train(args: argparse.Namespace, training: Training, batches: Batches, log: StepLog,
+          monitor: KNNMonitor | None) -> None:
+    """The epochs from training.step on: each ends with <epoch>.pt (last.pt the same file); a
+    stop at --max_steps or on SIGTERM writes last.pt."""
+    steps_per_epoch = training.steps_per_epoch
+    with Preemption() as preemption:
+        for epoch in range(training.step // steps_per_epoch, args.epoch):
+            stop_step = min((epoch + 1) * steps_per_epoch, args.max_steps or steps_per_epoch * args.epoch)
+            if training.step >= stop_step:
+                break
+            batches.set_epoch(epoch, start_step=training.step - epoch * steps_per_epoch)
+            preempted = train_one_epoch(training, batches, log, stop_step, args.save_every_steps, preemption)
+            complete = training.step == (epoch + 1) * steps_per_epoch
+            training.save_epoch() if complete else training.save()
+            if preempted:
+                distributed.print_main(f"SIGTERM: stopped at step {training.step}; continue with --resume "
+                                       f"from {training.run_dir}")
+                return
+            distributed.print_main(f"epoch {epoch}: step {training.step}, checkpoint "
+                                   f"{training.run_dir / ckpt.CHECKPOINT_DIR / ckpt.LAST}")
+            if monitor is not None and complete and (epoch + 1) % args.eval_every == 0:
+                distributed.on_main(log_knn, monitor, training.model, log.writer, epoch, training.step)
+
+
 @distributed.entry_point
 def main(args: argparse.Namespace) -> None:
     validate_args(args)
-    device = distributed.resolve_device(args.device)
-    device = distributed.setup(device, args.dist_backend, args.dist_timeout, args.sync_bn)
+    device = distributed.setup(resolve_device(args.device), args.dist_backend, args.dist_timeout, args.sync_bn)
     run_dir = args.output_dir or default_run_dir(args)
     state = distributed.agree(lambda: resume_state(args, run_dir))  # every rank reads last.pt
     seed_everything(args.seed, args.deterministic)
@@ -212,63 +258,19 @@ def main(args: argparse.Namespace) -> None:
     batches = distributed.main_first(lambda: build_batches(args, device))  # rank 0 downloads, the others wait
     monitor = KNNMonitor(args.data, args.data_dir, args.download, args.eval_patches, args.eval_subset, args.seed,
                          args.bs, args.workers, device) if args.eval_every and distributed.is_main() else None
-    steps_per_epoch = batches.steps_per_epoch
-    model = Encoder(args.arch, args.hidden_dim, args.z_dim).to(device)
-    prepare_model(model, device, args.channels_last)
-    net = distributed.wrap(model, device, args.sync_bn)  # DDP over the ranks; model itself in one process
-    net = compile_model(net, device) if args.compile else net  # what trains; shares model's parameters
-    criterion = EMPSSLLoss(args.patch_sim, args.tcr, args.eps)
-    optimizer = LARS(model.parameters(), lr=args.lr, weight_decay=args.wd, eta=args.lars_eta)
-    total_steps = steps_per_epoch * args.epoch  # sized from the real data set, not a fixed 50,000
-    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total_steps, eta_min=0)
-    step = 0
+    training = build_training(args, device, batches.steps_per_epoch, run_dir)
     if state is not None:
-        ckpt.load_state_strict(model, state["model"], run_dir / ckpt.CHECKPOINT_DIR / ckpt.LAST)
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        ckpt.set_rng_state(state["rng"])
-        step = state["step"]
+        training.load_state_dict(state, run_dir / ckpt.CHECKPOINT_DIR / ckpt.LAST)
 
     distributed.on_main(prepare_run_dir, run_dir, args)
     distributed.print_main(json.dumps({"git_commit": ckpt.git_commit(), **dict(sorted(vars(args).items()))},
                                       default=str))
-    distributed.print_main(f"run folder: {run_dir}  ({steps_per_epoch} steps per epoch, {total_steps} in all, "
-                           f"on {device} × {distributed.get_world_size()} processes)")
+    distributed.print_main(f"run folder: {run_dir}  ({batches.steps_per_epoch} steps per epoch, "
+                           f"{batches.steps_per_epoch * args.epoch} in all, on {device} × "
+                           f"{distributed.get_world_size()} processes)")
     writer = SummaryWriter(log_dir=str(run_dir)) if distributed.is_main() else None
-    args_record = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
-    guard = NonFiniteGuard(args.skip_nonfinite)
-
-    def save(epoch: int, step: int, name: str = ckpt.LAST) -> None:
-        """Write a checkpoint (rank 0; the others wait and stop too if it fails)."""
-        state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                 "epoch": epoch, "step": step, "args": args_record, "rng": ckpt.rng_state()}
-        distributed.on_main(ckpt.save_checkpoint, state, run_dir / ckpt.CHECKPOINT_DIR / name)
-
-    def after_step(step: int) -> bool:
-        """Save on SIGTERM (on any rank; then stop) or every --save_every_steps steps."""
-        stop = distributed.any_rank(preemption.requested)
-        if stop or (args.save_every_steps and step % args.save_every_steps == 0):
-            save((step - 1) // steps_per_epoch, step)
-        return stop
-
-    with Preemption() as preemption:
-        for epoch in range(step // steps_per_epoch, args.epoch):
-            stop_step = min((epoch + 1) * steps_per_epoch, args.max_steps or total_steps)
-            if step >= stop_step:
-                break
-            batches.set_epoch(epoch, start_step=step - epoch * steps_per_epoch)
-            step, preempted = train_one_epoch(net, criterion, optimizer, scheduler, batches, epoch, step, writer,
-                                              stop_step, args.num_patches, AMP_DTYPES[args.precision], after_step,
-                                              guard)
-            if step == (epoch + 1) * steps_per_epoch:
-                save(epoch, step, f"{epoch}.pt")
-            if preempted:
-                distributed.print_main(f"SIGTERM: stopped at step {step}; continue with --resume from {run_dir}")
-                break
-            save(epoch, step)
-            distributed.print_main(f"epoch {epoch}: step {step}, checkpoint {run_dir / ckpt.CHECKPOINT_DIR / ckpt.LAST}")
-            if args.eval_every and step == (epoch + 1) * steps_per_epoch and (epoch + 1) % args.eval_every == 0:
-                distributed.on_main(log_knn, monitor, model, writer, epoch, step)
+    log = StepLog(writer, args.log_every, NonFiniteGuard(args.skip_nonfinite, device), args.num_patches * args.bs)
+    train(args, training, batches, log, monitor)
     if writer is not None:
         writer.close()
     distributed.print_main(f"done: {run_dir}")

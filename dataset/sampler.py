@@ -47,10 +47,11 @@ class ResumableSampler(Sampler[tuple[int, int]]):
         self.epoch, self.start_step = epoch, start_step
         self.perm = epoch_permutation(self.num_items, self.seed, epoch)  # (N,)
 
-    def batch_indices(self, step: int) -> torch.Tensor:
-        """This rank's images at one step of the current epoch, (B / W,)."""
+    def batch_indices(self, step: int, order: torch.Tensor | None = None) -> torch.Tensor:
+        """This rank's images at one step of the current epoch, (B / W,): a slice of the epoch's
+        permutation, or of `order`, a copy of it (e.g. on the GPU)."""
         first = step * self.global_batch + self.rank * self.local_batch
-        return self.perm[first:first + self.local_batch]
+        return (self.perm if order is None else order)[first:first + self.local_batch]
 
     def __iter__(self) -> Iterator[tuple[int, int]]:
         batches = self.perm[: self.steps_per_epoch * self.global_batch].view(self.steps_per_epoch, self.world_size, -1)

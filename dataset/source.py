@@ -99,8 +99,9 @@ class DeviceBatches(Batches):
         self.images, self.size, self.ratio = images, size, ratio
 
     def __iter__(self) -> Iterator[torch.Tensor]:
+        order = self.sampler.perm.to(self.device)  # (N,) the epoch's order, copied once: steps slice it there
         for step in range(self.start_step, self.steps_per_epoch):
-            index = self.sampler.batch_indices(step).to(self.device)  # (B,)
+            index = self.sampler.batch_indices(step, order)  # (B,) on the device
             x = augment_images(self.images[index], self.num_patches, self.size, self.ratio, **self._draws(step))
             yield x.contiguous(memory_format=self.memory_format)  # (P·B, 3, S, S)
 

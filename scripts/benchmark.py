@@ -30,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from dataset.source import AUGMENTS, build_train_batches  # noqa: E402
 from engine import train_step  # noqa: E402
-from distributed import resolve_device  # noqa: E402
+from device import resolve_device  # noqa: E402
 from errors import ArgumentParser, run_cli  # noqa: E402
 from lars import LARS  # noqa: E402
 from loss import EMPSSLLoss, total_coding_rate  # noqa: E402

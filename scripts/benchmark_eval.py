@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository r
 from dataset import SyntheticShapes
 from errors import ArgumentParser, run_cli
 from features import bag_of_features, patch_loader
-from distributed import resolve_device
+from device import resolve_device
 from model import ARCHS, Encoder
 from probes import knn_accuracy, linear_probe
 

@@ -49,8 +49,7 @@ def step_and_grads(model: torch.nn.Module, views: list[torch.Tensor], criterion:
                    params: torch.nn.Module) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
     """engine.train_step with an optimizer that does not move; returns (parts, gradients of params)."""
     optimizer = torch.optim.SGD(params.parameters(), lr=0.0)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
-    parts = train_step(model, criterion, optimizer, scheduler, torch.cat(views), len(views))  # (P·B, C, H, W)
+    parts = train_step(model, criterion, optimizer, torch.cat(views), len(views))  # (P·B, C, H, W)
     return parts, {name: p.grad.clone() for name, p in params.named_parameters()}
 
 
@@ -72,7 +71,8 @@ def rank_worker(rank: int, port: int, out: Path) -> None:
     mine = [v[rank * B // WORLD:(rank + 1) * B // WORLD] for v in views]  # P × (B/W, C, H, W)
     net = distributed.wrap(model, device, sync_bn=False)
     parts, grads = step_and_grads(net, mine, criterion, model)
-    result.update(parts=distributed.mean_over_ranks(parts), grads=grads)
+    values, stop = distributed.mean_over_ranks(torch.stack(list(parts.values())), flag=rank == 1)  # (K,)
+    result.update(parts=dict(zip(parts, values, strict=True)), grads=grads, stop=stop)
 
     def only_rank_1_fails() -> str:
         if rank == 1:
@@ -119,7 +119,7 @@ class TestGatherWithoutProcessGroup:
     def test_collective_helpers_run_the_step_once_in_one_process(self) -> None:
         assert distributed.agree(lambda: 7) == 7 and distributed.main_first(lambda: 8) == 8
         assert distributed.on_main(lambda x: x + 1, 8) == 9
-        assert distributed.mean_over_ranks({"a": torch.tensor(2.5)}) == {"a": 2.5}
+        assert distributed.mean_over_ranks(torch.tensor([[2.5, -1.0]]), True) == ([[2.5, -1.0]], True)
         assert (distributed.get_rank(), distributed.get_world_size(), distributed.is_main()) == (0, 1, True)
 
 
@@ -142,6 +142,7 @@ class TestTwoRanks:
         for result in two_ranks:
             for name in ("loss", "invariance", "tcr"):
                 assert result["parts"][name] == pytest.approx(parts[name].item(), rel=1e-5), name
+            assert result["stop"], "rank 1's flag (a SIGTERM) must reach every rank in the same read"
             assert result["grads"].keys() == grads.keys()
             # float32 sums in another order differ by ~1e-6 of a gradient's norm; a gather whose
             # backward does not sum over ranks is off by 2e-2 to 5e-1

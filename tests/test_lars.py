@@ -58,3 +58,44 @@ class TestLARS:
         opt = LARS([w], lr=0.1, weight_decay=0.5, eta=0.005, momentum=0.0, nesterov=False)
         opt.step()
         torch.testing.assert_close(w.detach(), torch.full((2, 2), -0.1))
+
+
+def _net_and_batches(seed: int) -> tuple[torch.nn.Module, list[torch.Tensor]]:
+    torch.manual_seed(seed)
+    net = torch.nn.Sequential(torch.nn.Linear(6, 5), torch.nn.BatchNorm1d(5), torch.nn.Linear(5, 3))
+    return net, [torch.randn(8, 6) for _ in range(3)]
+
+
+class TestStepOnTheDevice:
+    def test_equals_adapted_gradients_then_torch_sgd(self) -> None:
+        """Three steps of LARS.step equal, bit for bit, the trust-ratio gradients handed to
+        torch.optim.SGD (Nesterov, no weight decay): the hand-written step is SGD's."""
+        ours, batches = _net_and_batches(2)
+        ref, _ = _net_and_batches(2)
+        lars = LARS(ours.parameters(), lr=0.3, weight_decay=1e-4, eta=0.005)
+        adapter = LARS(ref.parameters(), lr=0.3, weight_decay=1e-4, eta=0.005)
+        sgd = torch.optim.SGD(ref.parameters(), lr=0.3, momentum=0.9, nesterov=True, weight_decay=0.0)
+        for x in batches:
+            for net, opt in ((ours, lars), (ref, adapter)):
+                opt.zero_grad()
+                net(x).pow(2).sum().backward()
+            lars.step()
+            adapter._adapt_gradients()
+            sgd.step()
+        for a, b in zip(ours.parameters(), ref.parameters()):
+            assert torch.equal(a, b)
+
+    def test_a_step_not_applied_changes_nothing(self) -> None:
+        """apply=False with NaN gradients leaves weights and momentum buffers exactly as they were;
+        apply=True takes the same step as no mask."""
+        net, batches = _net_and_batches(3)
+        opt = LARS(net.parameters(), lr=0.3, weight_decay=1e-4, eta=0.005)
+        net(batches[0]).pow(2).sum().backward()
+        opt.step(apply=torch.tensor(True))
+        weights = [p.detach().clone() for p in net.parameters()]
+        buffers = [opt.state[p]["momentum_buffer"].clone() for p in net.parameters()]
+        opt.zero_grad()
+        (net(batches[1]).pow(2).sum() * float("nan")).backward()
+        opt.step(apply=torch.tensor(False))
+        assert all(torch.equal(p, w) for p, w in zip(net.parameters(), weights))
+        assert all(torch.equal(opt.state[p]["momentum_buffer"], b) for p, b in zip(net.parameters(), buffers))

@@ -1,0 +1,182 @@
+"""The training step and loop on the device: no host reads, the non-finite guard, saves."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+import checkpoint as ckpt
+import main as main_module
+from conftest import TINY_RUN, HostReads, assert_one_line_error
+from device import resolve_device
+from engine import NonFiniteGuard, train_step
+from lars import LARS
+from loss import EMPSSLLoss
+from model import Encoder
+
+P, B = 3, 8
+
+
+class PoisonAt(EMPSSLLoss):
+    """The EMP-SSL loss, times NaN at the calls listed in `bad` (1-based)."""
+
+    def __init__(self, *bad: int) -> None:
+        super().__init__(patch_sim=200.0, tcr=1.0, eps=0.2)
+        self.bad, self.calls = bad, 0
+
+    def forward(self, z, z_for_rate=None):
+        loss, parts = super().forward(z, z_for_rate)
+        self.calls += 1
+        return (loss * float("nan"), parts) if self.calls in self.bad else (loss, parts)
+
+
+def tiny_setup(seed: int = 0) -> tuple[Encoder, LARS, list[torch.Tensor]]:
+    torch.manual_seed(seed)
+    model = Encoder("resnet10-cifar", 64, 32)
+    return model, LARS(model.parameters(), lr=0.3), [torch.randn(P * B, 3, 32, 32) for _ in range(4)]
+
+
+def snapshot(model: torch.nn.Module, optimizer: LARS) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """Copies of every parameter, buffer (BatchNorm statistics) and momentum buffer."""
+    state = [v.clone() for v in model.state_dict().values()]
+    momentum = [optimizer.state[p]["momentum_buffer"].clone() for p in model.parameters() if p in optimizer.state]
+    return state, momentum
+
+
+class TestNoHostReads:
+    @pytest.mark.parametrize("amp_dtype", [None, torch.bfloat16], ids=["fp32", "bf16"])
+    @pytest.mark.parametrize("poisoned", [False, True], ids=["finite", "nan"])
+    def test_train_step_reads_nothing_back(self, amp_dtype, poisoned: bool) -> None:
+        """Forward, loss, backward, LARS and the guard run without one device-to-host read."""
+        model, optimizer, batches = tiny_setup()
+        criterion, guard = PoisonAt(2) if poisoned else PoisonAt(), NonFiniteGuard(0, torch.device("cpu"))
+        train_step(model, criterion, optimizer, batches[0], P, amp_dtype, guard)  # momentum buffers exist
+        with HostReads() as reads:
+            stats = train_step(model, criterion, optimizer, batches[1], P, amp_dtype, guard)
+        assert reads.reads == []
+        assert torch.isnan(stats["loss"]).item() == poisoned
+
+
+class TestNonFiniteGuard:
+    def test_a_nan_step_leaves_weights_and_optimizer_state_as_before(self) -> None:
+        model, optimizer, batches = tiny_setup()
+        criterion, guard = PoisonAt(3), NonFiniteGuard(5, torch.device("cpu"))
+        for x in batches[:2]:
+            train_step(model, criterion, optimizer, x, P, guard=guard)
+        before = snapshot(model, optimizer)
+        train_step(model, criterion, optimizer, batches[2], P, guard=guard)  # NaN: skipped
+        after = snapshot(model, optimizer)
+        for old, new in zip(before[0] + before[1], after[0] + after[1], strict=True):
+            assert torch.equal(old, new)
+        assert guard.skipped.item() == 1 and not guard.halted.item()
+        train_step(model, criterion, optimizer, batches[3], P, guard=guard)  # finite again: applied
+        assert not torch.equal(snapshot(model, optimizer)[0][0], after[0][0])
+
+    def test_past_the_budget_no_update_applies_any_more(self) -> None:
+        """With budget 1, the second NaN step halts: it and every later step change nothing."""
+        model, optimizer, batches = tiny_setup()
+        criterion, guard = PoisonAt(1, 2), NonFiniteGuard(1, torch.device("cpu"))
+        train_step(model, criterion, optimizer, batches[0], P, guard=guard)
+        before = snapshot(model, optimizer)
+        for x in batches[1:]:
+            train_step(model, criterion, optimizer, x, P, guard=guard)
+        assert all(torch.equal(a, b) for a, b in zip(before[0], snapshot(model, optimizer)[0]))
+        assert guard.skipped.item() == 1 and guard.halted.item()
+
+    def test_host_report_makes_the_same_decisions(self) -> None:
+        guard = NonFiniteGuard(1, torch.device("cpu"))
+        nan = {"loss": float("nan"), "invariance": 0.5, "tcr": float("nan")}
+        guard.report({"loss": -1.0, "invariance": 0.5, "tcr": 20.0}, 1)
+        guard.report(nan, 2)  # skipped with a warning
+        with pytest.raises(main_module.UserError, match="at step 3"):
+            guard.report(nan, 3)
+
+
+class TestRunLevel:
+    @pytest.fixture
+    def nan_at(self, monkeypatch: pytest.MonkeyPatch):
+        def poison(*bad: int) -> None:
+            monkeypatch.setattr(main_module, "EMPSSLLoss", lambda *args: PoisonAt(*bad))
+        return poison
+
+    def test_nan_read_later_still_stops_naming_its_step_and_saves_nothing(self, cli, tmp_path: Path, nan_at) -> None:
+        """With the default --log_every 10 the NaN at step 2 is read at step 4 (the epoch's end):
+        the run stops naming step 2 and writes no checkpoint of the halted weights."""
+        nan_at(2)
+        result = cli("main", *TINY_RUN, "--output_dir", str(tmp_path / "run"), "--epoch", "1")
+        assert_one_line_error(result, "at step 2", "invariance", "tcr")
+        assert not ckpt.existing_checkpoints(tmp_path / "run")
+
+    def test_skips_are_counted(self, cli, tmp_path: Path, nan_at) -> None:
+        nan_at(2, 3)
+        run = ["--output_dir", str(tmp_path / "run"), "--epoch", "1", "--log_every", "3"]
+        result = cli("main", *TINY_RUN, *run, "--skip_nonfinite", "2")
+        assert result.returncode == 0, result.stderr
+        assert result.stderr.count("step skipped") == 2 and "(0 more may be skipped)" in result.stderr
+        nan_at(2, 3)
+        result = cli("main", *TINY_RUN, "--output_dir", str(tmp_path / "run2"), "--epoch", "1", "--skip_nonfinite", "1")
+        assert_one_line_error(result, "at step 3")
+
+    def test_epoch_checkpoint_is_written_once(self, cli, tmp_path: Path) -> None:
+        result = cli("main", *TINY_RUN, "--output_dir", str(tmp_path / "run"), "--epoch", "2")
+        assert result.returncode == 0, result.stderr
+        folder = tmp_path / "run" / ckpt.CHECKPOINT_DIR
+        assert os.path.samefile(folder / "1.pt", folder / ckpt.LAST)
+        assert not os.path.samefile(folder / "0.pt", folder / ckpt.LAST)
+
+    def test_compile_with_sync_bn_is_refused(self, cli, tmp_path: Path) -> None:
+        result = cli("main", *TINY_RUN, "--compile", "--sync_bn", "--output_dir", str(tmp_path / "run"))
+        assert_one_line_error(result, "--compile", "--sync_bn")
+
+
+class TestLinkOrCopy:
+    def test_copies_where_links_are_impossible(self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        source = tmp_path / "0.pt"
+        source.write_bytes(b"weights")
+        (tmp_path / "last.pt").write_bytes(b"old")
+        monkeypatch.setattr(ckpt.os, "link", lambda *a: (_ for _ in ()).throw(OSError("no links here")))
+        ckpt.link_or_copy(source, tmp_path / "last.pt")
+        assert (tmp_path / "last.pt").read_bytes() == b"weights"
+        assert not os.path.samefile(source, tmp_path / "last.pt")
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["0.pt", "last.pt"]
+
+
+class FakeCuda:
+    """torch.cuda as seen on a machine with `count` GPUs, recording set_rng_state calls."""
+
+    def __init__(self, count: int) -> None:
+        self.count, self.restored = count, []
+
+    def install(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+        monkeypatch.setattr(torch.cuda, "device_count", lambda: self.count)
+        monkeypatch.setattr(torch.cuda, "set_rng_state", lambda state, index: self.restored.append(index))
+
+
+class TestGpuBookkeeping:
+    @pytest.mark.parametrize("saved, visible, restored", [(4, 2, [0, 1]), (1, 2, [0]), (2, 2, [0, 1])])
+    def test_cuda_generator_states_fit_the_visible_gpus(self, monkeypatch, saved, visible, restored) -> None:
+        state = {**ckpt.rng_state(), "cuda": [torch.zeros(16, dtype=torch.uint8)] * saved}
+        fake = FakeCuda(visible)
+        fake.install(monkeypatch)
+        ckpt.set_rng_state(state)
+        assert fake.restored == restored
+
+    def test_auto_warns_when_a_gpu_is_present_but_unusable(self, monkeypatch, capsys) -> None:
+        monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+        monkeypatch.setattr("device.nvidia_gpu_present", lambda: True)
+        assert resolve_device("auto") == torch.device("cpu")
+        assert "NVIDIA GPU is present" in capsys.readouterr().err
+        monkeypatch.setattr("device.nvidia_gpu_present", lambda: False)
+        resolve_device("auto")
+        assert capsys.readouterr().err == ""
+
+    def test_a_numbered_gpu_becomes_the_current_device(self, monkeypatch) -> None:
+        chosen = []
+        FakeCuda(2).install(monkeypatch)
+        monkeypatch.setattr(torch.cuda, "set_device", chosen.append)
+        assert resolve_device("cuda:1") == torch.device("cuda", 1) and chosen == [torch.device("cuda", 1)]
+        with pytest.raises(main_module.UserError, match="has 2 GPUs"):
+            resolve_device("cuda:2")
