@@ -4,24 +4,31 @@ Measures (1) patch generation per second, the official per-patch PIL pipeline (`
 DataLoader processes, 0 = in this process) against the batched augmentation on ``--device``;
 (2) the coding rate, forward + backward, ours (B×B Gram, one batched Cholesky) against the
 official per-group d×d ``logdet`` loop, at B = 100, d = 1024, P = 20 and 200; (3) whole training
-steps per second with each ``--augment`` path. Writes a JSON file and prints a Markdown table.
+steps per second with each ``--augment`` path, and the model alone on one ready batch, which gives
+the model's share of a step (on a GPU: how busy the data path lets the GPU be). Writes a JSON
+file and prints a Markdown table.
+
+(1) and (3) time one path at a time over consecutive steps after a warm-up, synchronising the
+device only around the timed run, as training runs; a path's loader and workers exist only for
+its turn, so no path is timed on batches prefetched while another one ran.
 
 Usage:
-    python scripts/benchmark.py --threads 1            # CPU sizes, one core: about a minute or two
-    python scripts/benchmark.py --full --workers 8     # paper size on a GPU: s per CIFAR-10 epoch
+    python scripts/benchmark.py --threads 1            # CPU sizes, one core
+    python scripts/benchmark.py --full --workers 8 --precision bf16 --channels_last   # paper size on a GPU
 
-Times are medians over repeats. On a shared machine absolute numbers move with the load; the
-ratios, measured in one run, are what to compare.
+On a shared machine absolute numbers move with the load; the ratios, measured in one run, are
+what to compare.
 """
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import platform
 import statistics
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import torch
@@ -29,7 +36,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from dataset.source import AUGMENTS, build_train_batches  # noqa: E402
-from engine import train_step  # noqa: E402
+from engine import NonFiniteGuard, train_step  # noqa: E402
 from device import resolve_device  # noqa: E402
 from errors import ArgumentParser, run_cli  # noqa: E402
 from lars import LARS  # noqa: E402
@@ -51,7 +58,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--data", default="synthetic", choices=("synthetic", "cifar10", "imagefolder"),
                         help="training images (synthetic: the built-in 32×32 set, CIFAR-sized)")
     parser.add_argument("--data_dir", type=Path, default=Path("data"), help="folder of --data cifar10/imagefolder")
-    parser.add_argument("--steps", type=int, default=None, help="timed training steps per path (CPU 5, --full 20)")
+    parser.add_argument("--steps", type=int, default=50, help="timed consecutive training steps per path (50)")
+    parser.add_argument("--warmup", type=int, default=5,
+                        help="untimed steps before them (worker start-up, cuDNN autotuning, compilation) (5)")
     parser.add_argument("--precision", default="fp32", choices=tuple(AMP_DTYPES), help="encoder precision (fp32)")
     parser.add_argument("--channels_last", action="store_true", help="channels-last layout in (3)")
     parser.add_argument("--compile", action="store_true", help="torch.compile the encoder in (3)")
@@ -63,26 +72,45 @@ def sizes(args: argparse.Namespace) -> dict:
     """The configuration of every measurement: CPU sizes by default, the paper's with --full."""
     model = dict(arch="resnet18-cifar", hidden_dim=4096, z_dim=1024) if args.full else \
         dict(arch="resnet10-cifar", hidden_dim=1024, z_dim=256)
-    return {"patchgen": {"batch": 100, "num_patches": 20, "repeats": 5 if args.full else 3},
+    return {"patchgen": {"batch": 100, "num_patches": 20, "repeats": 20 if args.full else 5, "warmup": 2},
             "tcr": {"batch": 100, "dim": 1024, "num_patches": [20, 200], "loop_groups": 20},
             "train": {**model, "batch": 100 if args.full else 50, "num_patches": 20 if args.full else 8,
-                      "steps": args.steps or (20 if args.full else 5), "warmup": 3 if args.full else 1}}
+                      "steps": args.steps, "warmup": args.warmup}}
 
 
 def timed(fns: dict[str, Callable[[], object]], repeats: int, device: torch.device) -> dict[str, float]:
     """Median wall seconds of each fn() over repeats calls, the fns taking turns (so that a change
-    of the machine's load hits them alike), the device synchronised around each call."""
+    of the machine's load hits them alike), the device synchronised around each call. For
+    self-contained computations only (no prefetching sources): see :func:`consecutive`."""
     times: dict[str, list[float]] = {name: [] for name in fns}
     for _ in range(repeats):
         for name, fn in fns.items():
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
+            synchronize(device)
             start = time.perf_counter()
             fn()
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
+            synchronize(device)
             times[name].append(time.perf_counter() - start)
     return {name: statistics.median(t) for name, t in times.items()}
+
+
+def synchronize(device: torch.device) -> None:
+    """Wait for the device's queued work (a no-op on the CPU)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def consecutive(fn: Callable[[], object], warmup: int, steps: int, device: torch.device) -> float:
+    """Wall seconds per call of fn over `steps` consecutive calls after `warmup` untimed ones, the
+    device synchronised only before and after the timed run (as training runs: the host queues
+    work ahead of the device)."""
+    for _ in range(warmup):
+        fn()
+    synchronize(device)
+    start = time.perf_counter()
+    for _ in range(steps):
+        fn()
+    synchronize(device)
+    return (time.perf_counter() - start) / steps
 
 
 def batches(args: argparse.Namespace, augment: str, num_patches: int, batch: int, device: torch.device):
@@ -98,12 +126,14 @@ def batches(args: argparse.Namespace, augment: str, num_patches: int, batch: int
 
 
 def bench_patchgen(args: argparse.Namespace, cfg: dict, device: torch.device) -> dict:
-    """(1) Patches per second of each augmentation path, the first batch (worker start-up) excluded."""
-    its = {augment: batches(args, augment, cfg["num_patches"], cfg["batch"], device) for augment in AUGMENTS}
-    for it in its.values():
-        next(it)
-    seconds = timed({augment: lambda it=it: next(it) for augment, it in its.items()}, cfg["repeats"], device)
-    out = {augment: cfg["num_patches"] * cfg["batch"] / s for augment, s in seconds.items()}
+    """(1) Patches per second of each augmentation path, one path at a time over consecutive
+    batches; each path's source (and its workers) is made for its turn and closed after it."""
+    out = {}
+    for augment in AUGMENTS:
+        it = batches(args, augment, cfg["num_patches"], cfg["batch"], device)
+        out[augment] = cfg["num_patches"] * cfg["batch"] / consecutive(lambda: next(it), cfg["warmup"],
+                                                                        cfg["repeats"], device)
+        it.close()  # its workers stop before the next path is timed
     out["ratio"] = out["batched"] / out["pil"]
     return out
 
@@ -134,28 +164,42 @@ def bench_tcr(cfg: dict, device: torch.device) -> dict:
     return out
 
 
-def training_step(args: argparse.Namespace, cfg: dict, augment: str, device: torch.device) -> Callable[[], None]:
-    """One whole training step (batch made, forward, backward, LARS) of a fresh model, as a closure."""
+def training_step(args: argparse.Namespace, cfg: dict, source: Iterator[torch.Tensor],
+                  device: torch.device) -> Callable[[], None]:
+    """One whole training step as main.py runs it (next batch, forward, loss, backward, LARS under
+    the non-finite guard, schedule), with no host read, on a fresh model, as a closure."""
     torch.manual_seed(0)
     model = Encoder(cfg["arch"], cfg["hidden_dim"], cfg["z_dim"]).to(device)
     prepare_model(model, device, args.channels_last)
     net = compile_model(model, device) if args.compile else model
     optimizer = LARS(model.parameters(), lr=0.3)
-    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=1000)
-    criterion, amp = EMPSSLLoss(), AMP_DTYPES[args.precision]
-    it = batches(args, augment, cfg["num_patches"], cfg["batch"], device)
-    return lambda: train_step(net, criterion, optimizer, scheduler, next(it), cfg["num_patches"], amp)["loss"].item()
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=10_000)
+    criterion, amp, guard = EMPSSLLoss(), AMP_DTYPES[args.precision], NonFiniteGuard(0, device)
+
+    def step() -> None:
+        train_step(net, criterion, optimizer, next(source), cfg["num_patches"], amp, guard)
+        scheduler.step()
+
+    return step
 
 
 def bench_train(args: argparse.Namespace, cfg: dict, device: torch.device) -> dict:
-    """(3) Training steps per second of each augment path, the paths taking turns step by step."""
-    steps = {augment: training_step(args, cfg, augment, device) for augment in AUGMENTS}
-    for step in steps.values():
-        for _ in range(cfg["warmup"]):
-            step()
-    seconds = timed(steps, cfg["steps"], device)
-    out = {augment: {"steps_per_s": 1 / s, "s_per_cifar10_epoch": s * (CIFAR10_TRAIN // cfg["batch"])}
-           for augment, s in seconds.items()}
+    """(3) Training steps per second of each augment path, one path at a time over consecutive
+    steps after a warm-up, plus the model alone (every step on one batch made beforehand): the
+    model's share of a step is model-alone time / whole-step time (1: the data path is hidden)."""
+    out: dict = {}
+    per_step = cfg["num_patches"] * cfg["batch"]
+    for augment in (*AUGMENTS, "model alone"):
+        it = batches(args, "batched" if augment == "model alone" else augment, cfg["num_patches"], cfg["batch"], device)
+        source = itertools.repeat(next(it)) if augment == "model alone" else it
+        seconds = consecutive(training_step(args, cfg, source, device), cfg["warmup"], cfg["steps"], device)
+        it.close()
+        out[augment] = {"steps_per_s": 1 / seconds, "patches_per_s": per_step / seconds,
+                        "s_per_cifar10_epoch": seconds * (CIFAR10_TRAIN // cfg["batch"])}
+    model_alone = out.pop("model alone")
+    for augment in AUGMENTS:
+        out[augment]["model_share"] = out[augment]["steps_per_s"] / model_alone["steps_per_s"]
+    out["model_alone"] = model_alone
     out["ratio"] = out["batched"]["steps_per_s"] / out["pil"]["steps_per_s"]
     return out
 
@@ -185,8 +229,13 @@ def table(result: dict) -> str:
             if r["loop_extrapolated_from_groups"] else ""
         rows.append(f"| (2) coding rate fwd+bwd, B=100, d=1024, {key}, ms{note} | {r['loop_ms']:,.1f} | "
                     f"{r['ours_ms']:,.1f} | {r['ratio']:.0f}× |")
-    rows.append(f"| (3) training steps per second ({cfg['arch']}, B={cfg['batch']}, P={cfg['num_patches']}) | "
-                f"{train['pil']['steps_per_s']:.3g} | {train['batched']['steps_per_s']:.3g} | {train['ratio']:.2f}× |")
+    rows.append(f"| (3) training steps per second ({cfg['arch']}, B={cfg['batch']}, P={cfg['num_patches']}, "
+                f"{cfg['steps']} consecutive steps) | {train['pil']['steps_per_s']:.3g} | "
+                f"{train['batched']['steps_per_s']:.3g} | {train['ratio']:.2f}× |")
+    rows.append(f"| (3) training patches per second | {train['pil']['patches_per_s']:,.0f} | "
+                f"{train['batched']['patches_per_s']:,.0f} | |")
+    rows.append(f"| (3) model's share of the step (model alone: {train['model_alone']['steps_per_s']:.3g} steps/s) | "
+                f"{train['pil']['model_share']:.0%} | {train['batched']['model_share']:.0%} | |")
     rows.append(f"| (3) seconds per CIFAR-10 epoch at that size | {train['pil']['s_per_cifar10_epoch']:,.0f} | "
                 f"{train['batched']['s_per_cifar10_epoch']:,.0f} | |")
     return "\n".join(rows)
