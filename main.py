@@ -28,6 +28,7 @@ from features import KNNMonitor
 from lars import LARS
 from loss import EMPSSLLoss
 from model import ARCHS, Encoder
+from pictures import log_patch_grids
 from speed import AMP_DTYPES, compile_model, prepare_model
 
 # Flags that define what a run computes: a resumed run must keep them.
@@ -269,6 +270,9 @@ def main(args: argparse.Namespace) -> None:
                            f"{batches.steps_per_epoch * args.epoch} in all, on {device} × "
                            f"{distributed.get_world_size()} processes)")
     writer = SummaryWriter(log_dir=str(run_dir)) if distributed.is_main() else None
+    if writer is not None and state is None:  # what the encoder sees: the first step's patches
+        batches.set_epoch(0)
+        log_patch_grids(writer, next(iter(batches)), args.num_patches, args.augment)
     log = StepLog(writer, args.log_every, NonFiniteGuard(args.skip_nonfinite, device), args.num_patches * args.bs)
     train(args, training, batches, log, monitor)
     if writer is not None:
