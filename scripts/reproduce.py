@@ -9,14 +9,16 @@ Usage:
     python scripts/reproduce.py cifar10-1ep --smoke                           # the same chain, tiny, CPU, seconds
     python scripts/results_table.py results/*.json                            # the README's table
 
-main.py and evaluate.py run in this process, one after the other, with the command lines recorded
-in the result file (each can be rerun by hand). Rows and protocols: scripts/rows.py.
+main.py and evaluate.py run in this process, one after the other; their command lines (from the
+folder reproduce.py ran in) are printed and recorded in the result file, so each step can be rerun
+by hand, or under torchrun. Rows and protocols: scripts/rows.py.
 """
 from __future__ import annotations
 
 import argparse
 import gc
 import json
+import os
 import shlex
 import sys
 import time
@@ -27,7 +29,8 @@ from typing import Any, NoReturn
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
 
 import checkpoint as ckpt  # noqa: E402
 import evaluate as eval_entry  # noqa: E402
@@ -137,8 +140,8 @@ def make_plan(args: argparse.Namespace) -> Plan:
 
 
 def command_line(entry: ModuleType, argv: list[str]) -> str:
-    """The shell command that runs the entry point with argv from the repository root."""
-    return shlex.join(["python", f"{entry.__name__}.py", *argv])
+    """The shell command that runs the entry point with argv from the current folder."""
+    return shlex.join(["python", os.path.relpath(ROOT / f"{entry.__name__}.py"), *argv])
 
 
 def run(entry: ModuleType, argv: list[str]) -> float:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import TINY_RUN, assert_one_line_error
+from conftest import ROOT, TINY_RUN, assert_one_line_error
 
 import evaluate
 import main
@@ -48,7 +48,8 @@ def dry_run(cli, row: str, *flags: str) -> tuple[list[str], list[str], list[str]
     result = cli("scripts.reproduce", row, "--dry_run", *flags)
     assert result.returncode == 0, result.stderr
     lines = [shlex.split(line) for line in result.stdout.splitlines()]
-    assert [line[:2] for line in lines] == [["python", "main.py"], ["python", "evaluate.py"], ["python", "evaluate.py"]]
+    scripts = [Path(line[1]).resolve() for line in lines]
+    assert scripts == [ROOT / "main.py", ROOT / "evaluate.py", ROOT / "evaluate.py"] and lines[0][0] == "python"
     return lines[0][2:], lines[1][2:], lines[2][2:]
 
 
