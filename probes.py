@@ -70,7 +70,8 @@ def linear_probe(train_features: torch.Tensor, train_labels: torch.Tensor, test_
     cosine-annealed to 0 over the epochs (stepped once per epoch). Runs on the device of the
     features, on in-memory tensors. Returns the final epoch's {"top1", "top5"} (the result), the
     best top-1 over the test epochs (official reporting, selected on the test set) and the
-    per-epoch test top-1 history.
+    per-epoch test top-1 history and the per-epoch mean training loss history (the mean of the
+    epoch's batch cross-entropies, each batch weighing the same, as it was before that batch's update).
     """
     device = train_features.device
     generator = torch.Generator(device=device).manual_seed(seed)
@@ -80,19 +81,23 @@ def linear_probe(train_features: torch.Tensor, train_labels: torch.Tensor, test_
     optimizer = torch.optim.SGD(classifier.parameters(), lr=lr, momentum=momentum, weight_decay=wd)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs)
     steps = max(1, len(train_labels) // bs)
-    history = []
+    history, history_loss = [], []
     bar = tqdm(range(epochs), desc="linear probe", disable=not progress, leave=False, dynamic_ncols=True)
     for _ in bar:
         order = torch.randperm(len(train_labels), generator=generator, device=device)
         classifier.train()
+        loss_sum = torch.zeros((), device=device)
         for idx in order[: steps * bs].view(steps, -1):  # (steps, bs); a short last batch is dropped
             loss = F.cross_entropy(classifier(train_features[idx]), train_labels[idx])
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
+            loss_sum += loss.detach()
         scheduler.step()
+        history_loss.append(loss_sum.item() / steps)  # one host read per epoch
         classifier.eval()
         result = evaluate_linear(classifier, test_features, test_labels)
         history.append(result["top1"])
         bar.set_postfix(test_top1=f"{result['top1']:.2f}", refresh=False)
-    return {**result, "best_top1_over_test_epochs": max(history), "history_top1": history}
+    return {**result, "best_top1_over_test_epochs": max(history), "history_top1": history,
+            "history_loss": history_loss}

@@ -1,0 +1,209 @@
+"""Reproduce one row of the paper's results table with one command: train with the paper's
+settings, evaluate the row's checkpoint and its random-init baseline with the official protocol
+(bag-of-features over 128 patches, weighted kNN, 100-epoch linear probe), write results/<row>.json.
+
+Usage:
+    python scripts/reproduce.py cifar10-1ep --data_dir data                  # the official one-epoch row
+    python scripts/reproduce.py cifar10-30ep --train_args "--augment batched --precision bf16 --channels_last"
+    python scripts/reproduce.py cifar100-10ep --dry_run                       # print the commands only
+    python scripts/reproduce.py cifar10-1ep --smoke                           # the same chain, tiny, CPU, seconds
+    python scripts/results_table.py results/*.json                            # the README's table
+
+main.py and evaluate.py run in this process, one after the other; their command lines (from the
+folder reproduce.py ran in) are printed and recorded in the result file, so each step can be rerun
+by hand, or under torchrun. Rows and protocols: scripts/rows.py.
+"""
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import os
+import shlex
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from types import ModuleType
+from typing import Any, NoReturn
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import checkpoint as ckpt  # noqa: E402
+import evaluate as eval_entry  # noqa: E402
+import main as train_entry  # noqa: E402
+from dataset import build_dataset  # noqa: E402
+from distributed import resolve_device  # noqa: E402
+from errors import ArgumentParser, UserError, run_cli  # noqa: E402
+from scripts.rows import OFFICIAL_EVAL, PUBLISHED_LABEL, ROWS, TRAIN_IMAGES, Row  # noqa: E402
+
+# --smoke: the row's schedule and checkpoint at a size that runs anywhere in seconds (one step per epoch).
+SMOKE_TRAIN = {"data": "synthetic", "arch": "resnet10-cifar", "hidden_dim": 64, "z_dim": 32, "num_patches": 4,
+               "bs": 16, "train_subset": 16, "workers": 0}
+SMOKE_EVAL = ["--train_subset", "20", "--test_subset", "20", "--test_patches", "2", "--linear_epochs", "3",
+              "--workers", "0"]
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    parser = ArgumentParser("EMP-SSL reproduction", description="Train and evaluate one row of the paper's "
+                            f"results table. Rows: {', '.join(ROWS)}.")
+    parser.add_argument("row", help="the row to reproduce (see scripts/rows.py)")
+    parser.add_argument("--data_dir", type=Path, default=Path("data"), help="folder of the data set (default: data)")
+    parser.add_argument("--device", default="auto", help="auto (CUDA when present, else CPU), cpu, cuda or cuda:N")
+    parser.add_argument("--train_args", default="", help="extra main.py flags, e.g. the fast path: "
+                        "\"--augment batched --precision bf16 --channels_last\"; they come last, so they win")
+    parser.add_argument("--eval_args", default="", help="extra evaluate.py flags, e.g. \"--forward_bs 4096\"")
+    parser.add_argument("--out", type=Path, default=Path("results"), help="folder of the result file (results)")
+    parser.add_argument("--run_dir", type=Path, default=None,
+                        help="training run folder (default: logs/reproduce/<row>, or <row>-smoke)")
+    parser.add_argument("--resume", action="store_true", help="continue the training run in --run_dir from its "
+                        "last.pt (a finished run is only evaluated)")
+    parser.add_argument("--force", action="store_true", help="overwrite an existing result file")
+    parser.add_argument("--dry_run", action="store_true", help="print the commands and stop")
+    parser.add_argument("--smoke", action="store_true", help="the same chain on synthetic data, on the CPU, at a "
+                        "tiny size (seconds); the result file is <row>.smoke.json with \"smoke\": true")
+    return parser
+
+
+@dataclass
+class Plan:
+    """What one reproduction runs: main.py's flags, then evaluate.py's for the checkpoint and for the
+    random-init baseline, and where each writes."""
+
+    row: Row
+    train: list[str]
+    evaluate: list[str]
+    baseline: list[str]
+    checkpoint: Path
+    eval_json: Path
+    baseline_json: Path
+    result: Path
+
+
+def parse(entry: ModuleType, argv: list[str]) -> argparse.Namespace:
+    """Parse argv with an entry point's parser; a bad flag (e.g. in --train_args) is a UserError."""
+    parser = entry.get_args_parser()
+    script = f"{entry.__name__}.py"
+
+    def refuse(message: str) -> NoReturn:
+        raise UserError(f"{script}: {message} (check --train_args / --eval_args against python {script} --help)")
+
+    parser.error = refuse
+    return parser.parse_args(argv)
+
+
+def flags(values: dict[str, object]) -> list[str]:
+    """{"bs": 100} → ["--bs", "100"]."""
+    return [item for key, value in values.items() for item in (f"--{key}", str(value))]
+
+
+def steps_per_epoch(train: argparse.Namespace) -> int:
+    """Complete batches in one epoch of the training set that main.py will use."""
+    images = train.train_subset or TRAIN_IMAGES.get(train.data)
+    if images is None:
+        images = len(build_dataset(train.data, train.data_dir, "train", download=False))
+    return images // train.bs
+
+
+def make_plan(args: argparse.Namespace) -> Plan:
+    """Every command of the row, checked by the entry points' parsers before anything runs."""
+    row = ROWS.get(args.row)
+    if row is None:
+        raise UserError(f"unknown row {args.row!r}: choose one of {', '.join(ROWS)}")
+    name = f"{row.name}.smoke" if args.smoke else row.name
+    result = args.out / f"{name}.json"
+    if result.exists() and not args.force:
+        raise UserError(f"{result} exists: pass --force to overwrite it, or choose another --out")
+    run_dir = args.run_dir or Path("logs") / "reproduce" / name.replace(".", "-")
+    device = "cpu" if args.smoke else args.device
+    settings = {**row.settings(), **(SMOKE_TRAIN if args.smoke else {})}
+    fixed = flags(settings) + ["--data_dir", str(args.data_dir), "--device", device, "--output_dir", str(run_dir)]
+    extra = shlex.split(args.train_args)
+    steps = steps_per_epoch(parse(train_entry, fixed + extra)) if row.stops_early else None
+    train = fixed + row.schedule_flags(steps) + extra
+    if args.resume and (run_dir / ckpt.CHECKPOINT_DIR / ckpt.LAST).exists():
+        train.append("--resume")
+    parse(train_entry, train)
+
+    checkpoint = run_dir / ckpt.CHECKPOINT_DIR / row.checkpoint
+    eval_json, baseline_json = checkpoint.with_suffix(".eval.json"), checkpoint.with_suffix(".random_init.eval.json")
+    common = ["--ckpt", str(checkpoint), "--data_dir", str(args.data_dir), "--device", device, "--recompute",
+              *(SMOKE_EVAL if args.smoke else OFFICIAL_EVAL)]
+    evaluate = common + ["--output", str(eval_json)] + shlex.split(args.eval_args)
+    baseline = common + ["--random_init", "--output", str(baseline_json)] + shlex.split(args.eval_args)
+    for argv in (evaluate, baseline):
+        parse(eval_entry, argv)
+    return Plan(row, train, evaluate, baseline, checkpoint, eval_json, baseline_json, result)
+
+
+def command_line(entry: ModuleType, argv: list[str]) -> str:
+    """The shell command that runs the entry point with argv from the current folder."""
+    return shlex.join(["python", os.path.relpath(ROOT / f"{entry.__name__}.py"), *argv])
+
+
+def run(entry: ModuleType, argv: list[str]) -> float:
+    """Run an entry point's main in this process; return its wall-clock seconds. Memory it held
+    on the GPU is released before the next one starts."""
+    print(f"$ {command_line(entry, argv)}", flush=True)
+    tick = time.perf_counter()
+    entry.main(parse(entry, argv))
+    seconds = time.perf_counter() - tick
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    return seconds
+
+
+def device_name(device: str) -> str:
+    """The GPU's name, or "cpu"."""
+    resolved = resolve_device(device)
+    return torch.cuda.get_device_name(resolved) if resolved.type == "cuda" else "cpu"
+
+
+def summarise(plan: Plan, smoke: bool, seconds: dict[str, float]) -> dict[str, Any]:
+    """The result file: the row, what ran, the published number, ours, the baseline and the times."""
+    ours, baseline = (json.loads(path.read_text()) for path in (plan.eval_json, plan.baseline_json))
+    train = parse(train_entry, plan.train)
+    row = plan.row
+    return {
+        "row": row.name, "smoke": smoke, "protocol": row.protocol, "data": train.data, "arch": train.arch,
+        "num_patches": train.num_patches, "bs": train.bs, "lr": train.lr, "schedule_epochs": train.epoch,
+        "trained_epochs": row.trained_epochs, "checkpoint": str(plan.checkpoint), "resumed": train.resume,
+        "published_linear_top1": row.published, "published_label": PUBLISHED_LABEL + row.note,
+        "linear_top1_final": ours["linear"]["top1"],
+        "linear_top1_best_over_test_epochs": ours["linear"]["best_top1_over_test_epochs (official reporting)"],
+        "knn_top1": ours["knn"]["top1"],
+        "random_init_linear_top1_final": baseline["linear"]["top1"], "random_init_knn_top1": baseline["knn"]["top1"],
+        "test_patches": ours["test_patches"],
+        # Wall-clock of main.py in this process (data set loading included) over the epochs trained;
+        # a resumed run's covers only what this invocation trained.
+        "train_seconds": seconds["train"], "train_seconds_per_epoch": seconds["train"] / row.trained_epochs,
+        "eval_seconds": seconds["evaluate"], "random_init_eval_seconds": seconds["baseline"],
+        "gpu": device_name(train.device), "torch": torch.__version__, "git_commit": ckpt.git_commit(),
+        "commands": [command_line(train_entry, plan.train), command_line(eval_entry, plan.evaluate),
+                     command_line(eval_entry, plan.baseline)],
+    }
+
+
+def main(args: argparse.Namespace) -> None:
+    plan = make_plan(args)
+    if args.dry_run:
+        for entry, argv in ((train_entry, plan.train), (eval_entry, plan.evaluate), (eval_entry, plan.baseline)):
+            print(command_line(entry, argv))
+        return
+    seconds = {"train": run(train_entry, plan.train)}
+    if not plan.checkpoint.is_file():
+        raise UserError(f"training ended without {plan.checkpoint} (stopped early?): rerun with --resume")
+    seconds["evaluate"] = run(eval_entry, plan.evaluate)
+    seconds["baseline"] = run(eval_entry, plan.baseline)
+    text = json.dumps(summarise(plan, args.smoke, seconds), indent=2)
+    plan.result.parent.mkdir(parents=True, exist_ok=True)
+    ckpt.atomic_write(plan.result, lambda tmp: tmp.write_text(text + "\n"))
+    print(f"results: {plan.result}")
+
+
+if __name__ == "__main__":
+    run_cli(main, get_args_parser())

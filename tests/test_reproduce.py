@@ -1,0 +1,129 @@
+"""scripts/reproduce.py: the rows against the paper, the official one-epoch protocol, and the
+whole chain at --smoke size."""
+from __future__ import annotations
+
+import json
+import shlex
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import ROOT, TINY_RUN, assert_one_line_error
+
+import evaluate
+import main
+from scripts.rows import ROWS
+
+# Written from the paper and the official README (REFERENCE.md, "Published numbers"), not from the
+# code: data set, backbone, patches, schedule (--epoch), epochs trained, published linear top-1 (%).
+PAPER = {
+    "cifar10-1ep": ("cifar10", "resnet18-cifar", 20, 2, 1, 84.2),
+    "cifar10-1ep-30sched": ("cifar10", "resnet18-cifar", 20, 30, 1, 80.6),
+    "cifar10-10ep": ("cifar10", "resnet18-cifar", 20, 10, 10, 90.7),
+    "cifar10-30ep": ("cifar10", "resnet18-cifar", 20, 30, 30, 93.1),
+    "cifar100-1ep": ("cifar100", "resnet18-cifar", 20, 2, 1, 58.5),
+    "cifar100-1ep-30sched": ("cifar100", "resnet18-cifar", 20, 30, 1, 55.1),
+    "cifar100-10ep": ("cifar100", "resnet18-cifar", 20, 10, 10, 67.8),
+    "cifar100-30ep": ("cifar100", "resnet18-cifar", 20, 30, 30, 72.4),
+    "cifar10-200p-10ep": ("cifar10", "resnet18-cifar", 200, 10, 10, 91.5),
+    "cifar10-200p-30ep": ("cifar10", "resnet18-cifar", 200, 30, 30, 93.4),
+    "cifar100-200p-10ep": ("cifar100", "resnet18-cifar", 200, 10, 10, 70.1),
+    "cifar100-200p-30ep": ("cifar100", "resnet18-cifar", 200, 30, 30, 73.3),
+    "tinyimagenet-200p-10ep": ("tinyimagenet", "resnet18-tinyimagenet", 200, 10, 10, 51.5),
+    "imagenet100-200p-10ep": ("imagenet100", "resnet18-imagenet", 200, 10, 10, 78.9),
+}
+CIFAR_STEPS_PER_EPOCH = 500  # 50,000 training images in batches of 100
+
+# Every key of a result file, written here rather than taken from scripts/rows.py.
+PERCENT_KEYS = ["published_linear_top1", "linear_top1_final", "linear_top1_best_over_test_epochs", "knn_top1",
+                "random_init_linear_top1_final", "random_init_knn_top1"]
+SECONDS_KEYS = ["train_seconds", "train_seconds_per_epoch", "eval_seconds", "random_init_eval_seconds"]
+OTHER_KEYS = ["row", "smoke", "protocol", "data", "arch", "num_patches", "bs", "lr", "schedule_epochs",
+              "trained_epochs", "checkpoint", "resumed", "published_label", "test_patches", "gpu", "torch",
+              "git_commit", "commands"]
+
+
+def dry_run(cli, row: str, *flags: str) -> tuple[list[str], list[str], list[str]]:
+    """The main.py, evaluate.py and random-init evaluate.py argv that reproduce.py would run."""
+    result = cli("scripts.reproduce", row, "--dry_run", *flags)
+    assert result.returncode == 0, result.stderr
+    lines = [shlex.split(line) for line in result.stdout.splitlines()]
+    scripts = [Path(line[1]).resolve() for line in lines]
+    assert scripts == [ROOT / "main.py", ROOT / "evaluate.py", ROOT / "evaluate.py"] and lines[0][0] == "python"
+    return lines[0][2:], lines[1][2:], lines[2][2:]
+
+
+class TestRows:
+    def test_every_row_of_the_paper_and_no_other(self) -> None:
+        assert set(ROWS) == set(PAPER)
+
+    @pytest.mark.parametrize("name", list(PAPER))
+    def test_commands_carry_the_papers_settings(self, cli, name: str) -> None:
+        data, arch, patches, schedule, trained, published = PAPER[name]
+        train_argv, eval_argv, baseline_argv = dry_run(cli, name)
+        train = main.get_args_parser().parse_args(train_argv)
+        assert (train.data, train.arch, train.num_patches, train.bs, train.lr) == (data, arch, patches, 100, 0.3)
+        assert train.epoch == schedule and (train.patch_sim, train.tcr, train.eps) == (200, 1, 0.2)
+        assert train.max_steps == (trained * CIFAR_STEPS_PER_EPOCH if trained < schedule else None)
+        for argv, random_init in ((eval_argv, False), (baseline_argv, True)):
+            ev = evaluate.get_args_parser().parse_args(argv)
+            assert ev.ckpt == train.output_dir / "save_models" / f"{trained - 1}.pt" and ev.random_init == random_init
+            assert (ev.test_patches, ev.knn_k, ev.knn_t, ev.knn, ev.linear) == (128, 20, 0.07, True, True)
+            assert (ev.linear_epochs, ev.linear_lr, ev.linear_momentum, ev.linear_wd, ev.linear_bs) == \
+                   (100, 0.03, 0.9, 5e-5, 100)
+        assert ROWS[name].published == published
+
+    def test_pass_through_flags_come_last_and_are_checked(self, cli) -> None:
+        train_argv, eval_argv, _ = dry_run(cli, "cifar10-1ep", "--train_args", "--augment batched --train_subset 1000",
+                                           "--eval_args", "--forward_bs 512")
+        train = main.get_args_parser().parse_args(train_argv)
+        assert train.augment == "batched" and train.max_steps == 10  # one epoch of 1,000 images
+        assert evaluate.get_args_parser().parse_args(eval_argv).forward_bs == 512
+        assert_one_line_error(cli("scripts.reproduce", "cifar10-1ep", "--dry_run", "--train_args", "--nope 1"),
+                              "main.py", "--nope")
+
+    def test_unknown_row_is_refused_with_one_line(self, cli) -> None:
+        assert_one_line_error(cli("scripts.reproduce", "cifar10-2ep", "--dry_run"), "cifar10-2ep", "cifar10-1ep")
+
+
+class TestOneEpochProtocol:
+    def test_checkpoint_equals_the_first_epoch_of_an_uninterrupted_two_epoch_run(self, cli, tmp_path: Path) -> None:
+        tiny = [*TINY_RUN, "--train_subset", "32", "--deterministic"]  # 32 images in batches of 16: 2 steps
+        protocol = ROWS["cifar10-1ep"].schedule_flags(steps_per_epoch=2)
+        assert protocol == ["--epoch", "2", "--max_steps", "2"]
+        states = {}
+        for name, flags in {"protocol": protocol, "uninterrupted": ["--epoch", "2"]}.items():
+            result = cli("main", *tiny, "--output_dir", str(tmp_path / name), *flags)
+            assert result.returncode == 0, result.stderr
+            states[name] = torch.load(tmp_path / name / "save_models" / "0.pt", weights_only=False)
+        assert not (tmp_path / "protocol" / "save_models" / "1.pt").exists()  # stopped after one epoch
+        assert (tmp_path / "uninterrupted" / "save_models" / "1.pt").exists()
+        ours, reference = states["protocol"]["model"], states["uninterrupted"]["model"]
+        assert set(ours) == set(reference)
+        for key, value in reference.items():
+            assert torch.equal(ours[key], value), key
+        # The cosine spans both epochs: after the first, the learning rate is half of 0.3 (a schedule
+        # sized to one epoch would be at 0 there, and its second step would use 0.15, not 0.256).
+        assert states["protocol"]["scheduler"]["_last_lr"][0] == pytest.approx(0.15)
+
+
+class TestSmoke:
+    def test_writes_a_complete_result_and_refuses_to_overwrite_it(self, cli, tmp_path: Path) -> None:
+        result = cli("scripts.reproduce", "cifar10-1ep", "--smoke")
+        assert result.returncode == 0, result.stderr
+        path = tmp_path / "results" / "cifar10-1ep.smoke.json"
+        record = json.loads(path.read_text())
+        assert set(record) == set(PERCENT_KEYS + SECONDS_KEYS + OTHER_KEYS)
+        assert all(0 <= record[k] <= 100 for k in PERCENT_KEYS), record
+        assert all(0 < record[k] < 600 for k in SECONDS_KEYS), record
+        assert record["train_seconds_per_epoch"] == record["train_seconds"]  # one epoch trained
+        assert record["smoke"] is True and record["row"] == "cifar10-1ep" and record["published_linear_top1"] == 84.2
+        assert (record["data"], record["schedule_epochs"], record["trained_epochs"]) == ("synthetic", 2, 1)
+        assert record["gpu"] == "cpu" and record["torch"] == torch.__version__ and record["git_commit"]
+        assert record["checkpoint"].endswith("save_models/0.pt") and (tmp_path / record["checkpoint"]).is_file()
+        assert "--epoch 2 --max_steps 1" in record["commands"][0] and "--random_init" in record["commands"][2]
+        assert record["test_patches"] == 2 and "epoch 1 of a 2-epoch" in record["protocol"]
+
+        before = path.read_bytes()
+        assert_one_line_error(cli("scripts.reproduce", "cifar10-1ep", "--smoke"), "--force")
+        assert path.read_bytes() == before
