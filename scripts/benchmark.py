@@ -52,6 +52,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--full", action="store_true",
                         help="paper size: resnet18-cifar, hidden 4096, z 1024, batch 100, 20 patches, "
                              "reported as seconds per CIFAR-10 epoch (meant for a GPU)")
+    parser.add_argument("--tiny", action="store_true",
+                        help="a few seconds on the CPU at toy sizes (the chain of scripts/gpu_check.sh --tiny)")
     parser.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--workers", type=int, default=0, help="DataLoader workers of the pil path (0)")
@@ -69,7 +71,13 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 
 def sizes(args: argparse.Namespace) -> dict:
-    """The configuration of every measurement: CPU sizes by default, the paper's with --full."""
+    """The configuration of every measurement: CPU sizes by default, the paper's with --full,
+    toy sizes with --tiny."""
+    if args.tiny:
+        return {"patchgen": {"batch": 8, "num_patches": 4, "repeats": 2, "warmup": 1},
+                "tcr": {"batch": 8, "dim": 32, "num_patches": [4], "loop_groups": 4},
+                "train": dict(arch="resnet10-cifar", hidden_dim=64, z_dim=32, batch=8, num_patches=4,
+                              steps=args.steps, warmup=args.warmup)}
     model = dict(arch="resnet18-cifar", hidden_dim=4096, z_dim=1024) if args.full else \
         dict(arch="resnet10-cifar", hidden_dim=1024, z_dim=256)
     return {"patchgen": {"batch": 100, "num_patches": 20, "repeats": 20 if args.full else 5, "warmup": 2},
@@ -220,15 +228,15 @@ def machine(device: torch.device) -> dict:
 def table(result: dict) -> str:
     """The results as a Markdown table."""
     gen, tcr, train = result["patchgen"], result["tcr"], result["train"]
-    cfg = result["config"]["train"]
+    cfg, tcr_cfg = result["config"]["train"], result["config"]["tcr"]
     rows = ["| measurement | official / pil | ours / batched | ratio |", "|---|---|---|---|",
             f"| (1) patches per second ({result['config']['workers']} pil workers) | {gen['pil']:,.0f} | "
             f"{gen['batched']:,.0f} | {gen['ratio']:.1f}× |"]
     for key, r in tcr.items():
         note = f" (loop timed on {r['loop_extrapolated_from_groups']} groups, scaled)" \
             if r["loop_extrapolated_from_groups"] else ""
-        rows.append(f"| (2) coding rate fwd+bwd, B=100, d=1024, {key}, ms{note} | {r['loop_ms']:,.1f} | "
-                    f"{r['ours_ms']:,.1f} | {r['ratio']:.0f}× |")
+        rows.append(f"| (2) coding rate fwd+bwd, B={tcr_cfg['batch']}, d={tcr_cfg['dim']}, {key}, ms{note} | "
+                    f"{r['loop_ms']:,.1f} | {r['ours_ms']:,.1f} | {r['ratio']:.0f}× |")
     rows.append(f"| (3) training steps per second ({cfg['arch']}, B={cfg['batch']}, P={cfg['num_patches']}, "
                 f"{cfg['steps']} consecutive steps) | {train['pil']['steps_per_s']:.3g} | "
                 f"{train['batched']['steps_per_s']:.3g} | {train['ratio']:.2f}× |")
@@ -249,7 +257,8 @@ def main(args: argparse.Namespace) -> None:
         torch.backends.cudnn.benchmark = True
     cfg = sizes(args)
     result = {"machine": machine(device), "config": {**cfg, "data": args.data, "workers": args.workers,
-                                                       "precision": args.precision, "full": args.full}}
+                                                       "precision": args.precision, "full": args.full,
+                                                       "tiny": args.tiny}}
     print(json.dumps(result["machine"]))
     result["patchgen"] = bench_patchgen(args, cfg["patchgen"], device)
     print(f"(1) patches/s: {result['patchgen']}")

@@ -36,7 +36,7 @@ import checkpoint as ckpt  # noqa: E402
 import evaluate as eval_entry  # noqa: E402
 import main as train_entry  # noqa: E402
 from dataset import build_dataset  # noqa: E402
-from distributed import resolve_device  # noqa: E402
+from device import resolve_device  # noqa: E402
 from errors import ArgumentParser, UserError, run_cli  # noqa: E402
 from scripts.rows import OFFICIAL_EVAL, PUBLISHED_LABEL, ROWS, TRAIN_IMAGES, Row  # noqa: E402
 
