@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -49,7 +50,8 @@ def get_args_parser() -> argparse.ArgumentParser:
                       help="augmented patches per image, P (official default 100; the paper's runs use 20)")
     data.add_argument("--train_subset", type=int, default=None,
                       help="train on a fixed, class-balanced subset of this many images (quick experiments)")
-    data.add_argument("--workers", type=int, default=8, help="DataLoader worker processes (default: 8)")
+    data.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1),
+                      help="DataLoader worker processes (default: 8, or the machine's cores if fewer)")
     data.add_argument("--augment", default="pil", choices=AUGMENTS,
                       help="pil: the official per-patch PIL pipeline in workers (default); batched: all patches "
                            "of a step at once on the training device, same distributions (see README, Speed)")
