@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import functools
 import os
-import re
 from collections.abc import Callable
 from datetime import timedelta
 from typing import NamedTuple, TypeVar
@@ -34,7 +33,7 @@ import torch.distributed as dist
 import torch.nn as nn
 from torch.nn.parallel import DistributedDataParallel
 
-from errors import UserError
+from errors import UserError, one_line
 
 T = TypeVar("T")
 
@@ -173,18 +172,12 @@ def agree(step: Callable[[], T]) -> T:
         dist.all_gather_object(messages, message)
     except RuntimeError as err:  # gloo and NCCL raise RuntimeError subclasses for lost or silent peers
         raise UserError(f"another process of this run stopped or did not answer within --dist_timeout "
-                        f"({_first_sentence(err)}): see its output") from err
+                        f"({one_line(err, sentence=True)}): see its output") from err
     failed = [(rank, text) for rank, text in enumerate(messages) if text is not None]
     if failed:
         rank, text = failed[0]
         raise UserError(text if rank == get_rank() else f"rank {rank}: {text}")
     return result  # type: ignore[return-value]
-
-
-def _first_sentence(err: BaseException) -> str:
-    """The first sentence of an error, without the `[file.cc:123] ` prefix of C++ errors."""
-    text = (str(err).strip().splitlines() or [type(err).__name__])[0]
-    return re.sub(r"^\[[^\]]*\]\s*", "", text).split(". ")[0][:200]
 
 
 def on_main(step: Callable[..., T], *args: object) -> T | None:

@@ -18,6 +18,7 @@ from pathlib import Path
 from checkpoint import load_state_strict
 from errors import UserError
 from evaluate import read_checkpoint
+from main import get_args_parser as training_flags
 from model import Encoder
 
 dependencies = ["torch", "torchvision", "numpy", "tqdm"]
@@ -33,12 +34,13 @@ def emp_ssl_resnet18(checkpoint: str | os.PathLike, arch: str | None = None) -> 
     """
     path = Path(checkpoint)
     state, record = read_checkpoint(path)
-    arch = arch or record["args"].get("arch", "resnet18-cifar")
+    official = training_flags()  # main.py's defaults: the official encoder, where the checkpoint is silent
+    arch = arch or record["args"].get("arch", official.get_default("arch"))
     if arch not in RESNET18_ARCHS:
         raise UserError(f"{path} holds a {arch} encoder, not a ResNet-18 (resnet10-cifar has widths 32-256 and one "
                         f"block per stage): use a checkpoint of {', '.join(RESNET18_ARCHS)}")
-    widths = {name: state[key].shape[0] for name, key in (("hidden_dim", "pre_feature.0.weight"),
-                                                           ("z_dim", "projection.3.weight")) if key in state}
-    model = Encoder(arch, **widths)
+    hidden_dim, z_dim = (state[key].shape[0] if key in state else official.get_default(name)
+                         for name, key in (("hidden_dim", "pre_feature.0.weight"), ("z_dim", "projection.3.weight")))
+    model = Encoder(arch, hidden_dim, z_dim)
     load_state_strict(model, state, path)
     return model.eval()

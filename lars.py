@@ -16,17 +16,22 @@ from collections.abc import Callable, Iterable
 import torch
 
 
+MOMENTUM, NESTEROV = 0.9, True  # the official SGD momentum, with Nesterov (constants, not flags)
+
+
 class LARS(torch.optim.SGD):
-    """SGD(lr, momentum, nesterov, weight_decay) with layer-wise trust ratios η (see module doc)."""
+    """SGD(lr, momentum, nesterov, weight_decay) with layer-wise trust ratios η (see module doc).
+
+    lr, weight_decay and eta come from main.py's --lr, --wd and --lars_eta."""
 
     def __init__(
         self,
         params: Iterable[torch.Tensor] | Iterable[dict],
         lr: float,
-        momentum: float = 0.9,
-        weight_decay: float = 1e-4,
-        nesterov: bool = True,
-        eta: float = 0.005,
+        weight_decay: float,
+        eta: float,
+        momentum: float = MOMENTUM,
+        nesterov: bool = NESTEROV,
         eps: float = 1e-8,
     ) -> None:
         super().__init__(params, lr=lr, momentum=momentum, weight_decay=weight_decay, nesterov=nesterov)

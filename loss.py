@@ -15,12 +15,12 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 
-def total_coding_rate(z: torch.Tensor, eps: float = 0.2) -> torch.Tensor:
+def total_coding_rate(z: torch.Tensor, eps: float) -> torch.Tensor:
     """Coding rate of each patch group: R(Z_p) = ½ · logdet(I_d + d/(B·ε) · Z_pᵀ Z_p).
 
     Args:
         z: (P, B, d) embeddings, P groups of B rows.
-        eps: distortion ε (the official code uses 0.2 as ε directly).
+        eps: distortion ε > 0, used as ε directly as in the official code (main.py's --eps).
     Returns:
         (P,) float32 rates. They grow as the rows of each Z_p spread apart.
 
@@ -62,9 +62,10 @@ def invariance(z: torch.Tensor) -> torch.Tensor:
 
 
 class EMPSSLLoss(nn.Module):
-    """L = patch_sim · (−S) + tcr · (−mean_p R(Z_p)) (official signs and defaults 200, 1, 0.2)."""
+    """L = patch_sim · (−S) + tcr · (−mean_p R(Z_p)) with distortion ε in R (official signs; the
+    official values are main.py's defaults of --patch_sim, --tcr and --eps)."""
 
-    def __init__(self, patch_sim: float = 200.0, tcr: float = 1.0, eps: float = 0.2) -> None:
+    def __init__(self, patch_sim: float, tcr: float, eps: float) -> None:
         super().__init__()
         self.patch_sim, self.tcr, self.eps = patch_sim, tcr, eps
 

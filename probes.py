@@ -10,6 +10,16 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tqdm import tqdm
 
+# The official evaluation protocol: the defaults of evaluate.py's --knn_* and --linear_* flags; the
+# training-time kNN monitor uses the kNN pair.
+KNN_K = 20  # neighbours of the weighted kNN (solo-learn WeightedKNNClassifier, cosine)
+KNN_T = 0.07  # temperature of its exp(cos / T) votes
+LINEAR_EPOCHS = 100  # linear probe (EMP-SSL func.linear): epochs, cosine-annealed to 0
+LINEAR_LR = 0.03  # its SGD learning rate
+LINEAR_MOMENTUM = 0.9  # its SGD momentum
+LINEAR_WD = 5e-5  # its weight decay
+LINEAR_BS = 100  # its batch size
+
 
 def topk_correct(scores: torch.Tensor, labels: torch.Tensor, k: int) -> torch.Tensor:
     """Boolean (N,): is labels[n] among the k highest scores of row n? scores (N, C), labels (N,).
@@ -20,7 +30,7 @@ def topk_correct(scores: torch.Tensor, labels: torch.Tensor, k: int) -> torch.Te
 
 @torch.no_grad()
 def knn_scores(train_features: torch.Tensor, train_labels: torch.Tensor, test_features: torch.Tensor,
-               num_classes: int, k: int = 20, temperature: float = 0.07, chunk: int = 1024) -> torch.Tensor:
+               num_classes: int, k: int, temperature: float, chunk: int = 1024) -> torch.Tensor:
     """Class scores (M, C) of the weighted cosine kNN classifier for M test features.
 
     With unit rows u (train, N×D) and v (test, M×D) and s = v·uᵀ, each test row takes its k most
@@ -40,7 +50,7 @@ def knn_scores(train_features: torch.Tensor, train_labels: torch.Tensor, test_fe
 
 
 def knn_accuracy(train_features: torch.Tensor, train_labels: torch.Tensor, test_features: torch.Tensor,
-                 test_labels: torch.Tensor, num_classes: int, k: int = 20, temperature: float = 0.07,
+                 test_labels: torch.Tensor, num_classes: int, k: int = KNN_K, temperature: float = KNN_T,
                  chunk: int = 1024) -> dict[str, float]:
     """Top-1 and top-5 accuracy (percent) of :func:`knn_scores` on the test set."""
     scores = knn_scores(train_features, train_labels, test_features, num_classes, k, temperature, chunk)
@@ -60,12 +70,12 @@ def evaluate_linear(classifier: nn.Module, features: torch.Tensor, labels: torch
 
 
 def linear_probe(train_features: torch.Tensor, train_labels: torch.Tensor, test_features: torch.Tensor,
-                 test_labels: torch.Tensor, num_classes: int, epochs: int = 100, lr: float = 0.03,
-                 momentum: float = 0.9, wd: float = 5e-5, bs: int = 100, seed: int = 0,
+                 test_labels: torch.Tensor, num_classes: int, epochs: int = LINEAR_EPOCHS, lr: float = LINEAR_LR,
+                 momentum: float = LINEAR_MOMENTUM, wd: float = LINEAR_WD, bs: int = LINEAR_BS, seed: int = 0,
                  progress: bool = False) -> dict:
     """Train Linear(D, C) on frozen features with the official protocol; test after every epoch.
 
-    Official `func.linear`: cross-entropy, SGD (lr, momentum 0.9, weight decay 5e-5), batch bs drawn
+    Official `func.linear`: cross-entropy, SGD (lr, momentum, weight decay wd), batch bs drawn
     from a fresh shuffle every epoch with the incomplete last batch dropped, learning rate
     cosine-annealed to 0 over the epochs (stepped once per epoch). Runs on the device of the
     features, on in-memory tensors. Returns the final epoch's {"top1", "top5"} (the result), the

@@ -10,7 +10,8 @@ Every patch of an image is an independent draw of the same PIL pipeline:
    (p 0.1), 6. PIL solarize at 128 (p 0.1), 7. ToTensor and Normalize(0.5, 0.5): values in [-1, 1].
 
 ``MultiPatch`` draws P patches per image; the default collate turns a batch of B images into a
-list of P tensors (B, C, size, size), which the trainer stacks patch-major with ``torch.cat``.
+list of P tensors (B, C, size, size), which :class:`dataset.source.LoaderBatches` joins
+patch-major with ``torch.cat`` on the training device.
 """
 
 from collections.abc import Callable
@@ -100,8 +101,9 @@ def geometric_transform(kind: str, size: int) -> T.Compose:
 class MultiPatch:
     """P independent draws of one transform: image -> list of P tensors (C, size, size).
 
-    After the default collate a batch is a list of P tensors (B, C, size, size); the trainer's
-    ``torch.cat(views)`` gives the patch-major (P·B, C, size, size) layout of the official code.
+    After the default collate a batch is a list of P tensors (B, C, size, size);
+    ``torch.cat(views)`` in :class:`dataset.source.LoaderBatches` gives the patch-major
+    (P·B, C, size, size) layout of the official code.
     """
 
     def __init__(self, transform: Callable[[Image.Image], torch.Tensor], num_patches: int) -> None:

@@ -14,9 +14,15 @@ import torch
 from torch.utils.data import Sampler
 
 
+def epoch_seed(seed: int, epoch: int) -> int:
+    """The seed of one epoch of a run, seed · 1,000,003 + epoch: distinct for every pair with
+    seed ≥ 0 and 0 ≤ epoch < 1,000,003, so no epoch of one seed repeats an epoch of another."""
+    return seed * 1_000_003 + epoch
+
+
 def epoch_permutation(num_items: int, seed: int, epoch: int) -> torch.Tensor:
     """The order of all items in one epoch: a permutation of range(num_items), (num_items,)."""
-    generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    generator = torch.Generator().manual_seed(epoch_seed(seed, epoch))
     return torch.randperm(num_items, generator=generator)
 
 

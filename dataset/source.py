@@ -29,7 +29,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from torchvision import datasets
 from torchvision import transforms as T
 
-from dataset import augmentation_kind, build_dataset, class_balanced_subset
+from dataset.catalog import augmentation_kind, build_dataset, class_balanced_subset
 from dataset.aug import CROP_RATIO, MultiPatch, geometric_transform, patch_transform
 from dataset.batched import augment_crops, augment_images
 from dataset.sampler import ResumableSampler

@@ -13,10 +13,11 @@ class Encoder(nn.Module):
     evaluation uses → projection: Linear(h, h) → BN → ReLU → Linear(h, z) → L2-normalise.
 
     Parameter names (`backbone.*`, `pre_feature.*`, `projection.*`) match the official encoder,
-    so official state dicts load once their `module.` prefix is stripped.
+    so official state dicts load once their `module.` prefix is stripped. The official backbone
+    and widths are main.py's defaults of --arch, --hidden_dim and --z_dim.
     """
 
-    def __init__(self, arch: str = "resnet18-cifar", hidden_dim: int = 4096, z_dim: int = 1024) -> None:
+    def __init__(self, arch: str, hidden_dim: int, z_dim: int) -> None:
         super().__init__()
         self.backbone, feature_dim = build_backbone(arch)
         self.pre_feature = nn.Sequential(

@@ -41,6 +41,7 @@ from device import resolve_device  # noqa: E402
 from errors import ArgumentParser, run_cli  # noqa: E402
 from lars import LARS  # noqa: E402
 from loss import EMPSSLLoss, total_coding_rate  # noqa: E402
+from main import get_args_parser as training_flags  # noqa: E402
 from model import Encoder  # noqa: E402
 from speed import AMP_DTYPES, compile_model, prepare_model  # noqa: E402
 
@@ -146,7 +147,7 @@ def bench_patchgen(args: argparse.Namespace, cfg: dict, device: torch.device) ->
     return out
 
 
-def rate_by_logdet_loop(z: torch.Tensor, eps: float = 0.2) -> torch.Tensor:
+def rate_by_logdet_loop(z: torch.Tensor, eps: float) -> torch.Tensor:
     """The official formulation: for each group, ½ logdet(I_d + d/(B·ε) Z_pᵀ Z_p) with a d×d matrix."""
     _, b, d = z.shape
     eye = torch.eye(d, device=z.device)
@@ -156,16 +157,16 @@ def rate_by_logdet_loop(z: torch.Tensor, eps: float = 0.2) -> torch.Tensor:
 def bench_tcr(cfg: dict, device: torch.device) -> dict:
     """(2) Coding rate forward + backward, ours against the per-group loop; for many groups the loop
     is timed on cfg['loop_groups'] groups and scaled up (marked extrapolated)."""
-    out = {}
+    out, eps = {}, training_flags().get_default("eps")
     for num_patches in cfg["num_patches"]:
         z = torch.nn.functional.normalize(torch.randn(num_patches, cfg["batch"], cfg["dim"], device=device), dim=-1)
         z.requires_grad_(True)
         groups = min(num_patches, cfg["loop_groups"])
-        seconds = timed({"ours": lambda: total_coding_rate(z).mean().backward(),
-                         "loop": lambda: rate_by_logdet_loop(z[:groups]).mean().backward()}, 3, device)
+        seconds = timed({"ours": lambda: total_coding_rate(z, eps).mean().backward(),
+                         "loop": lambda: rate_by_logdet_loop(z[:groups], eps).mean().backward()}, 3, device)
         ours, loop = seconds["ours"], seconds["loop"] * num_patches / groups
         with torch.no_grad():
-            gap = (total_coding_rate(z[:groups]) - rate_by_logdet_loop(z[:groups])).abs().max().item()
+            gap = (total_coding_rate(z[:groups], eps) - rate_by_logdet_loop(z[:groups], eps)).abs().max().item()
         out[f"P={num_patches}"] = {"ours_ms": 1e3 * ours, "loop_ms": 1e3 * loop, "ratio": loop / ours,
                                    "loop_extrapolated_from_groups": groups if groups < num_patches else None,
                                    "max_abs_rate_difference": gap}
@@ -180,9 +181,11 @@ def training_step(args: argparse.Namespace, cfg: dict, source: Iterator[torch.Te
     model = Encoder(cfg["arch"], cfg["hidden_dim"], cfg["z_dim"]).to(device)
     prepare_model(model, device, args.channels_last)
     net = compile_model(model, device) if args.compile else model
-    optimizer = LARS(model.parameters(), lr=0.3)
+    official = training_flags().parse_args([])  # main.py's defaults: the official loss and LARS
+    optimizer = LARS(model.parameters(), lr=official.lr, weight_decay=official.wd, eta=official.lars_eta)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=10_000)
-    criterion, amp, guard = EMPSSLLoss(), AMP_DTYPES[args.precision], NonFiniteGuard(0, device)
+    criterion = EMPSSLLoss(official.patch_sim, official.tcr, official.eps)
+    amp, guard = AMP_DTYPES[args.precision], NonFiniteGuard(0, device)
 
     def step() -> None:
         train_step(net, criterion, optimizer, next(source), cfg["num_patches"], amp, guard)

@@ -3,7 +3,7 @@
 # 30 epochs (EPOCHS=10 for the 10-epoch row). The official one-epoch row is EPOCHS=2 with `--max_steps 500`
 # (checkpoint save_models/0.pt); `python scripts/reproduce.py cifar100-1ep` runs it. Extra flags pass through,
 # e.g. `bash scripts/cifar100.sh --data_dir /datasets/cifar100 --msg try1`.
+# Every other flag is main.py's default, the official value.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-python main.py --data cifar100 --arch resnet18-cifar --num_patches "${NUM_PATCHES:-20}" --epoch "${EPOCHS:-30}" \
-    --patch_sim 200 --tcr 1 --eps 0.2 --bs 100 --lr 0.3 "$@"
+python main.py --data cifar100 --arch resnet18-cifar --num_patches "${NUM_PATCHES:-20}" --epoch "${EPOCHS:-30}" "$@"

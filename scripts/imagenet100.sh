@@ -2,7 +2,8 @@
 # EMP-SSL on ImageNet-100 (ImageFolder layout: <data_dir>/train/<class>/*.JPEG and <data_dir>/val/):
 # ResNet-18 with the standard stem, 224×224 patches, 20 patches, 10 epochs. The published 0.789
 # used 200 patches (NUM_PATCHES=200), which needs far more GPU memory per step.
+# Every other flag is main.py's default, the official value; extra flags pass through.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-python main.py --data imagenet100 --arch resnet18-imagenet --num_patches "${NUM_PATCHES:-20}" --epoch "${EPOCHS:-10}" \
-    --patch_sim 200 --tcr 1 --eps 0.2 --bs 100 --lr 0.3 "$@"
+python main.py --data imagenet100 --arch resnet18-imagenet \
+    --num_patches "${NUM_PATCHES:-20}" --epoch "${EPOCHS:-10}" "$@"

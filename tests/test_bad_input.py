@@ -1,6 +1,7 @@
 """The bad-input battery of main.py: one line, non-zero exit, no traceback, nothing overwritten."""
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import pytest
@@ -8,6 +9,8 @@ import torch
 from PIL import Image
 
 from conftest import TINY_RUN, assert_one_line_error, run_script
+from dataset import build_dataset
+from errors import UserError, one_line
 
 
 def image_tree(root: Path, per_class: int = 6, classes: tuple[str, ...] = ("a", "b")) -> Path:
@@ -44,6 +47,17 @@ class TestImageFolders:
                          "--skip_bad_images", "--output_dir", str(tmp_path / "run"))
         assert result.returncode == 0, result.stderr
         assert torch.load(tmp_path / "run/save_models/last.pt", weights_only=False)["step"] == 1
+
+    def test_under_torchrun_every_process_skips_but_only_local_rank_0_warns(self, monkeypatch,
+                                                                            corrupt_tree: Path) -> None:
+        monkeypatch.setenv("LOCAL_RANK", "1")
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # a warning would fail the test
+            folder = build_dataset("imagefolder", corrupt_tree, "train", skip_bad_images=True)
+        assert len(folder) == 12 and not any("broken" in path for path, _ in folder.samples)
+        monkeypatch.setenv("LOCAL_RANK", "0")
+        with pytest.warns(UserWarning, match="broken.png"):
+            build_dataset("imagefolder", corrupt_tree, "train", skip_bad_images=True)
 
     def test_empty_class_folder(self, cli, tmp_path: Path) -> None:
         root = image_tree(tmp_path / "images")
@@ -96,3 +110,25 @@ class TestRunFolders:
         result = cli("main", *TINY_RUN, *flags, "--output_dir", str(tmp_path / "run"))
         assert_one_line_error(result, fragment)
         assert not (tmp_path / "run").exists()
+
+
+class TestOneLine:
+    """errors.one_line: the one line each caller puts in its message."""
+
+    def test_user_error_from_a_worker_gives_its_own_message(self) -> None:
+        err = UserError("Caught UserError in DataLoader worker process 0.\nOriginal Traceback (most recent call "
+                        "last):\n  File \"x.py\", line 1\nerrors.UserError: cannot read the image a.png")
+        assert one_line(err) == "cannot read the image a.png"
+        assert one_line(UserError("  --bs must be at least 2 ")) == "--bs must be at least 2"
+
+    def test_typed_first_line_keeps_the_errno(self) -> None:
+        err = FileNotFoundError(2, "No such file or directory", "x/train")
+        assert one_line(err, typed=True) == "FileNotFoundError: [Errno 2] No such file or directory: 'x/train'"
+        assert one_line(RuntimeError("bad archive\ndetails"), typed=True) == "RuntimeError: bad archive"
+        assert one_line(EOFError(), typed=True) == "EOFError"
+
+    def test_sentence_drops_the_cpp_location_and_what_follows(self) -> None:
+        err = RuntimeError("[../third_party/gloo/transport/tcp/pair.cc:598] Connection closed by peer. "
+                           "Rank 1 is gone\nException raised from recvAll")
+        assert one_line(err, sentence=True) == "Connection closed by peer"
+        assert one_line(RuntimeError("x" * 300), sentence=True) == "x" * 200

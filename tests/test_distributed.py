@@ -204,6 +204,7 @@ class TestBadInputUnderTorchrun:
         (["--bs", "15"], ("--bs 15", "multiple of 2")),
         (["--sync_bn"], ("--sync_bn", "GPUs")),
         (["--dist_timeout", "0"], ("--dist_timeout",)),
+        (["--bs", "x"], ("--bs", "invalid int value")),  # refused by argparse
     ])
     def test_rank_0_reports_in_one_line_and_rank_1_exits_quietly(self, cli, launched, tmp_path: Path,
                                                                   flags: list[str], fragments: tuple[str, ...]) -> None:

@@ -35,7 +35,8 @@ class PoisonAt(EMPSSLLoss):
 def tiny_setup(seed: int = 0) -> tuple[Encoder, LARS, list[torch.Tensor]]:
     torch.manual_seed(seed)
     model = Encoder("resnet10-cifar", 64, 32)
-    return model, LARS(model.parameters(), lr=0.3), [torch.randn(P * B, 3, 32, 32) for _ in range(4)]
+    optimizer = LARS(model.parameters(), lr=0.3, weight_decay=1e-4, eta=0.005)
+    return model, optimizer, [torch.randn(P * B, 3, 32, 32) for _ in range(4)]
 
 
 def snapshot(model: torch.nn.Module, optimizer: LARS) -> tuple[list[torch.Tensor], list[torch.Tensor]]:

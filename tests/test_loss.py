@@ -42,18 +42,18 @@ class TestTotalCodingRate:
     def test_grows_as_rows_spread_apart(self) -> None:
         base = unit_rows(1, 1, 32)
         noise = unit_rows(1, 16, 32, seed=1)
-        rates = [total_coding_rate(F.normalize(base + s * noise, dim=-1)).item() for s in (0.0, 0.1, 0.5, 2.0)]
+        rates = [total_coding_rate(F.normalize(base + s * noise, dim=-1), 0.2).item() for s in (0.0, 0.1, 0.5, 2.0)]
         assert rates == sorted(rates) and rates[-1] > rates[0] + 1.0
 
     def test_collapsed_rows_have_the_rank_one_rate(self) -> None:
         z = unit_rows(1, 1, 16).expand(1, 10, 16)  # every row identical: ZᵀZ has one eigenvalue B
         expected = 0.5 * torch.log(torch.tensor(1 + 16 / (10 * 0.2) * 10))
-        torch.testing.assert_close(total_coding_rate(z), expected.reshape(1))
+        torch.testing.assert_close(total_coding_rate(z, 0.2), expected.reshape(1))
 
     def test_float32_under_bf16_autocast(self) -> None:
         z = unit_rows(2, 8, 16).bfloat16()
         with torch.autocast("cpu", dtype=torch.bfloat16):
-            rate = total_coding_rate(z)
+            rate = total_coding_rate(z, 0.2)
         assert rate.dtype == torch.float32
         torch.testing.assert_close(rate.double(), direct_rate(z.float(), 0.2), rtol=1e-5, atol=0)
 
@@ -61,7 +61,7 @@ class TestTotalCodingRate:
     def test_non_finite_input_gives_nan_not_an_exception(self) -> None:
         z = unit_rows(2, 6, 8)
         z[0, 1, 2] = float("nan")
-        rate = total_coding_rate(z)
+        rate = total_coding_rate(z, 0.2)
         assert torch.isnan(rate[0]) and torch.isfinite(rate[1])
 
 
@@ -89,14 +89,14 @@ class TestEMPSSLLoss:
     def test_rate_is_taken_over_the_given_global_batch(self) -> None:
         z = unit_rows(3, 8, 16)
         z_global = torch.cat([z, unit_rows(3, 8, 16, seed=5)], dim=1)  # (P, 2B, d)
-        _, parts = EMPSSLLoss()(z, z_for_rate=z_global)
+        _, parts = EMPSSLLoss(200.0, 1.0, 0.2)(z, z_for_rate=z_global)
         assert parts["tcr"].item() == pytest.approx(direct_rate(z_global, 0.2).mean().item(), rel=1e-5)
         assert parts["invariance"].item() == pytest.approx(invariance(z).item())
 
     def test_decreases_under_sgd(self) -> None:
         raw = torch.randn(4, 16, 32, generator=torch.Generator().manual_seed(0), requires_grad=True)
         opt = torch.optim.SGD([raw], lr=0.01)
-        criterion = EMPSSLLoss()
+        criterion = EMPSSLLoss(200.0, 1.0, 0.2)
         losses = []
         for _ in range(20):
             loss, _ = criterion(F.normalize(raw, dim=-1))

@@ -49,10 +49,10 @@ class TestKNN:
         g = torch.Generator().manual_seed(3)
         train_x, test_x = torch.randn(300, 16, generator=g), torch.randn(77, 16, generator=g)
         train_y, test_y = torch.randint(5, (300,), generator=g), torch.randint(5, (77,), generator=g)
-        reference = knn_scores(train_x, train_y, test_x, 5, chunk=1000)
+        reference = knn_scores(train_x, train_y, test_x, 5, 20, 0.07, chunk=1000)
         accuracies = set()
         for chunk in (1, 7, 76, 77):
-            scores = knn_scores(train_x, train_y, test_x, 5, chunk=chunk)
+            scores = knn_scores(train_x, train_y, test_x, 5, 20, 0.07, chunk=chunk)
             torch.testing.assert_close(scores, reference, rtol=1e-5, atol=0)  # exp(cos/T) is up to e^14
             accuracies.add(tuple(knn_accuracy(train_x, train_y, test_x, test_y, 5, chunk=chunk).values()))
         assert len(accuracies) == 1

@@ -108,7 +108,7 @@ class TestTrainingFlags:
     def test_bf16_autocast_keeps_loss_finite_and_coding_rate_float32(self, monkeypatch) -> None:
         seen = []
 
-        def spy(z: torch.Tensor, eps: float = 0.2) -> torch.Tensor:
+        def spy(z: torch.Tensor, eps: float) -> torch.Tensor:
             rate = total_coding_rate(z, eps)
             seen.append((z.dtype, rate.dtype))
             return rate
@@ -116,14 +116,14 @@ class TestTrainingFlags:
         monkeypatch.setattr(loss_module, "total_coding_rate", spy)
         torch.manual_seed(0)
         model = Encoder("resnet10-cifar", 64, 32)
-        optimizer = LARS(model.parameters(), lr=0.3)
-        stats = train_step(model, EMPSSLLoss(), optimizer, torch.randn(24, 3, 32, 32), 3, torch.bfloat16)
+        optimizer = LARS(model.parameters(), lr=0.3, weight_decay=1e-4, eta=0.005)
+        stats = train_step(model, EMPSSLLoss(200.0, 1.0, 0.2), optimizer, torch.randn(24, 3, 32, 32), 3, torch.bfloat16)
         assert math.isfinite(stats["loss"].item()) and seen == [(torch.float32, torch.float32)]
         z = torch.nn.functional.normalize(torch.randn(3, 8, 32), dim=-1)
         with torch.autocast("cpu", dtype=torch.bfloat16):
-            rate = total_coding_rate(z.bfloat16())
+            rate = total_coding_rate(z.bfloat16(), 0.2)
         assert rate.dtype == torch.float32
-        torch.testing.assert_close(rate, total_coding_rate(z.bfloat16().float()))
+        torch.testing.assert_close(rate, total_coding_rate(z.bfloat16().float(), 0.2))
 
     def test_compile_without_a_compiler_is_one_line(self, cli, monkeypatch, tmp_path: Path) -> None:
         monkeypatch.delenv("CXX", raising=False)

@@ -1,0 +1,169 @@
+"""The catalogue of data sets: their names, where each is found (or downloaded), and subsets.
+
+``build_dataset(name, data_dir, split, transform)`` returns a torch Dataset of (image, label)
+pairs with ``.targets`` (list[int]) and ``.classes``, for
+
+- ``cifar10`` / ``cifar100``: torchvision's CIFAR in ``data_dir`` (downloaded if allowed),
+- ``imagenet100`` / ``tinyimagenet`` / ``imagefolder``: ImageFolder trees
+  ``<data_dir>/train/<class>/*.jpg`` and ``<data_dir>/val/`` (or ``test/``) with the same classes,
+- ``synthetic``: the generated :class:`SyntheticShapes` (no files, no download).
+
+Anything the user can fix (a missing folder, no internet, an unknown name) raises
+:class:`errors.UserError` with a one-line message.
+"""
+
+from __future__ import annotations
+
+import pathlib
+import shutil
+import tarfile
+import warnings
+from collections.abc import Callable, Sequence
+
+import numpy as np
+from torch.utils.data import Dataset
+from torchvision import datasets
+
+from dataset.images import drop_unreadable, load_image
+from dataset.synthetic import SyntheticShapes
+from errors import UserError, one_line, speaks
+
+DATASETS = ("cifar10", "cifar100", "imagenet100", "tinyimagenet", "imagefolder", "synthetic")
+_CIFAR = {"cifar10": ("CIFAR-10", datasets.CIFAR10), "cifar100": ("CIFAR-100", datasets.CIFAR100)}
+_LAYOUT = "<data_dir>/train/<class>/*.jpg and <data_dir>/val/<class>/*.jpg (or test/)"
+
+
+def _check_name(name: str) -> None:
+    """UserError unless ``name`` is one of :data:`DATASETS`."""
+    if name not in DATASETS:
+        raise UserError(f"unknown data set {name!r}: choose --data from {', '.join(DATASETS)}")
+
+
+def augmentation_kind(name: str) -> tuple[str, int]:
+    """(augmentation kind for :func:`patch_transform`, patch size in pixels) for a data set.
+
+    As in the official code: ("cifar", 32) for the 32×32 sets and generic folders,
+    ("imagenet", 224) for ImageNet-100 and Tiny ImageNet.
+    """
+    _check_name(name)
+    return ("imagenet", 224) if name in ("imagenet100", "tinyimagenet") else ("cifar", 32)
+
+
+def _cifar(name: str, root: pathlib.Path, train: bool, transform: Callable | None,
+           download: bool) -> Dataset:
+    """torchvision CIFAR rooted at ``root``; on failure, remove what this call created.
+
+    A failed download may leave a partial archive, a partly extracted folder and a new, empty
+    ``root``; they are deleted (only if they did not exist before) so that the next attempt
+    starts clean, and the failure becomes a UserError that says where to put the data.
+    """
+    title, cls = _CIFAR[name]
+    created = [p for p in (root / cls.filename, root / cls.base_folder) if not p.exists()]
+    root_existed = root.exists()
+    try:
+        return cls(str(root), train=train, transform=transform, download=download)
+    except (OSError, RuntimeError, EOFError, tarfile.TarError) as err:
+        for path in created:
+            if path.is_dir():
+                shutil.rmtree(path)
+            else:
+                path.unlink(missing_ok=True)
+        if not root_existed and root.is_dir() and not any(root.iterdir()):
+            root.rmdir()
+        why = f"could not be downloaded ({one_line(err, typed=True)})" if download else "download is off"
+        raise UserError(
+            f"{title} is not in {root}/ and {why}: put {cls.base_folder} in {root}/ "
+            f"(or point --data_dir at it), or try --data synthetic"
+        ) from err
+
+
+def _image_folder(root: pathlib.Path, transform: Callable | None,
+                  skip_bad_images: bool = False) -> datasets.ImageFolder:
+    """torchvision ImageFolder at ``root``, with a UserError for a missing or empty tree (an
+    empty class folder too) and, with ``skip_bad_images``, unreadable images left out."""
+    if not root.is_dir():
+        raise UserError(f"expected the folder {root}: the layout is {_LAYOUT}; set --data_dir")
+    try:
+        folder = datasets.ImageFolder(str(root), transform=transform, loader=load_image)
+    except FileNotFoundError as err:
+        raise UserError(
+            f"no images in {root} or in one of its class folders ({one_line(err, typed=True)}): expected one "
+            f"sub-folder per class holding .jpg/.png files, as in {_LAYOUT}"
+        ) from err
+    if skip_bad_images:
+        for path in drop_unreadable(folder):  # every process leaves them out; one says so
+            if speaks():
+                warnings.warn(f"skipping the unreadable image {path}", stacklevel=2)
+    return folder
+
+
+def _folder_split(data_dir: pathlib.Path, split: str, transform: Callable | None,
+                  skip_bad_images: bool = False) -> datasets.ImageFolder:
+    """The train split ``data_dir/train``, or the test split ``data_dir/val`` (else ``test``).
+
+    The test split must have exactly the classes of the train split, in the same order, so
+    that label indices agree.
+    """
+    if not data_dir.is_dir():
+        raise UserError(f"data folder {data_dir} does not exist: expected {_LAYOUT}; "
+                        f"set --data_dir")
+    if split == "train":
+        return _image_folder(data_dir / "train", transform, skip_bad_images)
+    folder = data_dir / "val" if (data_dir / "val").is_dir() else data_dir / "test"
+    if not folder.is_dir():
+        raise UserError(f"no test split in {data_dir}: expected {data_dir}/val/ or "
+                        f"{data_dir}/test/, as in {_LAYOUT}")
+    test = _image_folder(folder, transform, skip_bad_images)
+    train_classes = datasets.folder.find_classes(str(data_dir / "train"))[0]
+    if test.classes != train_classes:
+        raise UserError(
+            f"the classes in {folder} ({len(test.classes)}) differ from those in "
+            f"{data_dir}/train ({len(train_classes)}): sort the test images into the same "
+            f"class folders (Tiny ImageNet's val/ needs this)"
+        )
+    return test
+
+
+def build_dataset(name: str, data_dir: pathlib.Path, split: str, transform: Callable | None = None,
+                  download: bool = True, skip_bad_images: bool = False) -> Dataset:
+    """The ``split`` ("train" or "test") of data set ``name``, images passed through ``transform``.
+
+    Every returned data set yields (transform(PIL image), int label) and has ``.targets``
+    (list[int], one per image) and ``.classes``. ``download`` applies to CIFAR only. Folder data
+    sets raise a UserError naming an unreadable image when it is loaded; with ``skip_bad_images``
+    every image is decoded once up front and the unreadable ones are left out with a warning (from
+    one process of a torchrun launch, see :func:`errors.speaks`).
+    """
+    _check_name(name)
+    if split not in ("train", "test"):
+        raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+    data_dir = pathlib.Path(data_dir)
+    if name in _CIFAR:
+        return _cifar(name, data_dir, split == "train", transform, download)
+    if name == "synthetic":
+        return SyntheticShapes(train=split == "train", transform=transform)
+    return _folder_split(data_dir, split, transform, skip_bad_images)
+
+
+def class_balanced_subset(targets: Sequence[int], n: int, seed: int = 0) -> list[int]:
+    """Sorted indices of a fixed subset of ``n`` items, as equal per class as possible.
+
+    With C classes, each class gets ``n // C`` items and the first ``n mod C`` classes (in label
+    order) one more, drawn without replacement by ``numpy.random.default_rng(seed)``: the same
+    (targets, n, seed) gives the same subset on every run.
+    """
+    labels = np.asarray(targets)
+    classes = np.unique(labels)
+    if not len(classes) <= n <= len(labels):
+        raise UserError(f"cannot take a class-balanced subset of {n} from {len(labels)} items in "
+                        f"{len(classes)} classes: use between {len(classes)} and {len(labels)}")
+    rng = np.random.default_rng(seed)
+    picked = []
+    for rank, label in enumerate(classes):
+        members = np.flatnonzero(labels == label)
+        quota = n // len(classes) + (rank < n % len(classes))
+        if quota > len(members):
+            raise UserError(f"class {label} has only {len(members)} items, fewer than the "
+                            f"{quota} a balanced subset of {n} needs: use a smaller subset")
+        picked.append(rng.choice(members, size=quota, replace=False))
+    return sorted(np.concatenate(picked).tolist())  # (n,)
