@@ -3,11 +3,11 @@
 The official pipeline (dataset/aug.py) augments every patch separately with PIL. Here the
 random parameters of all P·B patches of a step are drawn first (:func:`sample_crops`,
 :func:`sample_colors`, from exactly the official distributions) and then applied by batched
-tensor operations (dataset/patch_ops.py) on all patches, each kept where the patch drew it
-(``torch.where``): no Python loop over patches, no index sets, and no value read back by the host,
-so a GPU never waits for the CPU. Sizes (the crop window, the blur kernel) follow from the image
-size and the constants. Separating the draws from the operations lets tests replay identical parameters
-through torchvision's functional ops on PIL images.
+tensor operations (dataset/patch_ops.py) computed for all patches and kept where a patch drew
+them (a blend with a 0/1 mask): no Python loop over patches, no index sets, and no value read
+back by the host, so a GPU never waits for the CPU. Sizes (the crop window, the blur kernel)
+follow from the image size and the constants. Separating the draws from the operations lets
+tests replay identical parameters through torchvision's functional ops on PIL images.
 
 Patches are patch-major, as the official ``torch.cat(views)``: patch n is patch n // B of
 image n mod B, so a (P·B, ...) tensor views as (P, B, ...).
@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+
 import torch
 
 from dataset import patch_ops as ops
@@ -186,7 +187,7 @@ def photometric(x: torch.Tensor, p: ColorParams) -> torch.Tensor:
     """
     if x.device.type != "cpu":
         return normalize(color_augment(x, p))
-    step = max(1, CPU_CHUNK_BYTES // (x[0].numel() * x.element_size()))
+    step = max(1, CPU_CHUNK_BYTES // (math.prod(x.shape[1:]) * x.element_size()))  # patches per chunk
     out = torch.empty_like(x)
     for start in range(0, len(x), step):
         chunk = torch.arange(start, min(start + step, len(x)))  # (≤ step,)

@@ -11,8 +11,11 @@ torchvision's functional ops, in floating point instead of PIL's 8-bit steps:
 - hue: a rotation of the hue in HSV (PIL rotates its 8-bit hue),
 - grayscale: ITU-R 601-2 luma 0.299 R + 0.587 G + 0.114 B,
 - blur: PIL's GaussianBlur, which is three passes of an extended box filter per axis whose
-  variance is σ² (Gwosdek et al. 2011), with replicated edges,
+  variance is σ² (Gwosdek et al. 2011), with replicated edges, applied as one matrix per axis,
 - solarize: values at or above the threshold are inverted.
+
+No operation reads a value back to the host: sizes (the crop window, the blur kernel's reach)
+are given by the caller from the constants, so a GPU never waits for the CPU.
 """
 from __future__ import annotations
 
@@ -194,7 +197,7 @@ def box_matrices(sigma: torch.Tensor, n: int, reach: int) -> torch.Tensor:
 def gaussian_blur(x: torch.Tensor, sigma: torch.Tensor, sigma_max: float = BLUR_SIGMA[1]) -> torch.Tensor:
     """PIL's GaussianBlur(radius=σ) per patch: three extended-box passes along the rows and three
     along the columns, out = M_y · x · M_xᵀ with M_y, M_x from :func:`box_matrices`. A patch with
-    σ = 0 comes back unchanged, bit for bit.
+    σ = 0 comes back unchanged (bit for bit with true float32 products, i.e. no TF32).
 
     Args:
         x: (N, C, H, W); sigma: (N,) radii in [0, sigma_max] (default the official maximum), which
