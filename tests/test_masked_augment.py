@@ -6,8 +6,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from dataset import batched
 from dataset import patch_ops as ops
-from dataset.batched import color_augment, crop_window, sample_colors, sample_crops
+from dataset.batched import color_augment, crop_window, normalize, photometric, sample_colors, sample_crops
 
 JITTER = (ops.adjust_brightness, ops.adjust_contrast, ops.adjust_saturation, ops.adjust_hue)
 
@@ -81,3 +82,10 @@ class TestMaskedEqualsIndexSets:
         small = torch.full((40,), 0.3)  # a batch whose data would give a narrower kernel
         torch.testing.assert_close(ops.gaussian_blur(x, small), blur_by_passes(x, small), atol=1e-6, rtol=0)
         assert torch.equal(ops.gaussian_blur(x, torch.zeros(40)), x)  # σ = 0 leaves a patch as it is
+
+    def test_cpu_chunks_change_nothing(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        generator = torch.Generator().manual_seed(2)
+        x = torch.rand(50, 3, 16, 16, generator=generator)  # (N, 3, S, S), 3 KiB per patch
+        p = sample_colors(len(x), generator)
+        monkeypatch.setattr(batched, "CPU_CHUNK_BYTES", 3072 * 16)  # chunks of 16, the last of 2
+        assert torch.equal(photometric(x.clone(), p), normalize(color_augment(x.clone(), p)))
