@@ -3,9 +3,11 @@
 The official pipeline (dataset/aug.py) augments every patch separately with PIL. Here the
 random parameters of all P·B patches of a step are drawn first (:func:`sample_crops`,
 :func:`sample_colors`, from exactly the official distributions) and then applied by batched
-tensor operations (dataset/patch_ops.py), grouped by operation with index sets: no Python loop
-over patches. Separating the draws from the operations lets tests replay identical parameters
-through torchvision's functional ops on PIL images.
+tensor operations (dataset/patch_ops.py) computed for all patches and kept where a patch drew
+them (a blend with a 0/1 mask): no Python loop over patches, no index sets, and no value read
+back by the host, so a GPU never waits for the CPU. Sizes (the crop window, the blur kernel)
+follow from the image size and the constants. Separating the draws from the operations lets
+tests replay identical parameters through torchvision's functional ops on PIL images.
 
 Patches are patch-major, as the official ``torch.cat(views)``: patch n is patch n // B of
 image n mod B, so a (P·B, ...) tensor views as (P, B, ...).
@@ -14,7 +16,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Callable
 
 import torch
 
@@ -23,7 +24,7 @@ from dataset.aug import (BLUR_SIGMA, CROP_SCALE, JITTER, P_BLUR, P_FLIP, P_GRAY,
                          SOLARIZE_THRESHOLD)
 
 CROP_TRIES = 10  # torchvision's RandomResizedCrop tries 10 boxes before its central fallback
-JITTER_OPS = (ops.adjust_brightness, ops.adjust_contrast, ops.adjust_saturation, ops.adjust_hue)  # ColorJitter's numbering
+CPU_CHUNK_BYTES = 4 << 20  # on a CPU the photometric steps go by chunks of patches of about this size
 
 
 @dataclasses.dataclass
@@ -112,29 +113,86 @@ def sample_colors(n: int, generator: torch.Generator) -> ColorParams:
         solarize=coin[:, 3] < P_SOLARIZE)
 
 
-def _apply(x: torch.Tensor, mask: torch.Tensor, op: Callable[..., torch.Tensor], *factors: torch.Tensor) -> None:
-    """x[i] = op(x[i], factor[i]) for the patches i where mask is set, in place."""
-    index = mask.nonzero().squeeze(1)  # (K,)
-    if len(index):
-        x.index_copy_(0, index, op(x.index_select(0, index), *(f.index_select(0, index) for f in factors)))
+def crop_window(height: int, width: int, ratio: tuple[float, float], scale: tuple[float, float] = CROP_SCALE) -> int:
+    """A bound on the box sides :func:`sample_crops` can draw on a height×width image, from the
+    constants alone (host arithmetic), so that cutting the boxes needs no read from the device.
+
+    A try has sides w = round(√(A·r)) ≤ round(√(H·W·s_max·r_max)) and h ≤ round(√(H·W·s_max/r_min))
+    and is kept if 0 < w ≤ W and 0 < h ≤ H; the central fallback, of sides min(W, round(H·r_max))
+    and min(H, round(W/r_min)), counts only when some try can fail. The bounds are widened by
+    10⁻⁶ against float32 rounding of the draws. Exact when every try fits: 16 for CIFAR (32×32,
+    scale 0.25, ratio 1), 41 for 64×80 at ratios 3/4 … 4/3.
+    """
+    slack, area = 1 + 1e-6, height * width
+    longest_w = math.floor(math.sqrt(area * scale[1] * ratio[1] * slack) + 0.5)
+    longest_h = math.floor(math.sqrt(area * scale[1] / ratio[0] * slack) + 0.5)
+    shortest = math.ceil(math.sqrt(area * scale[0] * min(ratio[0], 1 / ratio[1]) / slack) - 0.5)
+    window = max(min(longest_w, width), min(longest_h, height))
+    if longest_w > width or longest_h > height or shortest < 1:
+        window = max(window, min(width, round(height * ratio[1])), min(height, round(width / ratio[0])))
+    return window
+
+
+def _where(mask: torch.Tensor, new: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """new for the patches where mask (N,) is set, x for the others: (N, C, H, W). A lerp with a
+    0/1 weight per patch gives exactly one or the other (finite values), faster on CPUs than
+    torch.where with a broadcast boolean."""
+    return torch.lerp(x, new, mask.to(x.dtype).view(-1, 1, 1, 1))
+
+
+def color_jitter(x: torch.Tensor, p: ColorParams) -> torch.Tensor:
+    """ColorJitter on patches x (N, 3, S, S), each patch with its own order of the four operations,
+    with no index sets: every round computes its operation for all patches.
+
+    Hue, the costly operation, is computed once: first three rounds of the blends (brightness,
+    contrast, saturation) that come before hue in a patch's order, then hue, then three rounds of
+    the blends after it. With the patch's blends b₀ b₁ b₂ in order and hue at position t, round j
+    applies b_j before hue if j < t and after hue if j ≥ t; elsewhere the patch's factor is 1,
+    which leaves it unchanged (the blend's clamp to [0, 1] aside, which only trims float rounding
+    of the crop).
+    """
+    hue_at = p.order.argmax(1)  # (N,) position of hue, operation 3
+    blend_at = (p.order == 3).int().sort(dim=1, stable=True).indices[:, :3]  # (N, 3) positions of the blends
+    blends = p.order.gather(1, blend_at)  # (N, 3) operations 0, 1, 2 in the patch's order
+    factors = torch.stack([p.brightness, p.contrast, p.saturation], 1).gather(1, blends)  # (N, 3)
+    for before_hue in (True, False):
+        for j in range(3):
+            applies = p.jitter & ((j < hue_at) if before_hue else (j >= hue_at))
+            x = ops.adjust_blend(x, blends[:, j], torch.where(applies, factors[:, j], 1.0))
+        if before_hue:
+            x = _where(p.jitter, ops.adjust_hue(x, p.hue), x)
+    return x
 
 
 def color_augment(x: torch.Tensor, p: ColorParams) -> torch.Tensor:
     """The official photometric steps on patches x (N, 3, S, S) in [0, 1], in order: colour jitter
-    (each patch its own order of the four operations), grayscale, blur, solarize. Returns x."""
-    factors = (p.brightness, p.contrast, p.saturation, p.hue)
-    for position in range(4):
-        for op_id, op in enumerate(JITTER_OPS):
-            _apply(x, p.jitter & (p.order[:, position] == op_id), op, factors[op_id])
-    _apply(x, p.gray, ops.grayscale)
-    _apply(x, p.blur, ops.gaussian_blur, p.sigma)
-    _apply(x, p.solarize, lambda patches: ops.solarize(patches, SOLARIZE_THRESHOLD))
-    return x
+    (each patch its own order of the four operations), grayscale, blur, solarize. Every step is
+    computed for all patches and kept where the patch drew it: no index sets, no host reads."""
+    x = color_jitter(x, p)
+    x = _where(p.gray, ops.grey(x), x)  # the grey image on all three channels
+    x = _where(p.blur, ops.gaussian_blur(x, p.sigma, BLUR_SIGMA[1]), x)
+    return ops.solarize(x, torch.where(p.solarize, SOLARIZE_THRESHOLD, 256))  # 256: never
 
 
 def normalize(x: torch.Tensor) -> torch.Tensor:
     """Normalize(mean 0.5, std 0.5) per channel, in place: [0, 1] → [−1, 1]."""
     return x.sub_(0.5).div_(0.5)
+
+
+def photometric(x: torch.Tensor, p: ColorParams) -> torch.Tensor:
+    """:func:`color_augment` then :func:`normalize` of patches x (N, 3, S, S) in [0, 1].
+
+    On a CPU the patches go by chunks of about CPU_CHUNK_BYTES, so that the temporaries of every
+    step stay in the cache (about 1.6× faster at CIFAR size); on other devices all at once.
+    """
+    if x.device.type != "cpu":
+        return normalize(color_augment(x, p))
+    step = max(1, CPU_CHUNK_BYTES // (math.prod(x.shape[1:]) * x.element_size()))  # patches per chunk
+    out = torch.empty_like(x)
+    for start in range(0, len(x), step):
+        chunk = torch.arange(start, min(start + step, len(x)))  # (≤ step,)
+        out[start:start + step] = normalize(color_augment(x[start:start + step], p.take(chunk)))
+    return out
 
 
 def rank_patches(num_patches: int, global_batch: int, first: int, count: int, device: torch.device) -> torch.Tensor:
@@ -162,8 +220,9 @@ def augment_images(images: torch.Tensor, num_patches: int, size: int, ratio: tup
     colors = sample_colors(total, generator)
     mine = rank_patches(num_patches, global_batch or b, first, b, images.device)  # (P·B,)
     c = crops.take(mine)
-    x = ops.resized_crop(images.float() / 255, c.top, c.left, c.height, c.width, c.flip, size)  # (P·B, 3, S, S)
-    return normalize(color_augment(x, colors.take(mine)))
+    x = ops.resized_crop(images.float() / 255, c.top, c.left, c.height, c.width, c.flip, size,
+                         crop_window(height, width, ratio))  # (P·B, 3, S, S)
+    return photometric(x, colors.take(mine))
 
 
 def augment_crops(crops: torch.Tensor, generator: torch.Generator, num_patches: int,
@@ -178,4 +237,4 @@ def augment_crops(crops: torch.Tensor, generator: torch.Generator, num_patches: 
     b = crops.shape[0] // num_patches
     colors = sample_colors(num_patches * (global_batch or b), generator)
     mine = rank_patches(num_patches, global_batch or b, first, b, crops.device)  # (P·B,)
-    return normalize(color_augment(crops.float() / 255, colors.take(mine)))
+    return photometric(crops.float() / 255, colors.take(mine))

@@ -11,13 +11,19 @@ torchvision's functional ops, in floating point instead of PIL's 8-bit steps:
 - hue: a rotation of the hue in HSV (PIL rotates its 8-bit hue),
 - grayscale: ITU-R 601-2 luma 0.299 R + 0.587 G + 0.114 B,
 - blur: PIL's GaussianBlur, which is three passes of an extended box filter per axis whose
-  variance is σ² (Gwosdek et al. 2011), with replicated edges,
+  variance is σ² (Gwosdek et al. 2011), with replicated edges, applied as one matrix per axis,
 - solarize: values at or above the threshold are inverted.
+
+No operation reads a value back to the host: sizes (the crop window, the blur kernel's reach)
+are given by the caller from the constants, so a GPU never waits for the CPU.
 """
 from __future__ import annotations
 
+import math
+
 import torch
-import torch.nn.functional as F
+
+from dataset.aug import BLUR_SIGMA
 
 LUMA = (0.299, 0.587, 0.114)  # ITU-R 601-2, as PIL's convert("L")
 BLUR_PASSES = 3  # PIL's GaussianBlur: three box-blur passes per axis
@@ -51,21 +57,23 @@ def resample_weights(length: torch.Tensor, window: int, out_size: int) -> torch.
 
 
 def resized_crop(images: torch.Tensor, top: torch.Tensor, left: torch.Tensor, height: torch.Tensor,
-                 width: torch.Tensor, flip: torch.Tensor, size: int) -> torch.Tensor:
+                 width: torch.Tensor, flip: torch.Tensor, size: int, window: int | None = None) -> torch.Tensor:
     """Crop boxes of images resized to size×size (PIL bilinear, see :func:`resample_weights`), then
     flipped horizontally where flip is set: out = W_y · crop · W_xᵀ for every patch.
 
-    The crops are gathered as windows of the largest box side L (a device-to-host copy), so the
-    products cost O(L·size) per pixel row instead of O(H·size).
+    The crops are gathered as square windows of side L = ``window``, known on the host (default
+    max(H, W)), so the products cost O(L·size) per pixel row; pixels of a window beyond its box
+    get weight 0, so any L at least every box side gives the same patches.
 
     Args:
         images: (B, C, H, W) float images.
-        top, left, height, width, flip: (P·B,) boxes in patch-major order: patch n crops image n mod B.
+        top, left, height, width, flip: (P·B,) boxes in patch-major order: patch n crops image n mod B;
+            no side longer than ``window``.
     Returns:
         (P·B, C, size, size) float patches.
     """
     b, c, h, w = images.shape
-    window = int(torch.maximum(height.max(), width.max()).item())
+    window = max(h, w) if window is None else window
     offsets = torch.arange(window, device=images.device)
     rows = (top.view(-1, 1) + offsets).clamp(max=h - 1)  # (N, L); rows past the box get weight 0
     cols = (left.view(-1, 1) + offsets).clamp(max=w - 1)  # (N, L)
@@ -78,14 +86,15 @@ def resized_crop(images: torch.Tensor, top: torch.Tensor, left: torch.Tensor, he
 
 
 def grey(x: torch.Tensor) -> torch.Tensor:
-    """Luma of RGB patches (N, 3, H, W) → (N, 1, H, W): 0.299 R + 0.587 G + 0.114 B."""
-    r, g, b = x.unbind(1)  # (N, H, W) each
-    return (LUMA[0] * r + LUMA[1] * g + LUMA[2] * b).unsqueeze(1)
+    """Luma of RGB patches (N, 3, H, W) → (N, 1, H, W): 0.299 R + 0.587 G + 0.114 B, as one
+    product over the channels (a single pass over x)."""
+    n, c, h, w = x.shape
+    return (x.new_tensor(LUMA) @ x.reshape(n, c, h * w)).view(n, 1, h, w)  # (N, 1, H, W)
 
 
 def _blend(x: torch.Tensor, other: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
     """factor·x + (1 − factor)·other, clamped to [0, 1] (PIL's Image.blend(other, x, factor))."""
-    return torch.lerp(other.expand_as(x), x, _per_patch(factor)).clamp_(0, 1)
+    return torch.lerp(other, x, _per_patch(factor)).clamp_(0, 1)  # other broadcasts over the channels
 
 
 def adjust_brightness(x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
@@ -101,6 +110,16 @@ def adjust_contrast(x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
 def adjust_saturation(x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
     """Blend with the patch's grey image."""
     return _blend(x, grey(x), factor)
+
+
+def adjust_blend(x: torch.Tensor, op: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
+    """Per patch one of the three blends, by op (N,) in ColorJitter's numbering: 0 brightness,
+    1 contrast, 2 saturation, each with that patch's factor (N,); the same values as
+    :func:`adjust_brightness`, :func:`adjust_contrast` and :func:`adjust_saturation`."""
+    grey_image = grey(x)  # (N, 1, H, W)
+    mean = grey_image.mean(dim=(1, 2, 3), keepdim=True)  # (N, 1, 1, 1)
+    op = _per_patch(op)
+    return _blend(x, torch.where(op == 2, grey_image, torch.where(op == 1, mean, 0.0)), factor)
 
 
 def adjust_hue(x: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
@@ -126,9 +145,12 @@ def grayscale(x: torch.Tensor) -> torch.Tensor:
     return grey(x).expand_as(x).contiguous()
 
 
-def solarize(x: torch.Tensor, threshold: int = 128) -> torch.Tensor:
-    """Invert values v at or above threshold/255: v → 1 − v."""
-    return torch.where(x >= threshold / 255, 1 - x, x)
+def solarize(x: torch.Tensor, threshold: int | torch.Tensor = 128) -> torch.Tensor:
+    """Invert values v at or above threshold/255: v → 1 − v. A per-patch threshold (N,) above 255
+    leaves a patch unchanged. (A lerp with a 0/1 weight gives exactly v or 1 − v; on CPUs it is
+    faster than torch.where with a full-size boolean mask.)"""
+    limit = threshold / 255 if isinstance(threshold, int) else _per_patch(threshold) / 255
+    return torch.lerp(x, 1 - x, (x >= limit).to(x.dtype))
 
 
 def box_radius(sigma: torch.Tensor, passes: int = BLUR_PASSES) -> tuple[torch.Tensor, torch.Tensor]:
@@ -142,34 +164,48 @@ def box_radius(sigma: torch.Tensor, passes: int = BLUR_PASSES) -> tuple[torch.Te
     return l.float(), a.float()
 
 
-def _box_pass(x: torch.Tensor, kernel: torch.Tensor, dim: int) -> torch.Tensor:
-    """One per-patch box pass along dim (2: rows, 3: columns) with replicated edges.
+def blur_reach(sigma_max: float, passes: int = BLUR_PASSES) -> int:
+    """Half-width R of a box kernel that holds the box of every σ ≤ sigma_max: l(σ) + 1, with
+    l(σ) = ⌊(√(12σ²/passes + 1) − 1)/2⌋ of :func:`box_radius`, which grows with σ. Host arithmetic
+    on a constant (σ widened by 10⁻⁶ against float32 draws a rounding above the maximum), so the
+    kernel's size is known without reading σ back from the device: 2 for the official σ ≤ 2."""
+    var = (sigma_max * (1 + 1e-6)) ** 2 / passes
+    return math.floor((math.sqrt(12 * var + 1) - 1) / 2) + 1
+
+
+def box_matrices(sigma: torch.Tensor, n: int, reach: int) -> torch.Tensor:
+    """The three extended-box passes of PIL's blur along an axis of n pixels as one matrix per patch.
+
+    One pass with replicated edges is y_i = Σ_o k_o x_clamp(i+o, 0, n−1), i.e. y = B x with
+    B_ij = Σ_o k_o [clamp(i + o, 0, n − 1) = j]; k_o is 1 on |o| ≤ l, a on |o| = l + 1 and 0 up to
+    |o| = reach, divided by 2l + 1 + 2a. The three passes are M = B³. σ = 0 gives B = M = I.
 
     Args:
-        x: (N, C, H, W); kernel: (N, K) odd length K, centred.
+        sigma: (N,) blur radii, none beyond what ``reach`` holds (see :func:`blur_reach`).
+    Returns:
+        (N, n, n) float32 matrices M.
+    """
+    l, a = (t.view(-1, 1) for t in box_radius(sigma))  # (N, 1) each
+    offset = torch.arange(-reach, reach + 1, device=sigma.device)  # (K,)
+    kernel = torch.where(offset.abs() <= l, 1.0, torch.where(offset.abs() == l + 1, a, 0.0)) / (2 * l + 1 + 2 * a)
+    source = (torch.arange(n, device=sigma.device).view(-1, 1) + offset).clamp(0, n - 1)  # (n, K)
+    shifts = (source.T.unsqueeze(2) == torch.arange(n, device=sigma.device)).float()  # (K, n, n)
+    box = (kernel @ shifts.reshape(len(offset), n * n)).view(-1, n, n)  # (N, n, n)
+    return box @ box @ box
+
+
+def gaussian_blur(x: torch.Tensor, sigma: torch.Tensor, sigma_max: float = BLUR_SIGMA[1]) -> torch.Tensor:
+    """PIL's GaussianBlur(radius=σ) per patch: three extended-box passes along the rows and three
+    along the columns, out = M_y · x · M_xᵀ with M_y, M_x from :func:`box_matrices`. A patch with
+    σ = 0 comes back unchanged (bit for bit with true float32 products, i.e. no TF32).
+
+    Args:
+        x: (N, C, H, W); sigma: (N,) radii in [0, sigma_max] (default the official maximum), which
+            fixes the kernel size on the host.
     """
     n, c, h, w = x.shape
-    half = kernel.shape[1] // 2
-    weight = kernel.repeat_interleave(c, dim=0)  # (N·C, K)
-    if dim == 3:
-        padded = F.pad(x.reshape(1, n * c, h, w), (half, half, 0, 0), mode="replicate")
-        out = F.conv2d(padded, weight.view(n * c, 1, 1, -1), groups=n * c)
-    else:
-        padded = F.pad(x.reshape(1, n * c, h, w), (0, 0, half, half), mode="replicate")
-        out = F.conv2d(padded, weight.view(n * c, 1, -1, 1), groups=n * c)
-    return out.view(n, c, h, w)
-
-
-def gaussian_blur(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
-    """PIL's GaussianBlur(radius=σ) per patch: three extended-box passes along the rows, then three
-    along the columns. A box of radius l + a has weights 1 on |o| ≤ l and a on |o| = l + 1,
-    divided by 2l + 1 + 2a."""
-    l, a = box_radius(sigma)  # (N,), (N,)
-    reach = int(l.max().item()) + 1 if len(sigma) else 1
-    offset = torch.arange(-reach, reach + 1, device=x.device).abs().view(1, -1)  # (1, K)
-    l, a = l.view(-1, 1), a.view(-1, 1)
-    kernel = torch.where(offset <= l, 1.0, torch.where(offset == l + 1, a, 0.0)) / (2 * l + 1 + 2 * a)  # (N, K)
-    for dim in (3, 2):
-        for _ in range(BLUR_PASSES):
-            x = _box_pass(x, kernel, dim)
-    return x
+    reach = blur_reach(sigma_max)
+    m_x = box_matrices(sigma, w, reach)  # (N, W, W)
+    m_y = m_x if h == w else box_matrices(sigma, h, reach)  # (N, H, H)
+    x = torch.bmm(x.reshape(n, c * h, w), m_x.transpose(1, 2))  # (N, C·H, W): x · M_xᵀ
+    return m_y.unsqueeze(1) @ x.view(n, c, h, w)  # (N, C, H, W): M_y · x

@@ -10,6 +10,7 @@ import torchvision.transforms.functional as TF
 from PIL import Image, ImageFilter, ImageOps
 from torchvision.transforms import InterpolationMode, RandomResizedCrop
 
+from conftest import HostReads
 from dataset import patch_ops as ops
 from dataset.batched import augment_crops, augment_images, sample_colors, sample_crops
 from dataset.synthetic import SyntheticShapes
@@ -187,3 +188,20 @@ class TestBatchedPipeline:
         half = augment_crops(crops.view(3, 20, 3, 32, 32)[:, 10:].reshape(30, 3, 32, 32),
                              torch.Generator().manual_seed(5), 3, global_batch=20, first=10)
         torch.testing.assert_close(half.view(3, 10, -1), whole.view(3, 20, -1)[:, 10:])
+
+
+class TestNoHostReads:
+    """Nothing is read back from the device: on a GPU the CPU never waits for the patches."""
+
+    @pytest.mark.parametrize("height,width,size,ratio", [(32, 32, 32, (1.0, 1.0)), (64, 80, 48, (3 / 4, 4 / 3))])
+    def test_augment_images(self, height: int, width: int, size: int, ratio: tuple[float, float]) -> None:
+        images = torch.randint(0, 256, (8, 3, height, width), dtype=torch.uint8)
+        with HostReads() as h:
+            out = augment_images(images, 4, size, ratio, torch.Generator().manual_seed(0))
+        assert h.reads == [] and out.shape == (32, 3, size, size)
+
+    def test_augment_crops(self) -> None:
+        crops = torch.randint(0, 256, (32, 3, 32, 32), dtype=torch.uint8)
+        with HostReads() as h:
+            augment_crops(crops, torch.Generator().manual_seed(0), 4, global_batch=16, first=8)
+        assert h.reads == []
