@@ -11,6 +11,7 @@ import checkpoint as ckpt
 import main as main_module
 from conftest import TINY_RUN, HostReads, assert_one_line_error
 from device import resolve_device
+from dataset.source import build_train_batches
 from engine import NonFiniteGuard, train_step
 from lars import LARS
 from loss import EMPSSLLoss
@@ -181,3 +182,15 @@ class TestGpuBookkeeping:
         assert resolve_device("cuda:1") == torch.device("cuda", 1) and chosen == [torch.device("cuda", 1)]
         with pytest.raises(main_module.UserError, match="has 2 GPUs"):
             resolve_device("cuda:2")
+
+
+class TestBatchesWithoutHostReads:
+    def test_a_batched_step_of_images_held_on_the_device_reads_nothing(self, tmp_path: Path) -> None:
+        """The step's image indices, the augmentation and the layout change read nothing back."""
+        source = build_train_batches("synthetic", tmp_path, "batched", 4, 8, 0, torch.device("cpu"), 0,
+                                     memory_format=torch.channels_last)
+        source.set_epoch(1, start_step=3)
+        batches = iter(source)
+        with HostReads() as reads:
+            x = next(batches)
+        assert reads.reads == [] and x.shape == (4 * 8, 3, 32, 32)
