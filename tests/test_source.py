@@ -4,13 +4,11 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 import loss as loss_module
-from conftest import TINY_RUN, assert_one_line_error
+from conftest import TINY_RUN, assert_one_line_error, write_image_folder
 from dataset.sampler import ResumableSampler
 from dataset.source import DeviceBatches, LoaderBatches, build_train_batches
 from dataset.synthetic import SyntheticShapes
@@ -30,16 +28,6 @@ def device_batches(pixels: torch.Tensor, rank: int = 0, world_size: int = 1, **k
     """2 patches of 10 images per step, 4 steps per epoch."""
     sampler = ResumableSampler(len(pixels), 10, seed=0, rank=rank, world_size=world_size)
     return DeviceBatches(pixels, sampler, 2, 32, (1.0, 1.0), seed=0, **kw)
-
-
-def write_folder(root: Path, sizes: list[tuple[int, int]]) -> None:
-    """<root>/train/<class>/<i>.png and <root>/val/… for two classes, one image per size."""
-    rng = np.random.default_rng(0)
-    for split in ("train", "val"):
-        for name in ("a", "b"):
-            (root / split / name).mkdir(parents=True)
-            for i, (w, h) in enumerate(sizes):
-                Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(root / split / name / f"{i}.png")
 
 
 class TestDeviceBatches:
@@ -71,26 +59,26 @@ class TestDeviceBatches:
 
 class TestPathChoice:
     def test_equal_sized_folder_lives_in_memory(self, tmp_path: Path) -> None:
-        write_folder(tmp_path, [(32, 32)] * 3)
+        write_image_folder(tmp_path, sizes=[(32, 32)] * 3, splits=("train", "val"))
         batches = build_train_batches("imagefolder", tmp_path, "batched", 2, 2, 0, torch.device("cpu"), 0)
         assert isinstance(batches, DeviceBatches) and batches.images.shape == (6, 3, 32, 32)
         assert batches.images.dtype == torch.uint8
 
     def test_mixed_sizes_cut_in_workers_then_coloured_in_batch(self, tmp_path: Path) -> None:
-        write_folder(tmp_path, [(32, 32), (40, 36), (48, 48)])
+        write_image_folder(tmp_path, sizes=[(32, 32), (40, 36), (48, 48)], splits=("train", "val"))
         batches = build_train_batches("imagefolder", tmp_path, "batched", 2, 2, 0, torch.device("cpu"), 0)
         assert isinstance(batches, LoaderBatches) and batches.photometric
         x = next(iter(batches))
         assert x.shape == (4, 3, 32, 32) and x.dtype == torch.float32 and -1 <= x.min() and x.max() <= 1
 
     def test_imagenet_kind_keeps_decoding_in_workers(self, tmp_path: Path) -> None:
-        write_folder(tmp_path, [(40, 40)] * 2)
+        write_image_folder(tmp_path, sizes=[(40, 40)] * 2, splits=("train", "val"))
         batches = build_train_batches("tinyimagenet", tmp_path, "batched", 2, 2, 0, torch.device("cpu"), 0)
         assert isinstance(batches, LoaderBatches) and batches.photometric
         assert next(iter(batches)).shape == (4, 3, 224, 224)
 
     def test_pil_path_is_the_official_loader(self, tmp_path: Path) -> None:
-        write_folder(tmp_path, [(32, 32)] * 2)
+        write_image_folder(tmp_path, sizes=[(32, 32)] * 2, splits=("train", "val"))
         batches = build_train_batches("imagefolder", tmp_path, "pil", 3, 2, 0, torch.device("cpu"), 0)
         assert isinstance(batches, LoaderBatches) and not batches.photometric
         assert next(iter(batches)).shape == (6, 3, 32, 32)
