@@ -5,6 +5,7 @@ TensorBoard event files, and `save_models/<epoch>.pt` plus `save_models/last.pt`
 """
 from __future__ import annotations
 
+import functools
 import json
 import os
 import random
@@ -22,8 +23,10 @@ CHECKPOINT_DIR = "save_models"
 LAST = "last.pt"
 
 
+@functools.cache
 def git_commit() -> str:
-    """The commit of the code being run, with `-dirty` if the tree has changes; `unknown` outside git."""
+    """The commit of the code being run, with `-dirty` if the tree has changes; `unknown` outside git.
+    Asked of git once per process: the run record and the start-up banner share the answer."""
     root = Path(__file__).resolve().parent
     try:
         sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=True)

@@ -2,11 +2,13 @@
 from __future__ import annotations
 
 import json
+import subprocess
 from pathlib import Path
 
 import pytest
 import torch
 
+import checkpoint
 from conftest import TINY_RUN, assert_one_line_error, run_script
 
 
@@ -41,6 +43,25 @@ class TestTraining:
         assert (run / "save_models" / "0.pt").exists() and (run / "save_models" / "1.pt").exists()
         assert state["scheduler"]["last_epoch"] == 8
         assert len(json.loads((run / "args.json").read_text())["resumes"]) == 1
+
+    def test_git_is_asked_once_for_the_record_and_the_banner(self, train, tmp_path: Path,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+        git_calls, run = [], subprocess.run
+
+        def counting_run(argv: list[str], *args, **kwargs) -> subprocess.CompletedProcess:
+            git_calls.extend(argv[:1] if argv[0] == "git" else [])
+            return run(argv, *args, **kwargs)
+
+        monkeypatch.setattr(subprocess, "run", counting_run)
+        checkpoint.git_commit.cache_clear()
+        checkpoint.git_commit()
+        one_answer = len(git_calls)  # git rev-parse and git status, or one failed call without git
+        checkpoint.git_commit.cache_clear()
+        git_calls.clear()
+        result = train("--max_steps", "1")
+        assert result.returncode == 0, result.stderr
+        assert len(git_calls) == one_answer >= 1
+        assert json.loads((tmp_path / "run" / "args.json").read_text())["git_commit"] in result.stdout
 
     def test_default_run_folder_follows_the_official_naming(self, cli, tmp_path: Path) -> None:
         result = cli("main", *TINY_RUN, "--max_steps", "1", "--epoch", "1", "--msg", "t")
