@@ -1,4 +1,4 @@
-"""main.py end to end on the synthetic set: outputs, resume, and refusals of bad input."""
+"""main.py end to end on small data: outputs, resume, the learning-rate schedule, refusals of bad input."""
 from __future__ import annotations
 
 import json
@@ -101,13 +101,13 @@ class TestSchedule:
         def no_files(self, root, train=True, transform=None, target_transform=None, download=False) -> None:
             datasets.VisionDataset.__init__(self, root, transform=transform, target_transform=target_transform)
             length = 50_000 if train else 10_000
-            self.data = np.broadcast_to(picture, (length, 32, 32, 3))  # (N, 32, 32, 3), one copy in memory
+            self.data = np.broadcast_to(picture, (length, 32, 32, 3))  # (N, 32, 32, 3), one picture in memory
             self.targets = [i % 10 for i in range(length)]
             self.classes = [str(c) for c in range(10)]
 
         monkeypatch.setattr(datasets.CIFAR10, "__init__", no_files)
 
-    def test_cosine_over_every_step_of_cifar_length(self, cli, tmp_path: Path, cifar10_length: None) -> None:
+    def test_cosine_over_cifar_length(self, cli, tmp_path: Path, cifar10_length: None) -> None:
         result = cli("main", *SCHEDULE_RUN, "--data", "cifar10", "--data_dir", str(tmp_path / "cifar"), "--bs", "100",
                      "--max_steps", "2", "--output_dir", str(tmp_path / "run"))
         assert result.returncode == 0, result.stderr

@@ -76,7 +76,8 @@ class TestCrashes:
     def test_sigkill_between_write_and_rename_keeps_the_previous_checkpoint(self, cli, tmp_path: Path) -> None:
         run = tmp_path / "run"
         flags = [*EXACT, "--output_dir", str(run), "--save_every_steps", "1"]
-        killed = subprocess.run([sys.executable, "-c", KILL_AT_SAVE, "2", *flags], cwd=tmp_path,  # the save after step 2
+        kill_at = "2"  # the save after step 2
+        killed = subprocess.run([sys.executable, "-c", KILL_AT_SAVE, kill_at, *flags], cwd=tmp_path,
                                 capture_output=True, text=True, timeout=300)
         assert killed.returncode == -signal.SIGKILL, killed.stderr
         assert torch.load(run / "save_models" / "last.pt", weights_only=False)["step"] == 1
