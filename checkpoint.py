@@ -5,11 +5,11 @@ TensorBoard event files, and `save_models/<epoch>.pt` plus `save_models/last.pt`
 """
 from __future__ import annotations
 
+import functools
 import json
 import os
 import random
 import shutil
-import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -24,8 +24,10 @@ CHECKPOINT_DIR = "save_models"
 LAST = "last.pt"
 
 
+@functools.cache
 def git_commit() -> str:
-    """The commit of the code being run, with `-dirty` if the tree has changes; `unknown` outside git."""
+    """The commit of the code being run, with `-dirty` if the tree has changes; `unknown` outside git.
+    Asked of git once per process: the run record and the start-up banner share the answer."""
     root = Path(__file__).resolve().parent
     try:
         sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=True)
@@ -36,13 +38,7 @@ def git_commit() -> str:
     return sha.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
 
 
-# Test hook: the N-th checkpoint save of a process kills it with SIGKILL between writing the
-# temporary file and renaming it, to show that a crash at the worst moment loses nothing.
-KILL_AT_SAVE_ENV = "EMPSSL_TEST_KILL_AT_SAVE"
-_saves = 0
-
-
-def atomic_write(path: Path, write: Any, before_rename: Any = None) -> None:
+def atomic_write(path: Path, write: Any) -> None:
     """Call write(tmp_path), then rename tmp_path onto path, so path is always whole.
 
     The temporary file sits in the same folder (same file system, so the rename is atomic) and
@@ -55,8 +51,6 @@ def atomic_write(path: Path, write: Any, before_rename: Any = None) -> None:
         write(tmp)
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
-        if before_rename is not None:
-            before_rename()
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
@@ -68,19 +62,11 @@ def atomic_write(path: Path, write: Any, before_rename: Any = None) -> None:
         os.close(folder)
 
 
-def _kill_if_asked() -> None:
-    """The SIGKILL test hook (see KILL_AT_SAVE_ENV)."""
-    global _saves
-    _saves += 1
-    if os.environ.get(KILL_AT_SAVE_ENV) == str(_saves):
-        os.kill(os.getpid(), signal.SIGKILL)
-
-
 def save_checkpoint(state: dict[str, Any], path: Path) -> None:
     """torch.save(state) to path atomically; a full disk leaves the previous file intact."""
     path.parent.mkdir(parents=True, exist_ok=True)
     try:
-        atomic_write(path, lambda tmp: torch.save(state, tmp), before_rename=_kill_if_asked)
+        atomic_write(path, lambda tmp: torch.save(state, tmp))
     except OSError as err:
         raise UserError(f"could not write checkpoint {path} ({err.strerror or err}); "
                         f"the previous checkpoint there is intact: free space and --resume") from err

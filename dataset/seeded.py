@@ -7,7 +7,6 @@ uninterrupted run would have seen, and evaluation features are reproducible.
 """
 from __future__ import annotations
 
-import os
 import random
 import signal
 from collections.abc import Callable
@@ -55,13 +54,15 @@ class SeededPatches(Dataset):
 
 def seed_worker(worker_id: int) -> None:
     """DataLoader worker set-up: seed Python's and NumPy's generators from the worker's torch seed
-    (itself derived from the loader's seeded generator), and end quietly on SIGTERM.
+    (itself derived from the loader's seeded generator), and ignore SIGTERM.
 
     A cluster that preempts a job sends SIGTERM to every process of it. A worker killed by the
     signal would make PyTorch raise in the main process at once, before it can save; a worker
-    that exits with status 0 does not, so the main process finishes its step and saves last.pt.
+    that ignores it keeps serving batches until the main process, which acts on the signal at its
+    next read of the step values (every --log_every steps), has saved last.pt and shuts its
+    workers down.
     """
     seed = torch.initial_seed() % 2**32
     random.seed(seed)
     np.random.seed(seed)
-    signal.signal(signal.SIGTERM, lambda signum, frame: os._exit(0))
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)

@@ -1,14 +1,18 @@
-"""Shared helpers: run an entry point as a user would, in this process or in a subprocess."""
+"""Shared helpers: run an entry point as a user would, in this process or in a subprocess, and
+write the image folders that folder data sets read."""
 from __future__ import annotations
 
 import importlib
 import subprocess
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from errors import run_cli
@@ -64,6 +68,27 @@ def assert_one_line_error(result: Result, *fragments: str) -> None:
     assert len(errors) == 1 and lines[-1] == errors[0], result.stderr
     for fragment in fragments:
         assert fragment in errors[0], errors[0]
+
+
+def write_image_folder(root: Path, classes: Sequence[str] = ("a", "b"),
+                       sizes: Sequence[tuple[int, int]] = ((32, 32), (32, 32)),
+                       splits: Sequence[str] = ("train",), seed: int = 0) -> Path:
+    """A folder data set as `--data imagefolder` reads it: root/<split>/<class>/<i>.png.
+
+    Every class of every split gets one random RGB PNG per (width, height) in sizes, so
+    len(sizes) images per class (mixed sizes make a folder that cannot live in memory as one
+    uint8 tensor). The pixels come from one generator seeded with seed: the same call writes the
+    same files. Returns root.
+    """
+    rng = np.random.default_rng(seed)
+    for split in splits:
+        for name in classes:
+            folder = root / split / name
+            folder.mkdir(parents=True)
+            for i, (width, height) in enumerate(sizes):
+                pixels = rng.integers(0, 256, (height, width, 3), dtype=np.uint8)  # (H, W, 3)
+                Image.fromarray(pixels).save(folder / f"{i}.png")
+    return root
 
 
 class HostReads(TorchDispatchMode):

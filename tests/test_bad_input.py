@@ -6,22 +6,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from PIL import Image
 
-from conftest import TINY_RUN, assert_one_line_error, run_script
+from conftest import TINY_RUN, assert_one_line_error, run_script, write_image_folder
 from dataset import build_dataset
 from errors import UserError, one_line
-
-
-def image_tree(root: Path, per_class: int = 6, classes: tuple[str, ...] = ("a", "b")) -> Path:
-    """root/train/<class>/<i>.png: small solid-colour images, one colour per class."""
-    for c, name in enumerate(classes):
-        folder = root / "train" / name
-        folder.mkdir(parents=True)
-        for i in range(per_class):
-            Image.new("RGB", (32, 32), (40 * c + 5 * i, 100, 200 - 30 * c)).save(folder / f"{i}.png")
-    return root
-
 
 FOLDER_RUN = ["--data", "imagefolder", "--arch", "resnet10-cifar", "--hidden_dim", "32", "--z_dim", "16",
               "--num_patches", "2", "--device", "cpu", "--epoch", "1"]
@@ -30,7 +18,7 @@ FOLDER_RUN = ["--data", "imagefolder", "--arch", "resnet10-cifar", "--hidden_dim
 class TestImageFolders:
     @pytest.fixture
     def corrupt_tree(self, tmp_path: Path) -> Path:
-        root = image_tree(tmp_path / "images")
+        root = write_image_folder(tmp_path / "images", sizes=[(32, 32)] * 6)
         (root / "train" / "a" / "broken.png").write_bytes(b"this is not a png")
         return root
 
@@ -60,7 +48,7 @@ class TestImageFolders:
             build_dataset("imagefolder", corrupt_tree, "train", skip_bad_images=True)
 
     def test_empty_class_folder(self, cli, tmp_path: Path) -> None:
-        root = image_tree(tmp_path / "images")
+        root = write_image_folder(tmp_path / "images", sizes=[(32, 32)] * 6)
         (root / "train" / "empty").mkdir()
         result = cli("main", *FOLDER_RUN, "--data_dir", str(root), "--bs", "4", "--workers", "0",
                      "--output_dir", str(tmp_path / "run"))

@@ -11,6 +11,7 @@ from torch.utils.data import DataLoader
 from torchvision import datasets
 from torchvision import transforms as T
 
+from conftest import write_image_folder
 from dataset import (
     DATASETS,
     MultiPatch,
@@ -29,16 +30,6 @@ def _gradient_image(size: int = 32) -> Image.Image:
     ramp = np.linspace(0, 255, size, dtype=np.float32)
     rgb = np.stack(np.broadcast_arrays(ramp[None, :], ramp[:, None], np.float32(90)), -1)
     return Image.fromarray(rgb.astype(np.uint8))  # (size, size, 3)
-
-
-def _write_tree(root: pathlib.Path, classes: tuple[str, ...], per_class: int = 2) -> None:
-    """An ImageFolder tree root/<class>/<i>.png of random 32×32 RGB images."""
-    rng = np.random.default_rng(0)
-    for name in classes:
-        (root / name).mkdir(parents=True)
-        for i in range(per_class):
-            pixels = rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)
-            Image.fromarray(pixels).save(root / name / f"{i}.png")
 
 
 class TestPatchTransform:
@@ -107,11 +98,13 @@ class TestPatchTransform:
 
 class TestSyntheticShapes:
     @pytest.fixture(scope="class")
-    def train(self) -> SyntheticShapes:
+    @classmethod
+    def train(cls) -> SyntheticShapes:
         return SyntheticShapes(train=True)
 
     @pytest.fixture(scope="class")
-    def test(self) -> SyntheticShapes:
+    @classmethod
+    def test(cls) -> SyntheticShapes:
         return SyntheticShapes(train=False)
 
     def test_layout(self, train: SyntheticShapes, test: SyntheticShapes) -> None:
@@ -175,9 +168,9 @@ class TestBuildDataset:
         assert not any(tmp_path.iterdir())
 
     def test_image_folder_loads_and_prefers_val(self, tmp_path: pathlib.Path) -> None:
-        _write_tree(tmp_path / "train", ("cat", "dog", "eel"), per_class=3)
-        _write_tree(tmp_path / "test", ("cat", "dog"))
-        _write_tree(tmp_path / "val", ("cat", "dog", "eel"))
+        write_image_folder(tmp_path, ("cat", "dog", "eel"), sizes=[(32, 32)] * 3)
+        write_image_folder(tmp_path, ("cat", "dog"), splits=("test",))
+        write_image_folder(tmp_path, ("cat", "dog", "eel"), splits=("val",))
         train = build_dataset("imagefolder", tmp_path, "train")
         test = build_dataset("imagenet100", tmp_path, "test")
         assert train.classes == ["cat", "dog", "eel"] and len(train) == 9
@@ -190,13 +183,13 @@ class TestBuildDataset:
             build_dataset("imagefolder", missing, "train")
         with pytest.raises(UserError, match=f"{tmp_path / 'train'}.*--data_dir"):
             build_dataset("imagefolder", tmp_path, "train")
-        _write_tree(tmp_path / "train", ("a", "b"))
+        write_image_folder(tmp_path)
         with pytest.raises(UserError, match=f"{tmp_path}/val/ or {tmp_path}/test/"):
             build_dataset("tinyimagenet", tmp_path, "test")
         (tmp_path / "test" / "a").mkdir(parents=True)
         with pytest.raises(UserError, match=f"no images in {tmp_path / 'test'}"):
             build_dataset("imagefolder", tmp_path, "test")
-        _write_tree(tmp_path / "val", ("a", "c"))
+        write_image_folder(tmp_path, ("a", "c"), splits=("val",))
         with pytest.raises(UserError, match="differ"):
             build_dataset("imagefolder", tmp_path, "test")
         empty = tmp_path / "empty"

@@ -1,9 +1,15 @@
 """The EMP-SSL objective against the published formula, its sign and its gradients."""
+import math
+
 import pytest
 import torch
 import torch.nn.functional as F
 
+import loss as loss_module
+from engine import train_step
+from lars import LARS
 from loss import EMPSSLLoss, invariance, total_coding_rate
+from model import Encoder
 
 
 def direct_rate(z: torch.Tensor, eps: float) -> torch.Tensor:
@@ -14,7 +20,8 @@ def direct_rate(z: torch.Tensor, eps: float) -> torch.Tensor:
 
 
 def reference_loss(z: torch.Tensor, patch_sim: float, tcr: float, eps: float) -> torch.Tensor:
-    """A straightforward per-patch loop over the official formulation, in float64."""
+    """A straightforward per-patch loop over the official formulation, in float64: the mean
+    embedding z̄_b = mean_p z_pb is not detached, so the gradient flows through it too."""
     z = z.double()
     z_avg = z.mean(0)
     sim = sum(F.cosine_similarity(z[p], z_avg, dim=1).mean() for p in range(z.shape[0])) / z.shape[0]
@@ -57,6 +64,20 @@ class TestTotalCodingRate:
         assert rate.dtype == torch.float32
         torch.testing.assert_close(rate.double(), direct_rate(z.float(), 0.2), rtol=1e-5, atol=0)
 
+    def test_float32_inside_a_bf16_training_step(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        seen = []
+
+        def spy(z: torch.Tensor, eps: float = 0.2) -> torch.Tensor:
+            rate = total_coding_rate(z, eps)
+            seen.append((z.dtype, rate.dtype))
+            return rate
+
+        monkeypatch.setattr(loss_module, "total_coding_rate", spy)
+        torch.manual_seed(0)
+        model = Encoder("resnet10-cifar", 64, 32)
+        optimizer = LARS(model.parameters(), lr=0.3, weight_decay=1e-4, eta=0.005)
+        stats = train_step(model, EMPSSLLoss(200.0, 1.0, 0.2), optimizer, torch.randn(24, 3, 32, 32), 3, torch.bfloat16)
+        assert math.isfinite(stats["loss"].item()) and seen == [(torch.float32, torch.float32)]
 
     def test_non_finite_input_gives_nan_not_an_exception(self) -> None:
         z = unit_rows(2, 6, 8)
@@ -79,6 +100,20 @@ class TestEMPSSLLoss:
         torch.testing.assert_close(loss.double(), reference_loss(z, 200.0, 1.0, 0.2), rtol=1e-5, atol=1e-4)
         assert parts["invariance"].item() == pytest.approx(invariance(z).item())
         assert parts["tcr"].item() == pytest.approx(direct_rate(z, 0.2).mean().item(), rel=1e-5)
+
+    def test_gradient_equals_the_per_patch_reference(self) -> None:
+        """The gradient flows through the mean embedding too, so a detached mean fails here. The rows
+        have varied norms: for unit rows the mean's direction maximises Σ_p cos(z_pb, ·), so the
+        gradient through the mean is exactly zero and a detach would change nothing."""
+        norms = torch.linspace(0.5, 2.0, 40).view(4, 10, 1)  # (P, B, 1)
+        z = (unit_rows(4, 10, 24) * norms).requires_grad_()
+        loss, _ = EMPSSLLoss(patch_sim=200.0, tcr=1.0, eps=0.2)(z)
+        z64 = z.detach().double().requires_grad_()
+        ref = reference_loss(z64, 200.0, 1.0, 0.2)
+        torch.testing.assert_close(loss.double(), ref.detach(), rtol=1e-5, atol=1e-4)
+        (g,) = torch.autograd.grad(loss, z)
+        (g_ref,) = torch.autograd.grad(ref, z64)
+        assert ((g.double() - g_ref).norm() / g_ref.norm()).item() < 1e-5
 
     def test_official_sign_both_terms_reduce_the_loss(self) -> None:
         z = unit_rows(4, 10, 24)

@@ -25,6 +25,26 @@ def restore_determinism():
     torch.use_deterministic_algorithms(False)
 
 
+# `python -c KILL_AT_SAVE N flags…` runs main.py with flags and SIGKILLs itself on the N-th write of
+# a last.pt, after the temporary file is written and flushed and before the rename that publishes it.
+KILL_AT_SAVE = f"""
+import os, runpy, signal, sys
+real_replace, saves, kill_at = os.replace, [], int(sys.argv[1])
+
+def replace(src, dst):
+    if os.path.basename(dst) == "last.pt":
+        saves.append(dst)
+        if len(saves) == kill_at:
+            os.kill(os.getpid(), signal.SIGKILL)
+    real_replace(src, dst)
+
+os.replace = replace
+sys.path.insert(0, {str(ROOT)!r})
+sys.argv = [{str(ROOT / "main.py")!r}, *sys.argv[2:]]
+runpy.run_path(sys.argv[0], run_name="__main__")
+"""
+
+
 def weights(run: Path) -> dict[str, torch.Tensor]:
     return torch.load(run / "save_models" / "last.pt", weights_only=False)["model"]
 
@@ -56,10 +76,10 @@ class TestCrashes:
     def test_sigkill_between_write_and_rename_keeps_the_previous_checkpoint(self, cli, tmp_path: Path) -> None:
         run = tmp_path / "run"
         flags = [*EXACT, "--output_dir", str(run), "--save_every_steps", "1"]
-        env = {**os.environ, checkpoint.KILL_AT_SAVE_ENV: "2"}  # the save after step 2
-        killed = subprocess.run([sys.executable, str(ROOT / "main.py"), *flags], cwd=tmp_path, env=env,
+        kill_at = "2"  # the save after step 2
+        killed = subprocess.run([sys.executable, "-c", KILL_AT_SAVE, kill_at, *flags], cwd=tmp_path,
                                 capture_output=True, text=True, timeout=300)
-        assert killed.returncode == -signal.SIGKILL
+        assert killed.returncode == -signal.SIGKILL, killed.stderr
         assert torch.load(run / "save_models" / "last.pt", weights_only=False)["step"] == 1
         assert list((run / "save_models").glob(".last.pt.tmp*"))  # the half-done save, never renamed
         assert cli("main", *flags, "--resume").returncode == 0
