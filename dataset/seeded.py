@@ -7,8 +7,10 @@ uninterrupted run would have seen, and evaluation features are reproducible.
 """
 from __future__ import annotations
 
+import os
 import random
 import signal
+import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -54,15 +56,33 @@ class SeededPatches(Dataset):
 
 def seed_worker(worker_id: int) -> None:
     """DataLoader worker set-up: seed Python's and NumPy's generators from the worker's torch seed
-    (itself derived from the loader's seeded generator), and ignore SIGTERM.
+    (itself derived from the loader's seeded generator), and outlive a cluster's SIGTERM.
 
-    A cluster that preempts a job sends SIGTERM to every process of it. A worker killed by the
-    signal would make PyTorch raise in the main process at once, before it can save; a worker
-    that ignores it keeps serving batches until the main process, which acts on the signal at its
-    next read of the step values (every --log_every steps), has saved last.pt and shuts its
-    workers down.
+    A cluster that preempts a job sends SIGTERM to every process of it. The main process acts on
+    it at its next read of the step values (every --log_every steps) and saves last.pt, so the
+    workers must keep serving batches until then: a SIGTERM from anyone but the main process is
+    ignored. The main process itself stops its workers with SIGTERM when it shuts down (PyTorch's
+    and multiprocessing's terminate), and that one still ends the worker at once.
     """
     seed = torch.initial_seed() % 2**32
     random.seed(seed)
     np.random.seed(seed)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    _exit_on_sigterm_from(os.getppid())
+
+
+def _exit_on_sigterm_from(parent: int) -> None:
+    """End this process on a SIGTERM sent by `parent`, ignore any other: SIGTERM is blocked and a
+    thread waits for it with sigwaitinfo, which names the sender. Without sigwaitinfo (macOS) every
+    SIGTERM ends the process quietly (status 0, so PyTorch does not raise before the main process
+    has saved)."""
+    if not hasattr(signal, "sigwaitinfo"):
+        signal.signal(signal.SIGTERM, lambda signum, frame: os._exit(0))
+        return
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})  # threads started from here on inherit it
+
+    def wait() -> None:
+        while signal.sigwaitinfo({signal.SIGTERM}).si_pid != parent:
+            pass
+        os._exit(0)
+
+    threading.Thread(target=wait, name="sigterm-from-parent", daemon=True).start()

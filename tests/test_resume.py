@@ -87,12 +87,16 @@ class TestCrashes:
         assert cli("main", *EXACT, "--output_dir", str(tmp_path / "straight")).returncode == 0
         assert_identical(weights(run), weights(tmp_path / "straight"))
 
-    @pytest.mark.parametrize("workers,whole_group", [("0", False), ("2", True)])
+    @pytest.mark.parametrize("workers,whole_group,save_every", [("0", False, ["--save_every_steps", "1"]),
+                                                                ("2", True, ["--save_every_steps", "1"]),
+                                                                ("2", True, ["--log_every", "3"])])
     def test_sigterm_saves_at_a_step_boundary_and_exits_cleanly(self, tmp_path: Path, workers: str,
-                                                                whole_group: bool) -> None:
-        """A cluster's SIGTERM reaches the main process, or every process of the job (the workers too)."""
+                                                                whole_group: bool, save_every: list[str]) -> None:
+        """A cluster's SIGTERM reaches the main process, or every process of the job (the workers too,
+        which must keep serving batches until the main process reads the flag, up to --log_every
+        steps later)."""
         run = tmp_path / "run"
-        flags = [*TINY_RUN, "--epoch", "100", "--save_every_steps", "1", "--workers", workers, "--output_dir", str(run)]
+        flags = [*TINY_RUN, "--epoch", "100", *save_every, "--workers", workers, "--output_dir", str(run)]
         proc = subprocess.Popen([sys.executable, str(ROOT / "main.py"), *flags], cwd=tmp_path, start_new_session=True,
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         deadline = time.monotonic() + 120
