@@ -62,9 +62,10 @@ def eval_seed(seed: int, split: str) -> int:
 
 
 def full_split(dataset: Dataset) -> tuple[Dataset, list[int]]:
-    """(the data set under a Subset, or the data set itself; the index in it of every item)."""
+    """(the data set under any Subsets, or the data set itself; the index in it of every item)."""
     if isinstance(dataset, Subset):
-        return dataset.dataset, list(dataset.indices)
+        base, indices = full_split(dataset.dataset)
+        return base, [indices[i] for i in dataset.indices]
     return dataset, list(range(len(dataset)))  # type: ignore[arg-type]
 
 
@@ -102,7 +103,7 @@ class DevicePatches:
         self.keys = torch.tensor(indices, device=device)  # (N,)
         self.labels = torch.as_tensor(base.targets)[indices]  # (N,)
         self.num_patches, self.seed, self.eval_bs, self.ratio = num_patches, seed, eval_bs, CROP_RATIO[kind]
-        pixels = in_memory_pixels(dataset, workers) if kind == "cifar" else None
+        pixels = in_memory_pixels(Subset(base, indices), workers) if kind == "cifar" else None
         self.images, self.loader = None, None
         if pixels is not None:
             self.images = torch.from_numpy(pixels).permute(0, 3, 1, 2).contiguous().to(device)  # (N, 3, H, W) uint8
