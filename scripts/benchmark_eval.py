@@ -8,11 +8,12 @@ Usage:
         --knn_train 50000 --knn_test 10000 --linear_train 50000 --linear_epochs 5
 
 The first --images images of the test split get --test_patches patches each, exactly as
-evaluate.py makes them. Timed, one after the other in this order, with the device synchronised:
-each path's patch generation alone (batched: from building its source, which decodes an image
-folder into memory, to the last batch on the device; pil: the loader's batches, worker start-up
-included), the encoder's forward alone on the batched patches already made, then each path's whole
-extraction (patches + forward, as evaluate.py runs it). The probes run on random features of the
+evaluate.py makes them. Timed with the device synchronised, in --repeats rounds (each figure is
+the best round, so that other jobs on a shared machine weigh less): each path's patch generation
+alone (batched: from building its source, which decodes an image folder into memory, to the last
+batch on the device; pil: the loader's batches, worker start-up included), the encoder's forward
+alone on the batched patches already made, then each path's whole extraction (patches + forward,
+as evaluate.py runs it). The probes run on random features of the
 official shape; the linear probe's time is also scaled to 100 epochs.
 """
 from __future__ import annotations
@@ -22,6 +23,7 @@ import json
 import sys
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +55,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     feats.add_argument("--workers", type=int, default=2, help="DataLoader workers of the pil path (2)")
     feats.add_argument("--precision", default="fp32", choices=("fp32", "bf16"),
                        help="forward precision (default fp32, as evaluate.py)")
+    feats.add_argument("--repeats", type=int, default=2,
+                       help="rounds of the extraction timings; each figure is the best round (default 2)")
     probes = parser.add_argument_group("Probes")
     probes.add_argument("--dim", type=int, default=4096, help="feature width of the probes (4096)")
     probes.add_argument("--classes", type=int, default=10, help="classes (10)")
@@ -77,8 +81,9 @@ def timed(fn: Callable[[], Any], device: torch.device) -> tuple[float, Any]:
 
 
 def extraction(args: argparse.Namespace, images: Dataset, device: torch.device) -> dict[str, float]:
-    """Images per second of each path's patch generation and extraction, the forward alone, and the
-    batched/pil ratios."""
+    """Images per second of each path's patch generation and extraction and of the forward alone
+    (each the best of --repeats rounds, the paths alternating within a round), and the batched/pil
+    ratios of the best times."""
     torch.manual_seed(0)
     model = Encoder(args.arch, args.hidden_dim, 128).to(device).eval()
     dtype = torch.bfloat16 if args.precision == "bf16" else None
@@ -89,21 +94,34 @@ def extraction(args: argparse.Namespace, images: Dataset, device: torch.device) 
     def bag(source) -> tuple[torch.Tensor, torch.Tensor]:
         return bag_of_features(model, source, device, args.forward_bs, dtype)
 
+    def generate(augment: str) -> list:
+        return list(batches(augment))
+
+    def extract(augment: str) -> tuple[torch.Tensor, torch.Tensor]:
+        return bag(batches(augment))
+
     for augment in EVAL_AUGMENTS:  # warm-up
         bag(batches(augment, Subset(images, range(1)), 2))
-    patches_s = {augment: timed(lambda: list(batches(augment)), device) for augment in EVAL_AUGMENTS}
-    forward_s, _ = timed(lambda: bag(patches_s["batched"][1]), device)
-    patches_s = {augment: seconds for augment, (seconds, _) in patches_s.items()}
-    extract_s = {augment: timed(lambda: bag(batches(augment)), device)[0] for augment in EVAL_AUGMENTS}
+    best: dict[str, float] = {}
+    for _ in range(args.repeats):
+        seconds = {}
+        for augment in EVAL_AUGMENTS:
+            seconds[f"patches {augment}"], made = timed(partial(generate, augment), device)
+            if augment == "batched":
+                seconds["forward"], _ = timed(partial(bag, made), device)
+            del made
+        for augment in EVAL_AUGMENTS:
+            seconds[f"extraction {augment}"], _ = timed(partial(extract, augment), device)
+        best = {name: min(s, best.get(name, s)) for name, s in seconds.items()}
     n = len(images)
     return {
-        f"patches, pil ({args.workers} workers), images/s": n / patches_s["pil"],
-        f"patches, batched (on {device.type}), images/s": n / patches_s["batched"],
-        "patch generation, batched / pil": patches_s["pil"] / patches_s["batched"],
-        f"forward only ({args.arch}, {args.precision}), images/s": n / forward_s,
-        "extraction (patches + forward), pil, images/s": n / extract_s["pil"],
-        "extraction (patches + forward), batched, images/s": n / extract_s["batched"],
-        "extraction, batched / pil": extract_s["pil"] / extract_s["batched"],
+        f"patches, pil ({args.workers} workers), images/s": n / best["patches pil"],
+        f"patches, batched (on {device.type}), images/s": n / best["patches batched"],
+        "patch generation, batched / pil": best["patches pil"] / best["patches batched"],
+        f"forward only ({args.arch}, {args.precision}), images/s": n / best["forward"],
+        "extraction (patches + forward), pil, images/s": n / best["extraction pil"],
+        "extraction (patches + forward), batched, images/s": n / best["extraction batched"],
+        "extraction, batched / pil": best["extraction pil"] / best["extraction batched"],
     }
 
 
@@ -124,8 +142,8 @@ def probes(args: argparse.Namespace, device: torch.device) -> dict[str, float]:
 
 
 def main(args: argparse.Namespace) -> None:
-    require([(min(args.images, args.test_patches, args.eval_bs, args.forward_bs) >= 1,
-              "--images, --test_patches, --eval_bs and --forward_bs must be at least 1"),
+    require([(min(args.images, args.test_patches, args.eval_bs, args.forward_bs, args.repeats) >= 1,
+              "--images, --test_patches, --eval_bs, --forward_bs and --repeats must be at least 1"),
              (args.workers >= 0, "--workers must be 0 or more")])
     device = resolve_device(args.device)
     images = build_dataset(args.data, args.data_dir, "test", download=False)
