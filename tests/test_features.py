@@ -137,7 +137,7 @@ class TestEvalPatches:
             evaluation = all_patches(make(images, "pil", split))
             assert ((evaluation - first_epoch).flatten(2).abs().amax(2) > 0).all(), split
 
-    def test_unknown_augment_is_one_line(self, images) -> None:
+    def test_unknown_augment_is_a_user_error(self, images) -> None:
         with pytest.raises(UserError, match="--augment .gpu."):
             make(images, "gpu")
 
@@ -145,9 +145,10 @@ class TestEvalPatches:
 class TestPathParity:
     """batched and pil evaluate alike. Sizes: 200 + 200 synthetic images × 4 patches per run, three
     runs (batched seed 0, pil seeds 0 and 1), random-init resnet10-cifar (hidden 64): 20 s alone on
-    this shared 2-core machine, the pil runs two thirds of it. At this size the kNN top-1 (about 20 %, chance 10 %) moves by 1.5 points between two
-    pil seeds, and by 2 to 4 points in larger runs (300 + 300 × 8 patches with a trained encoder),
-    so a bare 1-point bound would test the seed: the paths must agree within pil's own seed gap
+    this shared 2-core machine, the pil runs two thirds of it. At this size the kNN top-1 (about
+    20 %, chance 10 %) moves by 1.5 points between two pil seeds, and by 2 to 4 points in larger
+    runs (300 + 300 × 8 patches with a trained encoder), so a bare 1-point bound would test the
+    seed: the paths must agree within pil's own seed gap
     plus 1 point. Measured: batched 18.5, pil 20.0 and 21.5; with colour jitter left out of the
     batched path, 25.5 (fails). The mean feature moves by 0.6 % of its norm between the paths
     (1.4 % without jitter; 0.2 % between pil seeds): the bound is 1 %."""
