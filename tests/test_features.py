@@ -148,10 +148,10 @@ class TestPathParity:
     this shared 2-core machine, the pil runs two thirds of it. At this size the kNN top-1 (about
     20 %, chance 10 %) moves by 1.5 points between two pil seeds, and by 2 to 4 points in larger
     runs (300 + 300 × 8 patches with a trained encoder), so a bare 1-point bound would test the
-    seed: the paths must agree within pil's own seed gap
-    plus 1 point. Measured: batched 18.5, pil 20.0 and 21.5; with colour jitter left out of the
-    batched path, 25.5 (fails). The mean feature moves by 0.6 % of its norm between the paths
-    (1.4 % without jitter; 0.2 % between pil seeds): the bound is 1 %."""
+    seed: the paths must agree within pil's own seed gap plus 1 point. Measured: batched 18.5, pil
+    20.0 and 21.5; with colour jitter left out of the batched path, 25.5 (fails). The mean feature
+    moves by 0.6 % of its norm between the paths (1.4 % without jitter; 0.2 % between pil seeds):
+    the bound is 1 %."""
 
     def test_knn_and_mean_feature_agree(self) -> None:
         torch.manual_seed(0)
