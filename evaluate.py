@@ -8,6 +8,11 @@ Usage:
 
 Writes `<checkpoint stem>.eval.json` beside the checkpoint (every number and the configuration)
 and caches the features there, keyed by checkpoint, data and patches; `--recompute` ignores them.
+
+The patches are made by the batched augmentation on the evaluation device (`--augment batched`,
+default) or by the official per-patch PIL pipeline in DataLoader workers (`--augment pil`); either
+way an image's patches depend only on (--seed, split, its index in the full split), from a random
+stream separate from training's.
 """
 from __future__ import annotations
 
@@ -19,14 +24,17 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch.utils.data import Dataset
 
 import checkpoint as ckpt
 from dataset import DATASETS
-from errors import ArgumentParser, UserError, require, run_cli
-from features import bag_of_features, cache_path, cached_features, eval_split, file_digest, patch_loader
 from device import resolve_device
+from errors import ArgumentParser, UserError, require, run_cli
+from features import (EVAL_AUGMENTS, PATCH_STREAM, bag_of_features, cache_path, cached_features, eval_batches,
+                      eval_split, file_digest)
 from model import ARCHS, Encoder, strip_module_prefix
 from probes import knn_accuracy, linear_probe
+from speed import AMP_DTYPES
 
 # Flags that default to the checkpoint's training args, else to these official defaults.
 FROM_CHECKPOINT = {"data": "cifar10", "data_dir": "data", "arch": "resnet18-cifar", "hidden_dim": 4096, "z_dim": 1024}
@@ -55,17 +63,23 @@ def get_args_parser() -> argparse.ArgumentParser:
     data.add_argument("--train_subset", type=int, default=None, help="use a fixed class-balanced subset of this "
                       "many training images (quick checks; default: all)")
     data.add_argument("--test_subset", type=int, default=None, help="the same for the test split (default: all)")
-    data.add_argument("--workers", type=int, default=8, help="DataLoader worker processes for the patches (8)")
+    data.add_argument("--workers", type=int, default=8, help="DataLoader worker processes for the patches (8); "
+                      "with --augment batched, threads that decode an image folder into memory")
 
     feats = parser.add_argument_group("Features")
+    feats.add_argument("--augment", default="batched", choices=EVAL_AUGMENTS,
+                       help="batched: the patches are made on the evaluation device by batched tensor ops, from "
+                       "images held there as uint8 (default; folders that do not fit: crops cut by PIL in workers, "
+                       "colours on the device); pil: the official per-patch PIL pipeline in workers")
     feats.add_argument("--test_patches", type=int, default=128,
                        help="patches per image averaged into its feature (official default 128)")
     feats.add_argument("--eval_bs", type=int, default=50, help="images per batch (official 50)")
     feats.add_argument("--forward_bs", type=int, default=2048,
                        help="patches per forward pass (default 2048); lower it if memory runs out")
     feats.add_argument("--seed", type=int, default=0, help="seed of the patches (and of --random_init weights) (0)")
-    feats.add_argument("--precision", default=None, choices=("fp32", "bf16"),
-                       help="forward precision; features are kept in float32 (default: bf16 on CUDA, else fp32)")
+    feats.add_argument("--precision", default="fp32", choices=tuple(AMP_DTYPES),
+                       help="forward precision (default fp32, as the official evaluation); bf16 runs the forward "
+                       "under autocast (faster on recent GPUs), features are kept in float32 either way")
     feats.add_argument("--recompute", action="store_true", help="ignore cached features and compute them again")
 
     probes = parser.add_argument_group("Probes")
@@ -136,22 +150,30 @@ def output_paths(args: argparse.Namespace) -> tuple[Path, Path, str]:
     return args.output or args.ckpt.with_name(f"{stem}.eval.json"), args.ckpt.parent, args.ckpt.name
 
 
+def split_features(args: argparse.Namespace, model: Encoder, device: torch.device, dataset: Dataset,
+                   split: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """(bag-of-features (N, hidden_dim) float32, labels (N,)) of a split's images, on the CPU, with
+    the patches of --augment (images are loaded onto the device only here, not on a cache hit)."""
+    batches = eval_batches(dataset, split, args.data, args.augment, args.test_patches, args.seed, args.eval_bs,
+                           args.workers, device)
+    dtype = AMP_DTYPES[args.precision]
+    return bag_of_features(model, batches, device, args.forward_bs, dtype, desc=f"{split} features")
+
+
 def extract(args: argparse.Namespace, model: Encoder, device: torch.device, splits: dict[str, tuple[Any, int]],
-            precision: str, weights: str, cache_dir: Path, prefix: str,
+            weights: str, cache_dir: Path, prefix: str,
             seconds: dict[str, float]) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
     """{split: (bag-of-features (N, hidden_dim) float32, labels (N,))} on the device, from the cache
     beside the checkpoint when it holds them, else computed and cached."""
     base_key = {"weights": weights, "arch": args.arch, "hidden_dim": args.hidden_dim, "z_dim": args.z_dim,
                 "data": args.data, "data_dir": None if args.data == "synthetic" else str(args.data_dir.resolve()),
-                "test_patches": args.test_patches, "seed": args.seed, "precision": precision}
-    dtype = torch.bfloat16 if precision == "bf16" else None
+                "test_patches": args.test_patches, "seed": args.seed, "precision": args.precision,
+                "augment": args.augment, "patch_stream": PATCH_STREAM}
     cache_dir.mkdir(parents=True, exist_ok=True)
     tensors = {}
     for split, (dataset, _) in splits.items():
         key = {**base_key, "split": split, "subset": len(dataset)}
-        loader = patch_loader(dataset, args.data, args.test_patches, args.seed, args.eval_bs, args.workers,
-                              pin_memory=device.type == "cuda")
-        compute = partial(bag_of_features, model, loader, device, args.forward_bs, dtype, desc=f"{split} features")
+        compute = partial(split_features, args, model, device, dataset, split)
         tick = time.perf_counter()
         (feats, labels), hit = cached_features(cache_path(cache_dir, prefix, key), key, compute, args.recompute)
         seconds[f"features_{split}"] = time.perf_counter() - tick
@@ -194,12 +216,11 @@ def main(args: argparse.Namespace) -> None:
     splits = {split: eval_split(args.data, args.data_dir, split, subset, args.download)
               for split, subset in (("train", args.train_subset), ("test", args.test_subset))}
     output, cache_dir, prefix = output_paths(args)
-    precision = args.precision or ("bf16" if device.type == "cuda" else "fp32")
     weights = f"random_init (torch {torch.__version__})" if args.random_init else file_digest(args.ckpt)
     print(json.dumps({"git_commit": ckpt.git_commit(), **dict(sorted(vars(args).items()))}, default=str))
 
     seconds: dict[str, float] = {}
-    tensors = extract(args, model, device, splits, precision, weights, cache_dir, prefix, seconds)
+    tensors = extract(args, model, device, splits, weights, cache_dir, prefix, seconds)
     probes, summary = run_probes(args, tensors, splits["train"][1], seconds)
     result = {
         "checkpoint": None if args.ckpt is None else str(args.ckpt), "random_init": args.random_init,
@@ -208,7 +229,8 @@ def main(args: argparse.Namespace) -> None:
         "data_dir": str(args.data_dir), "train_images": len(tensors["train"][1]),
         "test_images": len(tensors["test"][1]), "num_classes": splits["train"][1],
         "train_subset": args.train_subset, "test_subset": args.test_subset, "test_patches": args.test_patches,
-        "seed": args.seed, "precision": precision, "git_commit": ckpt.git_commit(), **probes, "seconds": seconds,
+        "augment": args.augment, "seed": args.seed, "precision": args.precision, "git_commit": ckpt.git_commit(),
+        **probes, "seconds": seconds,
     }
     text = json.dumps(result, indent=2)
     try:

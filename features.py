@@ -4,15 +4,22 @@ the cheap kNN monitor that training runs every few epochs.
 The feature of an image is the mean of the encoder's pre_feature over P patches drawn with the
 training augmentation: f(x) = 1/P Σ_p pre_feature(aug_p(x)), a (hidden_dim,) float32 vector.
 Patches come from any iterable of (patches, labels) batches, with patches a (P, B, C, H, W)
-tensor or a list of P tensors (B, C, H, W); :func:`patch_loader` is the CPU source (PIL
-augmentation in DataLoader workers), and an on-device augmenter can feed the same function.
+tensor or a list of P tensors (B, C, H, W). :func:`eval_batches` makes them one of two ways:
+``batched`` (default; :class:`DevicePatches`, the batched augmentation on the evaluation device)
+or ``pil`` (:func:`patch_loader`, the official per-patch PIL pipeline in DataLoader workers).
+
+Either way the patches of an image are a pure function of (seed, split, the image's index in the
+full split): not of the batch size, the batch's other images, a subset, or the worker count; and
+their random stream, :func:`eval_seed`, is separate from training's and from the other split's.
 """
 from __future__ import annotations
 
 import hashlib
 import json
+import math
 import pickle
-from collections.abc import Callable, Iterable, Sequence
+import sys
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
@@ -20,15 +27,22 @@ from typing import Any
 import torch
 import torch.nn as nn
 from torch.utils.data import DataLoader, Dataset, Subset
+from torchvision import transforms as T
 from tqdm import tqdm
 
 from checkpoint import atomic_write
 from dataset import MultiPatch, augmentation_kind, build_dataset, class_balanced_subset, patch_transform
-from dataset.seeded import SeededPatches
+from dataset.aug import CROP_RATIO, geometric_transform
+from dataset.batched import augment_crops, augment_images
+from dataset.seeded import KeyedUniform, SeededPatches, stream_seed
+from dataset.source import in_memory_pixels
+from errors import UserError
 from probes import knn_accuracy
 
 Batches = Iterable[tuple[torch.Tensor | Sequence[torch.Tensor], torch.Tensor]]
-CACHE_VERSION = 1  # bump when the meaning of a cached feature changes
+CACHE_VERSION = 2  # bump when the meaning of a cached feature changes (2: augment paths, own eval stream)
+EVAL_AUGMENTS = ("batched", "pil")
+PATCH_STREAM = "eval-<split>, keyed by the index in the full split"  # recorded in cache keys
 
 
 def eval_split(data: str, data_dir: Path, split: str, subset: int | None,
@@ -41,16 +55,91 @@ def eval_split(data: str, data_dir: Path, split: str, subset: int | None,
     return dataset, num_classes
 
 
+def eval_seed(seed: int, split: str) -> int:
+    """The seed of the evaluation patches of a split: a stream of its own, unrelated to training's
+    (whose patches of image i in epoch e are keyed by the user seed itself) and to the other split's."""
+    return stream_seed(seed, f"eval-{split}")
+
+
+def full_split(dataset: Dataset) -> tuple[Dataset, list[int]]:
+    """(the data set under any Subsets, or the data set itself; the index in it of every item)."""
+    if isinstance(dataset, Subset):
+        base, indices = full_split(dataset.dataset)
+        return base, [indices[i] for i in dataset.indices]
+    return dataset, list(range(len(dataset)))  # type: ignore[arg-type]
+
+
 def patch_loader(dataset: Dataset, data: str, num_patches: int, seed: int, eval_bs: int, workers: int,
-                 pin_memory: bool = False) -> DataLoader:
+                 pin_memory: bool = False, transform: Callable | None = None) -> DataLoader:
     """Batches ([P tensors (B, C, H, W)], labels (B,)) of `eval_bs` images in data-set order, each
-    image's P patches drawn with the training augmentation of `data` as a pure function of
-    (seed, index in `dataset`): the same seed gives the same patches whatever the batch size or
+    image's P patches made by `transform` (default: the official PIL augmentation of `data`) as a
+    pure function of (seed, the image's index in the full split, i.e. in the data set under a
+    Subset): the same seed gives an image the same patches whatever the batch size, subset or
     worker count."""
     kind, size = augmentation_kind(data)
-    patches = SeededPatches(dataset, MultiPatch(patch_transform(kind, size), num_patches), seed)
+    base, indices = full_split(dataset)
+    patches = Subset(SeededPatches(base, MultiPatch(transform or patch_transform(kind, size), num_patches), seed),
+                     indices)
     return DataLoader(patches, batch_size=eval_bs, shuffle=False, num_workers=workers, pin_memory=pin_memory,
                       generator=torch.Generator())  # own generator: the caller's random stream is untouched
+
+
+class DevicePatches:
+    """Evaluation batches ((P, B, 3, S, S) float32 patches, labels (B,)) of `eval_bs` images in
+    data-set order, made by the batched augmentation (dataset/batched.py) on `device`.
+
+    Images that fit in memory (:func:`dataset.source.in_memory_pixels`: CIFAR, the synthetic set,
+    an image folder of equally sized images; 32×32-kind data sets only, as in training) are held
+    on the device as uint8 (N, 3, H, W) and augmented by :func:`augment_images`. Otherwise DataLoader
+    workers cut, resize and flip the crops in PIL (seeded per image) and :func:`augment_crops`
+    applies the photometric half on the device. The draws of a batch come from
+    :class:`KeyedUniform` over the images' indices in the full split.
+    """
+
+    def __init__(self, dataset: Dataset, data: str, num_patches: int, seed: int, eval_bs: int, workers: int,
+                 device: torch.device) -> None:
+        kind, self.size = augmentation_kind(data)
+        base, indices = full_split(dataset)
+        self.keys = torch.tensor(indices, device=device)  # (N,)
+        self.labels = torch.as_tensor(base.targets)[indices]  # (N,)
+        self.num_patches, self.seed, self.eval_bs, self.ratio = num_patches, seed, eval_bs, CROP_RATIO[kind]
+        pixels = in_memory_pixels(Subset(base, indices), workers) if kind == "cifar" else None
+        self.images, self.loader = None, None
+        if pixels is not None:
+            self.images = torch.from_numpy(pixels).permute(0, 3, 1, 2).contiguous().to(device)  # (N, 3, H, W) uint8
+        else:
+            crops = T.Compose([*geometric_transform(kind, self.size).transforms, T.PILToTensor()])
+            self.loader = patch_loader(dataset, data, num_patches, seed, eval_bs, workers, device.type == "cuda", crops)
+
+    def __len__(self) -> int:
+        return math.ceil(len(self.keys) / self.eval_bs)
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        p = self.num_patches
+        starts = range(0, len(self.keys), self.eval_bs)
+        if self.images is not None:
+            for start in starts:
+                end = start + self.eval_bs
+                rand = KeyedUniform(self.seed, self.keys[start:end], p)
+                x = augment_images(self.images[start:end], p, self.size, self.ratio, rand)  # (P·B, 3, S, S)
+                yield x.view(p, -1, *x.shape[1:]), self.labels[start:end]  # (P, B, 3, S, S)
+        else:
+            for start, (views, labels) in zip(starts, self.loader):
+                x = torch.cat([v.to(self.keys.device, non_blocking=True) for v in views])  # (P·B, 3, S, S) uint8
+                x = augment_crops(x, KeyedUniform(self.seed, self.keys[start:start + len(labels)], p), p)
+                yield x.view(p, -1, *x.shape[1:]), labels  # (P, B, 3, S, S)
+
+
+def eval_batches(dataset: Dataset, split: str, data: str, augment: str, num_patches: int, seed: int,
+                 eval_bs: int, workers: int, device: torch.device) -> Batches:
+    """The evaluation patches of `split` (its data set or a Subset of it), `augment` "batched"
+    (:class:`DevicePatches`) or "pil" (:func:`patch_loader`), from the stream :func:`eval_seed`."""
+    if augment not in EVAL_AUGMENTS:
+        raise UserError(f"unknown --augment {augment!r}: choose from {', '.join(EVAL_AUGMENTS)}")
+    seed = eval_seed(seed, split)
+    if augment == "pil":
+        return patch_loader(dataset, data, num_patches, seed, eval_bs, workers, pin_memory=device.type == "cuda")
+    return DevicePatches(dataset, data, num_patches, seed, eval_bs, workers, device)
 
 
 @torch.no_grad()
@@ -77,10 +166,10 @@ def bag_of_features(model: nn.Module, batches: Batches, device: torch.device, fo
                 _, pre = model(x)  # (g·B, hidden)
             part = pre.float().view(-1, views[0].shape[0], pre.shape[1]).sum(0)  # (B, hidden)
             total = part if total is None else total + part
-        features.append((total / len(views)).cpu())
+        features.append(total / len(views))  # kept on the device: no host read per batch
         labels.append(torch.as_tensor(targets).cpu())
     model.train(was_training)
-    return torch.cat(features), torch.cat(labels)  # (N, hidden), (N,)
+    return torch.cat(features).cpu(), torch.cat(labels)  # (N, hidden), (N,)
 
 
 def file_digest(path: Path) -> str:
@@ -115,22 +204,24 @@ def cached_features(path: Path, key: dict[str, Any], compute: Callable[[], tuple
     try:
         atomic_write(path, lambda tmp: torch.save(record, tmp))
     except OSError as err:
-        print(f"warning: could not cache features at {path} ({err.strerror or err}); continuing without")
+        print(f"warning: could not cache features at {path} ({err.strerror or err}); continuing without",
+              file=sys.stderr)
     return (features, labels), False
 
 
 class KNNMonitor:
     """The training-time learning check: weighted kNN top-1 of the test split against the
-    training split, on bags of a few patches (fixed seed, so the patches never change)."""
+    training split, on bags of a few patches (fixed seed, so the patches never change), made by
+    `augment` as in :func:`eval_batches` (default: batched, on the device)."""
 
     def __init__(self, data: str, data_dir: Path, download: bool, num_patches: int, subset: int | None,
-                 seed: int, eval_bs: int, workers: int, device: torch.device) -> None:
+                 seed: int, eval_bs: int, workers: int, device: torch.device, augment: str = "batched") -> None:
         self.device, self.num_patches = device, num_patches
         self.loaders, self.num_classes = {}, 0
         for split in ("train", "test"):
             dataset, self.num_classes = eval_split(data, data_dir, split, subset, download)
-            self.loaders[split] = patch_loader(dataset, data, num_patches, seed, eval_bs, workers,
-                                               pin_memory=device.type == "cuda")
+            self.loaders[split] = eval_batches(dataset, split, data, augment, num_patches, seed, eval_bs, workers,
+                                               device)
 
     def __call__(self, model: nn.Module) -> float:
         """kNN top-1 (percent, k 20, T 0.07) of the model's current bag-of-features."""

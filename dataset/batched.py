@@ -9,6 +9,12 @@ back by the host, so a GPU never waits for the CPU. Sizes (the crop window, the 
 follow from the image size and the constants. Separating the draws from the operations lets
 tests replay identical parameters through torchvision's functional ops on PIL images.
 
+The randomness is a torch.Generator (training: the stream of (seed, epoch, step)) or any draw
+callable ``rand(n, *shape) → (n, *shape)`` float32 uniforms in [0, 1), such as
+:class:`dataset.seeded.KeyedUniform` (evaluation: each image's draws keyed by its index). Every
+draw is one call per parameter for all n patches, in a fixed order, so a callable whose row r
+depends only on r's own key gives each patch parameters independent of the rest of the batch.
+
 Patches are patch-major, as the official ``torch.cat(views)``: patch n is patch n // B of
 image n mod B, so a (P·B, ...) tensor views as (P, B, ...).
 """
@@ -16,6 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Callable
 
 import torch
 
@@ -25,6 +32,9 @@ from dataset.aug import (BLUR_SIGMA, CROP_SCALE, JITTER, P_BLUR, P_FLIP, P_GRAY,
 
 CROP_TRIES = 10  # torchvision's RandomResizedCrop tries 10 boxes before its central fallback
 CPU_CHUNK_BYTES = 4 << 20  # on a CPU the photometric steps go by chunks of patches of about this size
+
+Draw = Callable[..., torch.Tensor]  # rand(n, *shape) → (n, *shape) float32 uniforms in [0, 1)
+Randomness = torch.Generator | Draw
 
 
 @dataclasses.dataclass
@@ -64,12 +74,20 @@ class ColorParams(Params):
     solarize: torch.Tensor
 
 
-def _uniform(n: int, low: float, high: float, generator: torch.Generator, *shape: int) -> torch.Tensor:
-    """(n, *shape) float32 draws from U[low, high) on the generator's device."""
-    return torch.rand(n, *shape, generator=generator, device=generator.device) * (high - low) + low
+def as_draw(randomness: Randomness) -> Draw:
+    """The draw callable of a random source: for a torch.Generator, torch.rand on it and its device
+    (so the draws are exactly the generator's stream); a callable as it is."""
+    if isinstance(randomness, torch.Generator):
+        return lambda n, *shape: torch.rand(n, *shape, generator=randomness, device=randomness.device)
+    return randomness
 
 
-def sample_crops(n: int, height: int, width: int, ratio: tuple[float, float], generator: torch.Generator,
+def _uniform(n: int, low: float, high: float, rand: Draw, *shape: int) -> torch.Tensor:
+    """(n, *shape) float32 draws from U[low, high)."""
+    return rand(n, *shape) * (high - low) + low
+
+
+def sample_crops(n: int, height: int, width: int, ratio: tuple[float, float], generator: Randomness,
                  scale: tuple[float, float] = CROP_SCALE) -> CropParams:
     """n draws of torchvision's RandomResizedCrop box on a height×width image, and of the flip.
 
@@ -78,8 +96,9 @@ def sample_crops(n: int, height: int, width: int, ratio: tuple[float, float], ge
     uniform integer offset; if none fits, the central crop of the ratio range. For CIFAR this is
     always a 16×16 window at offsets 0..16.
     """
-    area = height * width * _uniform(n, scale[0], scale[1], generator, CROP_TRIES)  # (n, tries)
-    aspect = torch.exp(_uniform(n, math.log(ratio[0]), math.log(ratio[1]), generator, CROP_TRIES))
+    rand = as_draw(generator)
+    area = height * width * _uniform(n, scale[0], scale[1], rand, CROP_TRIES)  # (n, tries)
+    aspect = torch.exp(_uniform(n, math.log(ratio[0]), math.log(ratio[1]), rand, CROP_TRIES))
     w = torch.round(torch.sqrt(area * aspect)).long()
     h = torch.round(torch.sqrt(area / aspect)).long()
     fits = (w > 0) & (w <= width) & (h > 0) & (h <= height)  # (n, tries)
@@ -90,26 +109,27 @@ def sample_crops(n: int, height: int, width: int, ratio: tuple[float, float], ge
     fallback_h = height if in_ratio >= ratio[0] else int(round(width / ratio[0]))
     found = fits.any(1)
     w, h = torch.where(found, w, fallback_w), torch.where(found, h, fallback_h)
-    u = torch.rand(n, 2, generator=generator, device=generator.device)  # (n, 2) uniform offsets
+    u = rand(n, 2)  # (n, 2) uniform offsets
     top = torch.where(found, (u[:, 0] * (height - h + 1)).long().clamp(max=height - h), (height - h) // 2)
     left = torch.where(found, (u[:, 1] * (width - w + 1)).long().clamp(max=width - w), (width - w) // 2)
-    flip = torch.rand(n, generator=generator, device=generator.device) < P_FLIP
+    flip = rand(n) < P_FLIP
     return CropParams(top, left, h, w, flip)
 
 
-def sample_colors(n: int, generator: torch.Generator) -> ColorParams:
+def sample_colors(n: int, generator: Randomness) -> ColorParams:
     """n draws of the official photometric parameters: jitter with probability 0.8 in a uniformly
     random order, brightness, contrast, saturation ~ U[0.6, 1.4], hue ~ U[−0.2, 0.2]; grayscale
     with probability 0.2; blur with probability 0.1 and σ ~ U[0.1, 2.0]; solarize with
     probability 0.1."""
-    coin = torch.rand(n, 4, generator=generator, device=generator.device)  # (n, 4)
-    order = torch.rand(n, 4, generator=generator, device=generator.device).argsort(1)  # (n, 4) permutations
+    rand = as_draw(generator)
+    coin = rand(n, 4)  # (n, 4)
+    order = rand(n, 4).argsort(1)  # (n, 4) permutations
     b, c, s, h = JITTER
     return ColorParams(
         jitter=coin[:, 0] < P_JITTER, order=order,
-        brightness=_uniform(n, 1 - b, 1 + b, generator), contrast=_uniform(n, 1 - c, 1 + c, generator),
-        saturation=_uniform(n, 1 - s, 1 + s, generator), hue=_uniform(n, -h, h, generator),
-        gray=coin[:, 1] < P_GRAY, blur=coin[:, 2] < P_BLUR, sigma=_uniform(n, *BLUR_SIGMA, generator),
+        brightness=_uniform(n, 1 - b, 1 + b, rand), contrast=_uniform(n, 1 - c, 1 + c, rand),
+        saturation=_uniform(n, 1 - s, 1 + s, rand), hue=_uniform(n, -h, h, rand),
+        gray=coin[:, 1] < P_GRAY, blur=coin[:, 2] < P_BLUR, sigma=_uniform(n, *BLUR_SIGMA, rand),
         solarize=coin[:, 3] < P_SOLARIZE)
 
 
@@ -202,7 +222,7 @@ def rank_patches(num_patches: int, global_batch: int, first: int, count: int, de
 
 
 def augment_images(images: torch.Tensor, num_patches: int, size: int, ratio: tuple[float, float],
-                   generator: torch.Generator, global_batch: int | None = None, first: int = 0) -> torch.Tensor:
+                   generator: Randomness, global_batch: int | None = None, first: int = 0) -> torch.Tensor:
     """P augmented patches of every image, patch-major, normalised: the batched official pipeline.
 
     Parameters are drawn for the global batch of ``global_batch`` images (default: these images)
@@ -210,14 +230,15 @@ def augment_images(images: torch.Tensor, num_patches: int, size: int, ratio: tup
     data-parallel run, each with its slice of the batch, makes the patches one process would.
 
     Args:
-        images: (B, 3, H, W) uint8 images on any device; generator on that device.
+        images: (B, 3, H, W) uint8 images on any device; generator (or draw callable) on that device.
     Returns:
         (P·B, 3, size, size) float32 patches in [−1, 1].
     """
     b, _, height, width = images.shape
     total = num_patches * (global_batch or b)
-    crops = sample_crops(total, height, width, ratio, generator)
-    colors = sample_colors(total, generator)
+    rand = as_draw(generator)
+    crops = sample_crops(total, height, width, ratio, rand)
+    colors = sample_colors(total, rand)
     mine = rank_patches(num_patches, global_batch or b, first, b, images.device)  # (P·B,)
     c = crops.take(mine)
     x = ops.resized_crop(images.float() / 255, c.top, c.left, c.height, c.width, c.flip, size,
@@ -225,7 +246,7 @@ def augment_images(images: torch.Tensor, num_patches: int, size: int, ratio: tup
     return photometric(x, colors.take(mine))
 
 
-def augment_crops(crops: torch.Tensor, generator: torch.Generator, num_patches: int,
+def augment_crops(crops: torch.Tensor, generator: Randomness, num_patches: int,
                   global_batch: int | None = None, first: int = 0) -> torch.Tensor:
     """The photometric half for crops already cut (and flipped) elsewhere, e.g. in DataLoader workers.
 

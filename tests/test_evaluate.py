@@ -63,6 +63,7 @@ class TestEvaluate:
         assert record["data"] == "synthetic" and record["arch"] == "resnet10-cifar"  # from the checkpoint
         assert (record["train_images"], record["test_images"], record["num_classes"]) == (20, 10, 10)
         assert record["test_patches"] == 2 and record["seed"] == 0 and record["checkpoint_epoch"] == 3
+        assert record["augment"] == "batched" and record["precision"] == "fp32"  # the defaults
         assert record["knn"]["k"] == 20 and 0 <= record["knn"]["top1"] <= record["knn"]["top5"] <= 100
         linear = record["linear"]
         assert (linear["epochs"], linear["lr"], linear["wd"], linear["bs"]) == (3, 0.03, 5e-5, 100)
@@ -80,6 +81,15 @@ class TestEvaluate:
         save_checkpoint({"model": encoder(seed=1).state_dict(), "args": {"data": "synthetic", **ARCH}}, ckpt)
         retrained = cli("evaluate", "--ckpt", str(ckpt), *QUICK, "--no-linear")
         assert retrained.stdout.count("computed features") == 2  # the key holds the checkpoint's content
+
+    def test_both_augment_paths_end_to_end_each_with_its_own_cache(self, cli, ckpt: Path) -> None:
+        for augment in ("batched", "pil"):
+            result = cli("evaluate", "--ckpt", str(ckpt), *QUICK, "--no-linear", "--augment", augment)
+            assert result.returncode == 0 and result.stdout.count("computed features") == 2, result.stderr
+            record = json.loads(ckpt.with_name("3.eval.json").read_text())
+            assert record["augment"] == augment and 0 <= record["knn"]["top1"] <= 100
+        assert len(list(ckpt.parent.glob("*.features"))) == 4  # 2 splits × 2 paths
+        assert_one_line_error(cli("evaluate", "--ckpt", str(ckpt), *QUICK, "--augment", "gpu"), "--augment")
 
     def test_official_checkpoint_gives_the_same_features_as_ours(self, cli, ckpt: Path, tmp_path: Path) -> None:
         official = tmp_path / "official" / "model.pt"
@@ -169,5 +179,7 @@ class TestBenchmark:
                      "resnet10-cifar", "--hidden_dim", "16", "--workers", "0", "--dim", "8", "--knn_train", "50",
                      "--knn_test", "10", "--linear_train", "50", "--linear_epochs", "1", "--device", "cpu")
         assert result.returncode == 0, result.stderr
-        assert "| extraction (augmentation + forward), images/s |" in result.stdout
+        for row in ("patch generation, batched / pil", "extraction, batched / pil"):
+            assert f"| {row} |" in result.stdout
+        assert "synthetic: 2 images x 2 patches" in result.stdout
         assert json.loads(result.stdout.splitlines()[-1])["images"] == 2
