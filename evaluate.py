@@ -18,21 +18,25 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import time
 from functools import partial
 from pathlib import Path
 from typing import Any
 
 import torch
+import torchvision.transforms.functional as TF
 from torch.utils.data import Dataset
+from torch.utils.tensorboard import SummaryWriter
 
 import checkpoint as ckpt
 from dataset import DATASETS
 from device import resolve_device
 from errors import ArgumentParser, UserError, require, run_cli
-from features import (EVAL_AUGMENTS, PATCH_STREAM, bag_of_features, cache_path, cached_features, eval_batches,
-                      eval_split, file_digest)
+from features import (EVAL_AUGMENTS, PATCH_STREAM, bag_of_features, base_classes, cache_path, cached_features,
+                      eval_batches, eval_split, file_digest, full_view_loader)
 from model import ARCHS, Encoder, strip_module_prefix
+from pictures import log_embedding
 from probes import knn_accuracy, linear_probe
 from speed import AMP_DTYPES
 
@@ -63,7 +67,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     data.add_argument("--train_subset", type=int, default=None, help="use a fixed class-balanced subset of this "
                       "many training images (quick checks; default: all)")
     data.add_argument("--test_subset", type=int, default=None, help="the same for the test split (default: all)")
-    data.add_argument("--workers", type=int, default=8, help="DataLoader worker processes for the patches (8); "
+    data.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1),
+                      help="DataLoader worker processes for the patches (8, or the machine's cores if fewer); "
                       "with --augment batched, threads that decode an image folder into memory")
 
     feats = parser.add_argument_group("Features")
@@ -71,6 +76,9 @@ def get_args_parser() -> argparse.ArgumentParser:
                        help="batched: the patches are made on the evaluation device by batched tensor ops, from "
                        "images held there as uint8 (default; folders that do not fit: crops cut by PIL in workers, "
                        "colours on the device); pil: the official per-patch PIL pipeline in workers")
+    feats.add_argument("--view", default="patches", choices=("patches", "full"),
+                       help="patches: the official bag-of-features over --test_patches augmented patches (default); "
+                            "full: every whole image once, without augmentation (the usual single-view protocol)")
     feats.add_argument("--test_patches", type=int, default=128,
                        help="patches per image averaged into its feature (official default 128)")
     feats.add_argument("--eval_bs", type=int, default=50, help="images per batch (official 50)")
@@ -98,6 +106,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     running.add_argument("--output", type=Path, default=None,
                          help="result JSON (default: <checkpoint stem>[.random_init].eval.json beside the checkpoint)")
     running.add_argument("--device", default="auto", help="auto (CUDA when present, else CPU), cpu, cuda or cuda:N")
+    running.add_argument("--embedding", type=int, default=0,
+                         help="also write the features of the first N test images, with labels and thumbnails, for "
+                              "TensorBoard's projector (PCA, t-SNE, UMAP) into <result stem>.tensorboard/ (default 0)")
     return parser
 
 
@@ -112,6 +123,7 @@ def validate_args(args: argparse.Namespace) -> None:
         (args.knn_k >= 1 and args.knn_t > 0, "--knn_k must be at least 1 and --knn_t positive"),
         (args.linear_epochs >= 1 and args.linear_lr > 0, "--linear_epochs must be ≥ 1 and --linear_lr positive"),
         (args.workers >= 0, "--workers must be 0 or more"),
+        (args.embedding >= 0, "--embedding must be 0 or more"),
     ])
 
 
@@ -154,8 +166,11 @@ def split_features(args: argparse.Namespace, model: Encoder, device: torch.devic
                    split: str) -> tuple[torch.Tensor, torch.Tensor]:
     """(bag-of-features (N, hidden_dim) float32, labels (N,)) of a split's images, on the CPU, with
     the patches of --augment (images are loaded onto the device only here, not on a cache hit)."""
-    batches = eval_batches(dataset, split, args.data, args.augment, args.test_patches, args.seed, args.eval_bs,
-                           args.workers, device)
+    if args.view == "full":
+        batches = full_view_loader(dataset, args.data, args.eval_bs, args.workers, pin_memory=device.type == "cuda")
+    else:
+        batches = eval_batches(dataset, split, args.data, args.augment, args.test_patches, args.seed, args.eval_bs,
+                               args.workers, device)
     dtype = AMP_DTYPES[args.precision]
     return bag_of_features(model, batches, device, args.forward_bs, dtype, desc=f"{split} features")
 
@@ -168,7 +183,7 @@ def extract(args: argparse.Namespace, model: Encoder, device: torch.device, spli
     base_key = {"weights": weights, "arch": args.arch, "hidden_dim": args.hidden_dim, "z_dim": args.z_dim,
                 "data": args.data, "data_dir": None if args.data == "synthetic" else str(args.data_dir.resolve()),
                 "test_patches": args.test_patches, "seed": args.seed, "precision": args.precision,
-                "augment": args.augment, "patch_stream": PATCH_STREAM}
+                "augment": args.augment, "patch_stream": PATCH_STREAM, "view": args.view}
     cache_dir.mkdir(parents=True, exist_ok=True)
     tensors = {}
     for split, (dataset, _) in splits.items():
@@ -202,10 +217,30 @@ def run_probes(args: argparse.Namespace, tensors: dict[str, tuple[torch.Tensor, 
                              "wd": args.linear_wd, "bs": args.linear_bs, "schedule": "cosine over epochs",
                              "top1": linear["top1"], "top5": linear["top5"],
                              "best_top1_over_test_epochs (official reporting)": best,
-                             "test_top1_per_epoch": linear["history_top1"]}
+                             "test_top1_per_epoch": linear["history_top1"],
+                             "train_loss_per_epoch": linear["history_loss"]}
         summary.append(f"linear top-1 {linear['top1']:.2f} top-5 {linear['top5']:.2f} (final epoch; "
                        f"best over test epochs, official reporting: {best:.2f})")
     return results, summary
+
+
+def write_tensorboard(args: argparse.Namespace, output: Path, probes: dict[str, Any],
+                      tensors: dict[str, tuple[torch.Tensor, torch.Tensor]], test_set: Dataset) -> None:
+    """<result stem>.tensorboard/: the linear probe's train loss and test top-1 per epoch as scalars,
+    and with --embedding N the first N test features for the projector, thumbnails included."""
+    if "linear" not in probes and not args.embedding:
+        return
+    with SummaryWriter(log_dir=str(output.with_name(f"{output.stem}.tensorboard"))) as writer:
+        linear = probes.get("linear", {})
+        for epoch, (loss, top1) in enumerate(zip(linear.get("train_loss_per_epoch", []),
+                                                 linear.get("test_top1_per_epoch", [])), start=1):
+            writer.add_scalar("linear_probe/train_loss", loss, epoch)
+            writer.add_scalar("linear_probe/test_top1", top1, epoch)
+        if args.embedding:
+            features, labels = (t[:args.embedding] for t in tensors["test"])
+            thumbnails = torch.stack([TF.resize(TF.pil_to_tensor(test_set[i][0]), [32, 32], antialias=True)
+                                      for i in range(len(labels))]).float() / 255  # (N, 3, 32, 32)
+            log_embedding(writer, features, labels, base_classes(test_set), thumbnails, f"{args.view} features")
 
 
 def main(args: argparse.Namespace) -> None:
@@ -232,6 +267,7 @@ def main(args: argparse.Namespace) -> None:
         "augment": args.augment, "seed": args.seed, "precision": args.precision, "git_commit": ckpt.git_commit(),
         **probes, "seconds": seconds,
     }
+    write_tensorboard(args, output, probes, tensors, splits["test"][0])
     text = json.dumps(result, indent=2)
     try:
         output.parent.mkdir(parents=True, exist_ok=True)
@@ -239,7 +275,8 @@ def main(args: argparse.Namespace) -> None:
     except OSError as err:
         raise UserError(f"cannot write {output} ({err.strerror or err}): choose another --output") from err
     name = f"random-init {args.arch}" if args.random_init else str(args.ckpt)
-    print(f"{name} on {args.data} ({args.test_patches} patches): {' | '.join(summary) or 'features only'}")
+    view = f"{args.test_patches} patches" if args.view == "patches" else "one full view"
+    print(f"{name} on {args.data} ({view}): {' | '.join(summary) or 'features only'}")
     print(f"results: {output}")
 
 

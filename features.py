@@ -1,5 +1,5 @@
-"""Bag-of-features extraction (the official evaluation's representation), its cache on disk, and
-the cheap kNN monitor that training runs every few epochs.
+"""Bag-of-features extraction (the official evaluation's representation), the single full view,
+and the feature cache on disk.
 
 The feature of an image is the mean of the encoder's pre_feature over P patches drawn with the
 training augmentation: f(x) = 1/P Σ_p pre_feature(aug_p(x)), a (hidden_dim,) float32 vector.
@@ -37,7 +37,6 @@ from dataset.batched import augment_crops, augment_images
 from dataset.seeded import KeyedUniform, SeededPatches, stream_seed
 from dataset.source import in_memory_pixels
 from errors import UserError
-from probes import knn_accuracy
 
 Batches = Iterable[tuple[torch.Tensor | Sequence[torch.Tensor], torch.Tensor]]
 CACHE_VERSION = 2  # bump when the meaning of a cached feature changes (2: augment paths, own eval stream)
@@ -67,6 +66,11 @@ def full_split(dataset: Dataset) -> tuple[Dataset, list[int]]:
         base, indices = full_split(dataset.dataset)
         return base, [indices[i] for i in dataset.indices]
     return dataset, list(range(len(dataset)))  # type: ignore[arg-type]
+
+
+def base_classes(dataset: Dataset) -> list[str]:
+    """The class names of a data set, under any Subsets."""
+    return full_split(dataset)[0].classes  # type: ignore[attr-defined]
 
 
 def patch_loader(dataset: Dataset, data: str, num_patches: int, seed: int, eval_bs: int, workers: int,
@@ -142,6 +146,37 @@ def eval_batches(dataset: Dataset, split: str, data: str, augment: str, num_patc
     return DevicePatches(dataset, data, num_patches, seed, eval_bs, workers, device)
 
 
+def full_view_loader(dataset: Dataset, data: str, eval_bs: int, workers: int, pin_memory: bool = False) -> DataLoader:
+    """Batches ([one tensor (B, 3, S, S)], labels (B,)): every whole image once, without augmentation,
+    normalised as in training (mean 0.5, std 0.5): the single-view protocol of most SSL papers.
+    32×32-kind images are used as they are; ImageNet-kind ones are resized to 256 and centre-cropped
+    to 224, as is standard. Through :func:`bag_of_features` the feature is pre_feature of that view."""
+    kind, size = augmentation_kind(data)
+    steps = [T.Resize(256), T.CenterCrop(size)] if kind == "imagenet" else []
+    view = T.Compose([*steps, T.ToTensor(), T.Normalize((0.5,) * 3, (0.5,) * 3), one_view])
+    return DataLoader(Transformed(dataset, view), batch_size=eval_bs, shuffle=False, num_workers=workers,
+                      pin_memory=pin_memory)
+
+
+def one_view(x: torch.Tensor) -> list[torch.Tensor]:
+    """An image (3, S, S) as the list of views bag_of_features expects (picklable for workers)."""
+    return [x]
+
+
+class Transformed(Dataset):
+    """dataset[i] → (transform(image), label) for a data set of (PIL image, label) pairs."""
+
+    def __init__(self, dataset: Dataset, transform: Callable[[Any], Any]) -> None:
+        self.dataset, self.transform = dataset, transform
+
+    def __len__(self) -> int:
+        return len(self.dataset)  # type: ignore[arg-type]
+
+    def __getitem__(self, index: int) -> tuple[Any, int]:
+        image, label = self.dataset[index]
+        return self.transform(image), label
+
+
 @torch.no_grad()
 def bag_of_features(model: nn.Module, batches: Batches, device: torch.device, forward_bs: int = 2048,
                     dtype: torch.dtype | None = None, desc: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -207,27 +242,3 @@ def cached_features(path: Path, key: dict[str, Any], compute: Callable[[], tuple
         print(f"warning: could not cache features at {path} ({err.strerror or err}); continuing without",
               file=sys.stderr)
     return (features, labels), False
-
-
-class KNNMonitor:
-    """The training-time learning check: weighted kNN top-1 of the test split against the
-    training split, on bags of a few patches (fixed seed, so the patches never change), made by
-    `augment` as in :func:`eval_batches` (default: batched, on the device)."""
-
-    def __init__(self, data: str, data_dir: Path, download: bool, num_patches: int, subset: int | None,
-                 seed: int, eval_bs: int, workers: int, device: torch.device, augment: str = "batched") -> None:
-        self.device, self.num_patches = device, num_patches
-        self.loaders, self.num_classes = {}, 0
-        for split in ("train", "test"):
-            dataset, self.num_classes = eval_split(data, data_dir, split, subset, download)
-            self.loaders[split] = eval_batches(dataset, split, data, augment, num_patches, seed, eval_bs, workers,
-                                               device)
-
-    def __call__(self, model: nn.Module) -> float:
-        """kNN top-1 (percent, k 20, T 0.07) of the model's current bag-of-features."""
-        dtype = torch.bfloat16 if self.device.type == "cuda" else None
-        train_f, train_y = bag_of_features(model, self.loaders["train"], self.device, dtype=dtype, desc="kNN memory")
-        test_f, test_y = bag_of_features(model, self.loaders["test"], self.device, dtype=dtype, desc="kNN test")
-        device = self.device
-        return knn_accuracy(train_f.to(device), train_y.to(device), test_f.to(device), test_y.to(device),
-                            self.num_classes)["top1"]

@@ -25,10 +25,11 @@ from dataset.source import AUGMENTS, Batches, build_train_batches
 from device import resolve_device
 from engine import NonFiniteGuard, Preemption, StepLog, Training, seed_everything, train_one_epoch
 from errors import ArgumentParser, UserError, require, run_cli
-from features import KNNMonitor
+from features import eval_batches, eval_split
 from lars import LARS
 from loss import EMPSSLLoss
 from model import ARCHS, Encoder
+from monitor import KNNMonitor
 from pictures import log_patch_grids
 from speed import AMP_DTYPES, compile_model, prepare_model
 
@@ -219,6 +220,17 @@ def build_training(args: argparse.Namespace, device: torch.device, steps_per_epo
                     args.num_patches, AMP_DTYPES[args.precision], steps_per_epoch, run_dir, record)
 
 
+def build_monitor(args: argparse.Namespace, device: torch.device) -> KNNMonitor:
+    """The --eval_every kNN: --eval_patches batched patches per image of each split (or of a
+    class-balanced --eval_subset), made on the device, in the training run's precision."""
+    batches, num_classes = {}, 0
+    for split in ("train", "test"):
+        dataset, num_classes = eval_split(args.data, args.data_dir, split, args.eval_subset, args.download)
+        batches[split] = eval_batches(dataset, split, args.data, "batched", args.eval_patches, args.seed, args.bs,
+                                      args.workers, device)
+    return KNNMonitor(batches, num_classes, args.eval_patches, device, AMP_DTYPES[args.precision])
+
+
 def log_knn(monitor: KNNMonitor, model: Encoder, writer: SummaryWriter, epoch: int, step: int) -> None:
     """The cheap training-time kNN (rank 0): top-1 on the test split, to TensorBoard and the console."""
     knn_top1 = monitor(model)
@@ -259,8 +271,7 @@ def main(args: argparse.Namespace) -> None:
     seed_everything(args.seed, args.deterministic)
 
     batches = distributed.main_first(lambda: build_batches(args, device))  # rank 0 downloads, the others wait
-    monitor = KNNMonitor(args.data, args.data_dir, args.download, args.eval_patches, args.eval_subset, args.seed,
-                         args.bs, args.workers, device) if args.eval_every and distributed.is_main() else None
+    monitor = build_monitor(args, device) if args.eval_every and distributed.is_main() else None
     training = build_training(args, device, batches.steps_per_epoch, run_dir)
     if state is not None:
         training.load_state_dict(state, run_dir / ckpt.CHECKPOINT_DIR / ckpt.LAST)
