@@ -73,7 +73,8 @@ def run_benchmark(args: argparse.Namespace) -> dict:
     """(b) scripts/benchmark.py, --full on a GPU (--tiny: toy sizes on the CPU); its JSON."""
     out = args.out / "benchmark.json"
     size = ["--tiny", "--device", "cpu", "--steps", "2", "--warmup", "1"] if args.tiny else ["--full"]
-    argv = [*size, "--workers", str(args.workers), "--precision", "bf16", "--channels_last", "--out", str(out)]
+    workers = 0 if args.tiny else args.workers  # --tiny: no worker start-up in the pil path
+    argv = [*size, "--workers", str(workers), "--precision", "bf16", "--channels_last", "--out", str(out)]
     print(f"$ python scripts/benchmark.py {shlex.join(argv)}", flush=True)
     benchmark.main(benchmark.get_args_parser().parse_args(argv))
     return json.loads(out.read_text())
