@@ -61,8 +61,9 @@ class NonFiniteGuard:
             raise NonFiniteLoss(f"{report}; the last checkpoint is unchanged: lower --lr, or let a few bad steps "
                                 f"be skipped with --skip_nonfinite K, and --resume")
         self.left -= 1
-        tqdm.write(f"warning: {report}: step skipped, no update applied ({self.left} more may be skipped)",
-                   file=sys.stderr)
+        if is_main():  # every rank skips alike; one says so
+            tqdm.write(f"warning: {report}: step skipped, no update applied ({self.left} more may be skipped)",
+                       file=sys.stderr)
 
 
 def seed_everything(seed: int, deterministic: bool) -> None:

@@ -30,14 +30,15 @@ from torch.utils.data import Dataset
 from torch.utils.tensorboard import SummaryWriter
 
 import checkpoint as ckpt
+from cli import ArgumentParser, banner, require, run_cli
 from dataset import DATASETS
 from device import resolve_device
-from errors import ArgumentParser, UserError, require, run_cli
+from errors import UserError
 from features import (EVAL_AUGMENTS, PATCH_STREAM, bag_of_features, base_classes, cache_path, cached_features,
                       eval_batches, eval_split, file_digest, full_view_loader)
 from model import ARCHS, Encoder, strip_module_prefix
 from pictures import log_embedding
-from probes import knn_accuracy, linear_probe
+from probes import KNN_K, KNN_T, OFFICIAL_LINEAR, LinearSettings, knn_accuracy, linear_probe
 from speed import AMP_DTYPES
 
 # Flags that default to the checkpoint's training args, else to these official defaults.
@@ -92,15 +93,15 @@ def get_args_parser() -> argparse.ArgumentParser:
 
     probes = parser.add_argument_group("Probes")
     probes.add_argument("--knn", action=argparse.BooleanOptionalAction, default=True, help="weighted kNN (on)")
-    probes.add_argument("--knn_k", type=int, default=20, help="neighbours (official 20)")
-    probes.add_argument("--knn_t", type=float, default=0.07, help="temperature of the exp(cos/T) votes (official 0.07)")
+    probes.add_argument("--knn_k", type=int, default=KNN_K, help="neighbours (official 20)")
+    probes.add_argument("--knn_t", type=float, default=KNN_T, help="temperature of the exp(cos/T) votes (official 0.07)")
     probes.add_argument("--linear", action=argparse.BooleanOptionalAction, default=True, help="linear probe (on)")
-    probes.add_argument("--linear_epochs", type=int, default=100,
+    probes.add_argument("--linear_epochs", type=int, default=OFFICIAL_LINEAR.epochs,
                         help="epochs, cosine schedule over them (official 100)")
-    probes.add_argument("--linear_lr", type=float, default=0.03, help="SGD learning rate (official 0.03)")
-    probes.add_argument("--linear_wd", type=float, default=5e-5, help="weight decay (official 5e-5)")
-    probes.add_argument("--linear_momentum", type=float, default=0.9, help="SGD momentum (official 0.9)")
-    probes.add_argument("--linear_bs", type=int, default=100, help="batch size (official 100)")
+    probes.add_argument("--linear_lr", type=float, default=OFFICIAL_LINEAR.lr, help="SGD learning rate (official 0.03)")
+    probes.add_argument("--linear_wd", type=float, default=OFFICIAL_LINEAR.wd, help="weight decay (official 5e-5)")
+    probes.add_argument("--linear_momentum", type=float, default=OFFICIAL_LINEAR.momentum, help="SGD momentum (official 0.9)")
+    probes.add_argument("--linear_bs", type=int, default=OFFICIAL_LINEAR.bs, help="batch size (official 100)")
 
     running = parser.add_argument_group("Running")
     running.add_argument("--output", type=Path, default=None,
@@ -203,14 +204,15 @@ def run_probes(args: argparse.Namespace, tensors: dict[str, tuple[torch.Tensor, 
     results, summary = {}, []
     if args.knn:
         tick = time.perf_counter()
-        knn = knn_accuracy(*tensors["train"], *tensors["test"], num_classes, args.knn_k, args.knn_t)
+        knn = knn_accuracy(tensors["train"], tensors["test"], num_classes, args.knn_k, args.knn_t)
         seconds["knn"] = time.perf_counter() - tick
         results["knn"] = {"k": args.knn_k, "t": args.knn_t, **knn}
         summary.append(f"kNN top-1 {knn['top1']:.2f} top-5 {knn['top5']:.2f}")
     if args.linear:
         tick = time.perf_counter()
-        linear = linear_probe(*tensors["train"], *tensors["test"], num_classes, args.linear_epochs, args.linear_lr,
-                              args.linear_momentum, args.linear_wd, args.linear_bs, args.seed, progress=True)
+        settings = LinearSettings(args.linear_epochs, args.linear_lr, args.linear_momentum, args.linear_wd,
+                                  args.linear_bs)
+        linear = linear_probe(tensors["train"], tensors["test"], num_classes, settings, args.seed, progress=True)
         seconds["linear"] = time.perf_counter() - tick
         best = linear["best_top1_over_test_epochs"]
         results["linear"] = {"epochs": args.linear_epochs, "lr": args.linear_lr, "momentum": args.linear_momentum,
@@ -252,7 +254,7 @@ def main(args: argparse.Namespace) -> None:
               for split, subset in (("train", args.train_subset), ("test", args.test_subset))}
     output, cache_dir, prefix = output_paths(args)
     weights = f"random_init (torch {torch.__version__})" if args.random_init else file_digest(args.ckpt)
-    print(json.dumps({"git_commit": ckpt.git_commit(), **dict(sorted(vars(args).items()))}, default=str))
+    print(banner(args))
 
     seconds: dict[str, float] = {}
     tensors = extract(args, model, device, splits, weights, cache_dir, prefix, seconds)

@@ -32,13 +32,13 @@ from tqdm import tqdm
 
 from checkpoint import atomic_write
 from dataset import MultiPatch, augmentation_kind, build_dataset, class_balanced_subset, patch_transform
-from dataset.aug import CROP_RATIO, geometric_transform
+from dataset.aug import CROP_RATIO, crop_transform
 from dataset.batched import augment_crops, augment_images
 from dataset.seeded import KeyedUniform, SeededPatches, stream_seed
 from dataset.source import in_memory_pixels
 from errors import UserError
 
-Batches = Iterable[tuple[torch.Tensor | Sequence[torch.Tensor], torch.Tensor]]
+EvalBatches = Iterable[tuple[torch.Tensor | Sequence[torch.Tensor], torch.Tensor]]
 CACHE_VERSION = 2  # bump when the meaning of a cached feature changes (2: augment paths, own eval stream)
 EVAL_AUGMENTS = ("batched", "pil")
 PATCH_STREAM = "eval-<split>, keyed by the index in the full split"  # recorded in cache keys
@@ -75,7 +75,7 @@ def base_classes(dataset: Dataset) -> list[str]:
 
 def patch_loader(dataset: Dataset, data: str, num_patches: int, seed: int, eval_bs: int, workers: int,
                  pin_memory: bool = False, transform: Callable | None = None) -> DataLoader:
-    """Batches ([P tensors (B, C, H, W)], labels (B,)) of `eval_bs` images in data-set order, each
+    """EvalBatches ([P tensors (B, C, H, W)], labels (B,)) of `eval_bs` images in data-set order, each
     image's P patches made by `transform` (default: the official PIL augmentation of `data`) as a
     pure function of (seed, the image's index in the full split, i.e. in the data set under a
     Subset): the same seed gives an image the same patches whatever the batch size, subset or
@@ -112,8 +112,8 @@ class DevicePatches:
         if pixels is not None:
             self.images = torch.from_numpy(pixels).permute(0, 3, 1, 2).contiguous().to(device)  # (N, 3, H, W) uint8
         else:
-            crops = T.Compose([*geometric_transform(kind, self.size).transforms, T.PILToTensor()])
-            self.loader = patch_loader(dataset, data, num_patches, seed, eval_bs, workers, device.type == "cuda", crops)
+            self.loader = patch_loader(dataset, data, num_patches, seed, eval_bs, workers, device.type == "cuda",
+                                       crop_transform(kind, self.size))
 
     def __len__(self) -> int:
         return math.ceil(len(self.keys) / self.eval_bs)
@@ -135,7 +135,7 @@ class DevicePatches:
 
 
 def eval_batches(dataset: Dataset, split: str, data: str, augment: str, num_patches: int, seed: int,
-                 eval_bs: int, workers: int, device: torch.device) -> Batches:
+                 eval_bs: int, workers: int, device: torch.device) -> EvalBatches:
     """The evaluation patches of `split` (its data set or a Subset of it), `augment` "batched"
     (:class:`DevicePatches`) or "pil" (:func:`patch_loader`), from the stream :func:`eval_seed`."""
     if augment not in EVAL_AUGMENTS:
@@ -147,7 +147,7 @@ def eval_batches(dataset: Dataset, split: str, data: str, augment: str, num_patc
 
 
 def full_view_loader(dataset: Dataset, data: str, eval_bs: int, workers: int, pin_memory: bool = False) -> DataLoader:
-    """Batches ([one tensor (B, 3, S, S)], labels (B,)): every whole image once, without augmentation,
+    """EvalBatches ([one tensor (B, 3, S, S)], labels (B,)): every whole image once, without augmentation,
     normalised as in training (mean 0.5, std 0.5): the single-view protocol of most SSL papers.
     32×32-kind images are used as they are; ImageNet-kind ones are resized to 256 and centre-cropped
     to 224, as is standard. Through :func:`bag_of_features` the feature is pre_feature of that view."""
@@ -178,7 +178,7 @@ class Transformed(Dataset):
 
 
 @torch.no_grad()
-def bag_of_features(model: nn.Module, batches: Batches, device: torch.device, forward_bs: int = 2048,
+def bag_of_features(model: nn.Module, batches: EvalBatches, device: torch.device, forward_bs: int = 2048,
                     dtype: torch.dtype | None = None, desc: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Mean pre_feature over the P patches of every image: (features (N, hidden) float32, labels (N,)),
     both on the CPU, in the order of `batches`.

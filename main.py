@@ -10,7 +10,6 @@ Usage:
 from __future__ import annotations
 
 import argparse
-import json
 import os
 from pathlib import Path
 from typing import Any
@@ -20,11 +19,12 @@ from torch.utils.tensorboard import SummaryWriter
 
 import checkpoint as ckpt
 import distributed
+from cli import ArgumentParser, banner, require, run_cli
 from dataset import DATASETS
-from dataset.source import AUGMENTS, Batches, build_train_batches
+from dataset.source import AUGMENTS, Batches, TrainData, build_train_batches
 from device import resolve_device
 from engine import NonFiniteGuard, Preemption, StepLog, Training, seed_everything, train_one_epoch
-from errors import ArgumentParser, UserError, require, run_cli
+from errors import UserError
 from features import eval_batches, eval_split
 from lars import LARS
 from loss import EMPSSLLoss
@@ -169,11 +169,10 @@ def build_batches(args: argparse.Namespace, device: torch.device) -> Batches:
     --augment path, in the seeded, resumable order of a ResumableSampler split over the ranks (call
     set_epoch). Only rank 0 downloads CIFAR."""
     memory_format = torch.channels_last if args.channels_last else torch.contiguous_format
-    return build_train_batches(args.data, args.data_dir, args.augment, args.num_patches, args.bs, args.seed,
-                               device, args.workers, download=args.download and distributed.is_main(),
-                               train_subset=args.train_subset, skip_bad_images=args.skip_bad_images,
-                               rank=distributed.get_rank(), world_size=distributed.get_world_size(),
-                               memory_format=memory_format)
+    spec = TrainData(args.data, args.data_dir, args.augment, args.num_patches, args.bs, args.seed, args.workers,
+                     download=args.download and distributed.is_main(), train_subset=args.train_subset,
+                     skip_bad_images=args.skip_bad_images)
+    return build_train_batches(spec, device, distributed.get_rank(), distributed.get_world_size(), memory_format)
 
 
 def resume_state(args: argparse.Namespace, run_dir: Path) -> dict[str, Any] | None:
@@ -277,8 +276,7 @@ def main(args: argparse.Namespace) -> None:
         training.load_state_dict(state, run_dir / ckpt.CHECKPOINT_DIR / ckpt.LAST)
 
     distributed.on_main(prepare_run_dir, run_dir, args)
-    distributed.print_main(json.dumps({"git_commit": ckpt.git_commit(), **dict(sorted(vars(args).items()))},
-                                      default=str))
+    distributed.print_main(banner(args))
     distributed.print_main(f"run folder: {run_dir}  ({batches.steps_per_epoch} steps per epoch, "
                            f"{batches.steps_per_epoch * args.epoch} in all, on {device} × "
                            f"{distributed.get_world_size()} processes)")

@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from features import Batches, bag_of_features
+from features import EvalBatches, bag_of_features
 from probes import KNN_K, KNN_T, knn_accuracy
 
 
@@ -16,7 +16,7 @@ class KNNMonitor:
     on `device`, under autocast to `dtype` when given (the training run's precision).
     """
 
-    def __init__(self, batches: dict[str, Batches], num_classes: int, num_patches: int, device: torch.device,
+    def __init__(self, batches: dict[str, EvalBatches], num_classes: int, num_patches: int, device: torch.device,
                  dtype: torch.dtype | None) -> None:
         self.batches, self.num_classes, self.num_patches = batches, num_classes, num_patches
         self.device, self.dtype = device, dtype
@@ -27,5 +27,5 @@ class KNNMonitor:
                                            desc="kNN memory")
         test_f, test_y = bag_of_features(model, self.batches["test"], self.device, dtype=self.dtype, desc="kNN test")
         on = self.device
-        return knn_accuracy(train_f.to(on), train_y.to(on), test_f.to(on), test_y.to(on), self.num_classes,
+        return knn_accuracy((train_f.to(on), train_y.to(on)), (test_f.to(on), test_y.to(on)), self.num_classes,
                             KNN_K, KNN_T)["top1"]

@@ -5,6 +5,8 @@ percent; neither touches images, models or files.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -14,11 +16,22 @@ from tqdm import tqdm
 # training-time kNN monitor uses the kNN pair.
 KNN_K = 20  # neighbours of the weighted kNN (solo-learn WeightedKNNClassifier, cosine)
 KNN_T = 0.07  # temperature of its exp(cos / T) votes
-LINEAR_EPOCHS = 100  # linear probe (EMP-SSL func.linear): epochs, cosine-annealed to 0
-LINEAR_LR = 0.03  # its SGD learning rate
-LINEAR_MOMENTUM = 0.9  # its SGD momentum
-LINEAR_WD = 5e-5  # its weight decay
-LINEAR_BS = 100  # its batch size
+Labelled = tuple[torch.Tensor, torch.Tensor]  # (features (N, D), integer labels (N,))
+
+
+@dataclass(frozen=True)
+class LinearSettings:
+    """The linear probe's optimisation: epochs (cosine-annealed to 0), SGD lr, momentum, weight
+    decay wd, batch bs."""
+
+    epochs: int
+    lr: float
+    momentum: float
+    wd: float
+    bs: int
+
+
+OFFICIAL_LINEAR = LinearSettings(epochs=100, lr=0.03, momentum=0.9, wd=5e-5, bs=100)  # EMP-SSL func.linear
 
 
 def topk_correct(scores: torch.Tensor, labels: torch.Tensor, k: int) -> torch.Tensor:
@@ -49,12 +62,11 @@ def knn_scores(train_features: torch.Tensor, train_labels: torch.Tensor, test_fe
     return torch.cat(scores)  # (M, C)
 
 
-def knn_accuracy(train_features: torch.Tensor, train_labels: torch.Tensor, test_features: torch.Tensor,
-                 test_labels: torch.Tensor, num_classes: int, k: int = KNN_K, temperature: float = KNN_T,
+def knn_accuracy(train: Labelled, test: Labelled, num_classes: int, k: int, temperature: float,
                  chunk: int = 1024) -> dict[str, float]:
     """Top-1 and top-5 accuracy (percent) of :func:`knn_scores` on the test set."""
-    scores = knn_scores(train_features, train_labels, test_features, num_classes, k, temperature, chunk)
-    return {f"top{t}": 100.0 * topk_correct(scores, test_labels, t).float().mean().item() for t in (1, 5)}
+    scores = knn_scores(*train, test[0], num_classes, k, temperature, chunk)
+    return {f"top{t}": 100.0 * topk_correct(scores, test[1], t).float().mean().item() for t in (1, 5)}
 
 
 @torch.no_grad()
@@ -69,9 +81,7 @@ def evaluate_linear(classifier: nn.Module, features: torch.Tensor, labels: torch
     return {f"top{t}": 100.0 * n / len(labels) for t, n in correct.items()}
 
 
-def linear_probe(train_features: torch.Tensor, train_labels: torch.Tensor, test_features: torch.Tensor,
-                 test_labels: torch.Tensor, num_classes: int, epochs: int = LINEAR_EPOCHS, lr: float = LINEAR_LR,
-                 momentum: float = LINEAR_MOMENTUM, wd: float = LINEAR_WD, bs: int = LINEAR_BS, seed: int = 0,
+def linear_probe(train: Labelled, test: Labelled, num_classes: int, settings: LinearSettings, seed: int = 0,
                  progress: bool = False) -> dict:
     """Train Linear(D, C) on frozen features with the official protocol; test after every epoch.
 
@@ -83,6 +93,8 @@ def linear_probe(train_features: torch.Tensor, train_labels: torch.Tensor, test_
     per-epoch test top-1 history and the per-epoch mean training loss history (the mean of the
     epoch's batch cross-entropies, each batch weighing the same, as it was before that batch's update).
     """
+    (train_features, train_labels), (test_features, test_labels) = train, test
+    epochs, lr, momentum, wd, bs = settings.epochs, settings.lr, settings.momentum, settings.wd, settings.bs
     device = train_features.device
     generator = torch.Generator(device=device).manual_seed(seed)
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):

@@ -98,6 +98,12 @@ def geometric_transform(kind: str, size: int) -> T.Compose:
     ])
 
 
+def crop_transform(kind: str, size: int) -> T.Compose:
+    """:func:`geometric_transform` ending in a uint8 tensor (3, size, size): the crops that DataLoader
+    workers cut for the batched photometric half on the device."""
+    return T.Compose([*geometric_transform(kind, size).transforms, T.PILToTensor()])
+
+
 class MultiPatch:
     """P independent draws of one transform: image -> list of P tensors (C, size, size).
 

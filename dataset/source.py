@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -27,10 +28,9 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset, Subset
 from torchvision import datasets
-from torchvision import transforms as T
 
 from dataset.catalog import augmentation_kind, build_dataset, class_balanced_subset
-from dataset.aug import CROP_RATIO, MultiPatch, geometric_transform, patch_transform
+from dataset.aug import CROP_RATIO, MultiPatch, crop_transform, patch_transform
 from dataset.batched import augment_crops, augment_images
 from dataset.sampler import ResumableSampler
 from dataset.seeded import SeededPatches, seed_worker, step_seed
@@ -135,34 +135,49 @@ def in_memory_pixels(dataset: Dataset, workers: int = 1) -> np.ndarray | None:
     return None
 
 
-def build_train_batches(data: str, data_dir: Path, augment: str, num_patches: int, batch: int, seed: int,
-                        device: torch.device, workers: int, download: bool = True, train_subset: int | None = None,
-                        skip_bad_images: bool = False, rank: int = 0, world_size: int = 1,
+@dataclass(frozen=True)
+class TrainData:
+    """What the training batches are made of: data set, augmentation path, patches and batch.
+
+    batch is the global batch of images (split over the ranks); train_subset a fixed class-balanced
+    subset of the training split; workers the DataLoader processes of the paths that use them.
+    """
+
+    data: str
+    data_dir: Path
+    augment: str
+    num_patches: int
+    batch: int
+    seed: int
+    workers: int = 0
+    download: bool = True
+    train_subset: int | None = None
+    skip_bad_images: bool = False
+
+
+def build_train_batches(spec: TrainData, device: torch.device, rank: int = 0, world_size: int = 1,
                         memory_format: torch.memory_format = torch.contiguous_format) -> Batches:
     """The training batches of a data set (see the module docstring): an iterable of (P·B/W, 3, S, S)
-    patch tensors on ``device``, with ``set_epoch(epoch, start_step)`` and ``steps_per_epoch``.
-
-    ``batch`` is the global batch of images, split over ``world_size`` ranks.
-    """
-    if augment not in AUGMENTS:
-        raise UserError(f"unknown --augment {augment!r}: choose from {', '.join(AUGMENTS)}")
-    kind, size = augmentation_kind(data)
-    dataset = build_dataset(data, data_dir, "train", download=download, skip_bad_images=skip_bad_images)
-    if train_subset is not None:
-        dataset = Subset(dataset, class_balanced_subset(dataset.targets, train_subset, seed=0))
-    if len(dataset) < batch:
-        raise UserError(f"the training set has {len(dataset)} images, fewer than --bs {batch}: lower --bs")
-    sampler = ResumableSampler(len(dataset), batch, seed=seed, rank=rank, world_size=world_size)
-    pixels = in_memory_pixels(dataset, workers) if augment == "batched" and kind == "cifar" else None
+    patch tensors on ``device`` in ``memory_format``, this rank's share of each global batch, with
+    ``set_epoch(epoch, start_step)`` and ``steps_per_epoch``."""
+    if spec.augment not in AUGMENTS:
+        raise UserError(f"unknown --augment {spec.augment!r}: choose from {', '.join(AUGMENTS)}")
+    kind, size = augmentation_kind(spec.data)
+    dataset = build_dataset(spec.data, spec.data_dir, "train", download=spec.download,
+                            skip_bad_images=spec.skip_bad_images)
+    if spec.train_subset is not None:
+        dataset = Subset(dataset, class_balanced_subset(dataset.targets, spec.train_subset, seed=0))
+    if len(dataset) < spec.batch:
+        raise UserError(f"the training set has {len(dataset)} images, fewer than --bs {spec.batch}: lower --bs")
+    sampler = ResumableSampler(len(dataset), spec.batch, seed=spec.seed, rank=rank, world_size=world_size)
+    pixels = in_memory_pixels(dataset, spec.workers) if spec.augment == "batched" and kind == "cifar" else None
     if pixels is not None:
         images = torch.from_numpy(pixels).permute(0, 3, 1, 2).contiguous().to(device)  # (N, 3, H, W) uint8
-        return DeviceBatches(images, sampler, num_patches, size, CROP_RATIO[kind], seed, memory_format)
-    if augment == "pil":
-        transform = patch_transform(kind, size)
-    else:
-        transform = T.Compose([*geometric_transform(kind, size).transforms, T.PILToTensor()])
-    dataset = SeededPatches(dataset, MultiPatch(transform, num_patches), seed)
+        return DeviceBatches(images, sampler, spec.num_patches, size, CROP_RATIO[kind], spec.seed, memory_format)
+    transform = patch_transform(kind, size) if spec.augment == "pil" else crop_transform(kind, size)
+    dataset = SeededPatches(dataset, MultiPatch(transform, spec.num_patches), spec.seed)
     loader = DataLoader(dataset, batch_size=sampler.local_batch, sampler=sampler, drop_last=True,
-                        num_workers=workers, pin_memory=device.type == "cuda", persistent_workers=workers > 0,
-                        worker_init_fn=seed_worker, generator=torch.Generator().manual_seed(seed))
-    return LoaderBatches(loader, num_patches, seed, device, augment == "batched", memory_format)
+                        num_workers=spec.workers, pin_memory=device.type == "cuda",
+                        persistent_workers=spec.workers > 0, worker_init_fn=seed_worker,
+                        generator=torch.Generator().manual_seed(spec.seed))
+    return LoaderBatches(loader, spec.num_patches, spec.seed, device, spec.augment == "batched", memory_format)

@@ -30,21 +30,23 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TypeVar
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from dataset.source import AUGMENTS, build_train_batches  # noqa: E402
-from engine import NonFiniteGuard, train_step  # noqa: E402
+from cli import ArgumentParser, run_cli  # noqa: E402
+from dataset.source import AUGMENTS, TrainData, build_train_batches  # noqa: E402
 from device import resolve_device  # noqa: E402
-from errors import ArgumentParser, run_cli  # noqa: E402
+from engine import NonFiniteGuard, train_step  # noqa: E402
 from lars import LARS  # noqa: E402
 from loss import EMPSSLLoss, total_coding_rate  # noqa: E402
 from main import get_args_parser as training_flags  # noqa: E402
 from model import Encoder  # noqa: E402
 from speed import AMP_DTYPES, compile_model, prepare_model  # noqa: E402
 
+T = TypeVar("T")
 CIFAR10_TRAIN = 50_000  # images in one CIFAR-10 epoch, for seconds per epoch
 
 
@@ -89,17 +91,22 @@ def sizes(args: argparse.Namespace) -> dict:
 
 def timed(fns: dict[str, Callable[[], object]], repeats: int, device: torch.device) -> dict[str, float]:
     """Median wall seconds of each fn() over repeats calls, the fns taking turns (so that a change
-    of the machine's load hits them alike), the device synchronised around each call. For
-    self-contained computations only (no prefetching sources): see :func:`consecutive`."""
+    of the machine's load hits them alike). For self-contained computations only (no prefetching
+    sources): see :func:`consecutive`."""
     times: dict[str, list[float]] = {name: [] for name in fns}
     for _ in range(repeats):
         for name, fn in fns.items():
-            synchronize(device)
-            start = time.perf_counter()
-            fn()
-            synchronize(device)
-            times[name].append(time.perf_counter() - start)
+            times[name].append(timed_call(fn, device)[0])
     return {name: statistics.median(t) for name, t in times.items()}
+
+
+def timed_call(fn: Callable[[], T], device: torch.device) -> tuple[float, T]:
+    """(wall seconds, fn()) of one call, the device synchronised on both sides."""
+    synchronize(device)
+    start = time.perf_counter()
+    out = fn()
+    synchronize(device)
+    return time.perf_counter() - start, out
 
 
 def synchronize(device: torch.device) -> None:
@@ -125,8 +132,8 @@ def consecutive(fn: Callable[[], object], warmup: int, steps: int, device: torch
 def batches(args: argparse.Namespace, augment: str, num_patches: int, batch: int, device: torch.device):
     """An endless iterator over training batches of one --augment path (epochs restart)."""
     layout = torch.channels_last if args.channels_last else torch.contiguous_format
-    source = build_train_batches(args.data, args.data_dir, augment, num_patches, batch, 0, device, args.workers,
-                                 download=False, memory_format=layout)
+    spec = TrainData(args.data, args.data_dir, augment, num_patches, batch, 0, args.workers, download=False)
+    source = build_train_batches(spec, device, memory_format=layout)
     epoch = 0
     while True:
         source.set_epoch(epoch)

@@ -21,24 +21,23 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
-from collections.abc import Callable
+from dataclasses import replace
 from functools import partial
 from pathlib import Path
-from typing import Any
 
 import torch
 from torch.utils.data import Dataset, Subset
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root, for `python scripts/…`
 
-from dataset import DATASETS, build_dataset
-from device import resolve_device
-from errors import ArgumentParser, require, run_cli
-from features import EVAL_AUGMENTS, bag_of_features, eval_batches
-from model import ARCHS, Encoder
-from probes import knn_accuracy, linear_probe
-from speed import AMP_DTYPES
+from cli import ArgumentParser, require, run_cli  # noqa: E402
+from dataset import DATASETS, build_dataset  # noqa: E402
+from device import resolve_device  # noqa: E402
+from features import EVAL_AUGMENTS, bag_of_features, eval_batches  # noqa: E402
+from model import ARCHS, Encoder  # noqa: E402
+from probes import KNN_K, KNN_T, OFFICIAL_LINEAR, knn_accuracy, linear_probe  # noqa: E402
+from scripts.benchmark import timed_call  # noqa: E402
+from speed import AMP_DTYPES  # noqa: E402
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -70,17 +69,6 @@ def get_args_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def timed(fn: Callable[[], Any], device: torch.device) -> tuple[float, Any]:
-    """(seconds, fn()) with the device synchronised on both sides."""
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    tick = time.perf_counter()
-    out = fn()
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    return time.perf_counter() - tick, out
-
-
 def extraction(args: argparse.Namespace, images: Dataset, device: torch.device) -> dict[str, float]:
     """Images per second of each path's patch generation and extraction and of the forward alone
     (each the best of --repeats rounds, the paths alternating within a round), and the batched/pil
@@ -107,12 +95,12 @@ def extraction(args: argparse.Namespace, images: Dataset, device: torch.device) 
     for _ in range(args.repeats):
         seconds = {}
         for augment in EVAL_AUGMENTS:
-            seconds[f"patches {augment}"], made = timed(partial(generate, augment), device)
+            seconds[f"patches {augment}"], made = timed_call(partial(generate, augment), device)
             if augment == "batched":
-                seconds["forward"], _ = timed(partial(bag, made), device)
+                seconds["forward"], _ = timed_call(partial(bag, made), device)
             del made
         for augment in EVAL_AUGMENTS:
-            seconds[f"extraction {augment}"], _ = timed(partial(extract, augment), device)
+            seconds[f"extraction {augment}"], _ = timed_call(partial(extract, augment), device)
         best = {name: min(s, best.get(name, s)) for name, s in seconds.items()}
     n = len(images)
     return {
@@ -132,9 +120,10 @@ def probes(args: argparse.Namespace, device: torch.device) -> dict[str, float]:
     sizes = (args.knn_train, args.knn_test)
     train_x, test_x = (torch.randn(n, args.dim, generator=g).to(device) for n in sizes)  # (N, dim), (M, dim)
     train_y, test_y = (torch.randint(args.classes, (n,), generator=g).to(device) for n in sizes)  # (N,), (M,)
-    knn_s, _ = timed(lambda: knn_accuracy(train_x, train_y, test_x, test_y, args.classes), device)
+    knn_s, _ = timed_call(lambda: knn_accuracy((train_x, train_y), (test_x, test_y), args.classes, KNN_K, KNN_T), device)
     lin_x, lin_y = train_x[:args.linear_train], train_y[:args.linear_train]
-    linear_s, _ = timed(lambda: linear_probe(lin_x, lin_y, test_x, test_y, args.classes, args.linear_epochs), device)
+    linear_s, _ = timed_call(lambda: linear_probe((lin_x, lin_y), (test_x, test_y), args.classes,
+                                                        replace(OFFICIAL_LINEAR, epochs=args.linear_epochs)), device)
     return {
         f"kNN {args.knn_train} x {args.knn_test} x {args.dim}, s": knn_s,
         f"linear probe on {len(lin_y)} features, s per epoch": linear_s / args.linear_epochs,

@@ -29,7 +29,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from checkpoint import atomic_write  # noqa: E402
-from errors import ArgumentParser, UserError, run_cli  # noqa: E402
+from cli import ArgumentParser, run_cli  # noqa: E402
+from errors import UserError  # noqa: E402
 from hubconf import RESNET18_ARCHS, emp_ssl_resnet18  # noqa: E402
 from model import Encoder  # noqa: E402
 

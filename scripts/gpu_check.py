@@ -27,7 +27,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from checkpoint import atomic_write, git_commit  # noqa: E402
-from errors import ArgumentParser, UserError, run_cli  # noqa: E402
+from cli import ArgumentParser, run_cli  # noqa: E402
+from errors import UserError  # noqa: E402
 from scripts import benchmark, reproduce  # noqa: E402
 
 FAST = "--augment batched --precision bf16 --channels_last"

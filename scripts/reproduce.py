@@ -37,7 +37,8 @@ import evaluate as eval_entry  # noqa: E402
 import main as train_entry  # noqa: E402
 from dataset import build_dataset  # noqa: E402
 from device import resolve_device  # noqa: E402
-from errors import ArgumentParser, UserError, run_cli  # noqa: E402
+from cli import ArgumentParser, run_cli  # noqa: E402
+from errors import UserError  # noqa: E402
 from scripts.rows import OFFICIAL_EVAL, PUBLISHED_LABEL, ROWS, TRAIN_IMAGES, Row  # noqa: E402
 
 # --smoke: the row's schedule and checkpoint at a size that runs anywhere in seconds (one step per epoch).

@@ -15,7 +15,7 @@ import torch
 from PIL import Image
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from errors import run_cli
+from cli import run_cli
 
 ROOT = Path(__file__).resolve().parents[1]
 

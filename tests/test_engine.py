@@ -11,7 +11,7 @@ import checkpoint as ckpt
 import main as main_module
 from conftest import TINY_RUN, HostReads, assert_one_line_error
 from device import resolve_device
-from dataset.source import build_train_batches
+from dataset.source import TrainData, build_train_batches
 from engine import NonFiniteGuard, train_step
 from lars import LARS
 from loss import EMPSSLLoss
@@ -187,7 +187,7 @@ class TestGpuBookkeeping:
 class TestBatchesWithoutHostReads:
     def test_a_batched_step_of_images_held_on_the_device_reads_nothing(self, tmp_path: Path) -> None:
         """The step's image indices, the augmentation and the layout change read nothing back."""
-        source = build_train_batches("synthetic", tmp_path, "batched", 4, 8, 0, torch.device("cpu"), 0,
+        source = build_train_batches(TrainData("synthetic", tmp_path, "batched", 4, 8, 0), torch.device("cpu"),
                                      memory_format=torch.channels_last)
         source.set_epoch(1, start_step=3)
         batches = iter(source)

@@ -15,7 +15,7 @@ from errors import UserError
 from features import (EVAL_AUGMENTS, DevicePatches, bag_of_features, cache_path, cached_features, eval_batches,
                       eval_split, patch_loader)
 from model import Encoder
-from probes import knn_accuracy
+from probes import KNN_K, KNN_T, knn_accuracy
 
 CPU = torch.device("cpu")
 
@@ -161,7 +161,7 @@ class TestPathParity:
         def run(augment: str, seed: int) -> tuple[float, torch.Tensor]:
             feats = {split: bag_of_features(model, eval_batches(data, split, "synthetic", augment, 4, seed, 50, 0,
                                                                 CPU), CPU) for split, data in splits.items()}
-            top1 = knn_accuracy(*feats["train"], *feats["test"], 10)["top1"]
+            top1 = knn_accuracy(feats["train"], feats["test"], 10, KNN_K, KNN_T)["top1"]
             return top1, torch.cat([feats["train"][0], feats["test"][0]]).mean(0)  # (64,)
 
         (batched, batched_mean), (pil, pil_mean), (pil_again, _) = run("batched", 0), run("pil", 0), run("pil", 1)

@@ -2,11 +2,12 @@
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import pytest
 import torch
 
-from probes import knn_accuracy, knn_scores, linear_probe, topk_correct
+from probes import KNN_K, KNN_T, OFFICIAL_LINEAR, knn_accuracy, knn_scores, linear_probe, topk_correct
 
 
 def clusters(n: int, num_classes: int = 10, dim: int = 32, noise: float = 0.1,
@@ -22,14 +23,14 @@ def clusters(n: int, num_classes: int = 10, dim: int = 32, noise: float = 0.1,
 class TestKNN:
     def test_separated_clusters_are_classified_perfectly(self) -> None:
         train, test = clusters(500), clusters(200, seed=1)
-        acc = knn_accuracy(*train, *test, num_classes=10)
+        acc = knn_accuracy(train, test, 10, KNN_K, KNN_T)
         assert acc["top1"] == 100.0 and acc["top5"] == 100.0
 
     def test_random_labels_give_about_chance_and_top5_at_least_top1(self) -> None:
         g = torch.Generator().manual_seed(0)
         train_x, test_x = torch.randn(2000, 32, generator=g), torch.randn(1000, 32, generator=g)
         train_y, test_y = torch.randint(10, (2000,), generator=g), torch.randint(10, (1000,), generator=g)
-        acc = knn_accuracy(train_x, train_y, test_x, test_y, num_classes=10)
+        acc = knn_accuracy((train_x, train_y), (test_x, test_y), 10, KNN_K, KNN_T)
         assert 5.0 < acc["top1"] < 15.0  # chance is 10%; the standard error is about 1%
         assert 40.0 < acc["top5"] < 60.0 and acc["top5"] >= acc["top1"]
 
@@ -54,7 +55,7 @@ class TestKNN:
         for chunk in (1, 7, 76, 77):
             scores = knn_scores(train_x, train_y, test_x, 5, 20, 0.07, chunk=chunk)
             torch.testing.assert_close(scores, reference, rtol=1e-5, atol=0)  # exp(cos/T) is up to e^14
-            accuracies.add(tuple(knn_accuracy(train_x, train_y, test_x, test_y, 5, chunk=chunk).values()))
+            accuracies.add(tuple(knn_accuracy((train_x, train_y), (test_x, test_y), 5, KNN_K, KNN_T, chunk).values()))
         assert len(accuracies) == 1
 
     def test_topk_is_capped_at_the_number_of_classes(self) -> None:
@@ -67,15 +68,15 @@ class TestKNN:
 class TestLinearProbe:
     def test_separable_features_are_learned_and_the_result_is_the_final_epoch(self) -> None:
         train, test = clusters(1000, dim=64, noise=0.2), clusters(300, dim=64, noise=0.2, seed=1)
-        out = linear_probe(*train, *test, num_classes=10, epochs=10)
+        out = linear_probe(train, test, 10, replace(OFFICIAL_LINEAR, epochs=10))
         assert out["top1"] > 95.0 and out["top5"] >= out["top1"]
         assert out["top1"] == out["history_top1"][-1] and len(out["history_top1"]) == 10
         assert out["best_top1_over_test_epochs"] == max(out["history_top1"])
 
     def test_reproducible_and_fewer_images_than_a_batch(self) -> None:
         train, test = clusters(50, dim=8, noise=0.3), clusters(40, dim=8, noise=0.3, seed=1)
-        first = linear_probe(*train, *test, num_classes=10, epochs=3, bs=100, seed=5)
-        assert first == linear_probe(*train, *test, num_classes=10, epochs=3, bs=100, seed=5)
+        first = linear_probe(train, test, 10, replace(OFFICIAL_LINEAR, epochs=3, bs=100), seed=5)
+        assert first == linear_probe(train, test, 10, replace(OFFICIAL_LINEAR, epochs=3, bs=100), seed=5)
 
     @pytest.mark.parametrize("epochs", [1, 4])
     def test_learning_rate_is_cosine_annealed_to_zero(self, epochs: int, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -88,7 +89,7 @@ class TestLinearProbe:
 
         monkeypatch.setattr(torch.optim.SGD, "step", record)
         train = clusters(200, dim=8)
-        linear_probe(*train, *train, num_classes=10, epochs=epochs, lr=0.4, bs=100)
+        linear_probe(train, train, 10, replace(OFFICIAL_LINEAR, epochs=epochs, lr=0.4, bs=100))
         per_epoch = seen[::2]  # two batches of 100 per epoch
         expected = [0.4 * (1 + math.cos(math.pi * e / epochs)) / 2 for e in range(epochs)]
         assert per_epoch == pytest.approx(expected) and len(seen) == 2 * epochs

@@ -8,7 +8,7 @@ import torch
 
 from conftest import TINY_RUN, assert_one_line_error, write_image_folder
 from dataset.sampler import ResumableSampler
-from dataset.source import DeviceBatches, LoaderBatches, build_train_batches
+from dataset.source import DeviceBatches, LoaderBatches, TrainData, build_train_batches
 from dataset.synthetic import SyntheticShapes
 
 
@@ -54,26 +54,26 @@ class TestDeviceBatches:
 class TestPathChoice:
     def test_equal_sized_folder_lives_in_memory(self, tmp_path: Path) -> None:
         write_image_folder(tmp_path, sizes=[(32, 32)] * 3, splits=("train", "val"))
-        batches = build_train_batches("imagefolder", tmp_path, "batched", 2, 2, 0, torch.device("cpu"), 0)
+        batches = build_train_batches(TrainData("imagefolder", tmp_path, "batched", 2, 2, 0), torch.device("cpu"))
         assert isinstance(batches, DeviceBatches) and batches.images.shape == (6, 3, 32, 32)
         assert batches.images.dtype == torch.uint8
 
     def test_mixed_sizes_cut_in_workers_then_coloured_in_batch(self, tmp_path: Path) -> None:
         write_image_folder(tmp_path, sizes=[(32, 32), (40, 36), (48, 48)], splits=("train", "val"))
-        batches = build_train_batches("imagefolder", tmp_path, "batched", 2, 2, 0, torch.device("cpu"), 0)
+        batches = build_train_batches(TrainData("imagefolder", tmp_path, "batched", 2, 2, 0), torch.device("cpu"))
         assert isinstance(batches, LoaderBatches) and batches.photometric
         x = next(iter(batches))
         assert x.shape == (4, 3, 32, 32) and x.dtype == torch.float32 and -1 <= x.min() and x.max() <= 1
 
     def test_imagenet_kind_keeps_decoding_in_workers(self, tmp_path: Path) -> None:
         write_image_folder(tmp_path, sizes=[(40, 40)] * 2, splits=("train", "val"))
-        batches = build_train_batches("tinyimagenet", tmp_path, "batched", 2, 2, 0, torch.device("cpu"), 0)
+        batches = build_train_batches(TrainData("tinyimagenet", tmp_path, "batched", 2, 2, 0), torch.device("cpu"))
         assert isinstance(batches, LoaderBatches) and batches.photometric
         assert next(iter(batches)).shape == (4, 3, 224, 224)
 
     def test_pil_path_is_the_official_loader(self, tmp_path: Path) -> None:
         write_image_folder(tmp_path, sizes=[(32, 32)] * 2, splits=("train", "val"))
-        batches = build_train_batches("imagefolder", tmp_path, "pil", 3, 2, 0, torch.device("cpu"), 0)
+        batches = build_train_batches(TrainData("imagefolder", tmp_path, "pil", 3, 2, 0), torch.device("cpu"))
         assert isinstance(batches, LoaderBatches) and not batches.photometric
         assert next(iter(batches)).shape == (6, 3, 32, 32)
 
