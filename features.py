@@ -75,7 +75,7 @@ def base_classes(dataset: Dataset) -> list[str]:
 
 def patch_loader(dataset: Dataset, data: str, num_patches: int, seed: int, eval_bs: int, workers: int,
                  pin_memory: bool = False, transform: Callable | None = None) -> DataLoader:
-    """EvalBatches ([P tensors (B, C, H, W)], labels (B,)) of `eval_bs` images in data-set order, each
+    """Batches ([P tensors (B, C, H, W)], labels (B,)) of `eval_bs` images in data-set order, each
     image's P patches made by `transform` (default: the official PIL augmentation of `data`) as a
     pure function of (seed, the image's index in the full split, i.e. in the data set under a
     Subset): the same seed gives an image the same patches whatever the batch size, subset or
@@ -147,7 +147,7 @@ def eval_batches(dataset: Dataset, split: str, data: str, augment: str, num_patc
 
 
 def full_view_loader(dataset: Dataset, data: str, eval_bs: int, workers: int, pin_memory: bool = False) -> DataLoader:
-    """EvalBatches ([one tensor (B, 3, S, S)], labels (B,)): every whole image once, without augmentation,
+    """Batches ([one tensor (B, 3, S, S)], labels (B,)): every whole image once, without augmentation,
     normalised as in training (mean 0.5, std 0.5): the single-view protocol of most SSL papers.
     32×32-kind images are used as they are; ImageNet-kind ones are resized to 256 and centre-cropped
     to 224, as is standard. Through :func:`bag_of_features` the feature is pre_feature of that view."""
