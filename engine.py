@@ -80,7 +80,8 @@ def seed_everything(seed: int, deterministic: bool) -> None:
 
 class Preemption:
     """While entered, remembers a SIGTERM (what clusters send before preemption) so that the run
-    saves last.pt at the next step boundary and exits cleanly instead of dying mid-step."""
+    saves last.pt at its next read of the step values (every --log_every steps, at a step boundary)
+    and exits cleanly instead of dying mid-step."""
 
     def __enter__(self) -> Preemption:
         self.requested = False
