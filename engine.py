@@ -153,8 +153,8 @@ def train_step(model: nn.Module, criterion: EMPSSLLoss, optimizer: LARS, x: torc
     are always float32. The coding rate is taken over the images of every rank (the global batch),
     the invariance over this rank's own. With a guard, a step whose loss is not finite applies no
     update (the weights, BatchNorm statistics and optimizer state keep their values; decided on
-    the device, see :class:`NonFiniteGuard`); a NaN anywhere reaches every rank's rate through the gather, so all
-    ranks skip alike. Returns this rank's detached loss, invariance S and mean coding rate R, on
+    the device, see :class:`NonFiniteGuard`); a NaN anywhere reaches every rank's rate through the
+    gather, so all ranks skip alike. Returns this rank's detached loss, invariance S and mean coding rate R, on
     the device. The caller steps the learning-rate schedule.
     """
     kept = [(buffer, buffer.clone()) for buffer in model.buffers()] if guard is not None else []  # BatchNorm statistics
@@ -202,9 +202,9 @@ class StepLog:
         return step % self.every == 0
 
     def flush(self, stop_requested: bool) -> bool:
-        """Read, check and log the pending steps; return whether any rank asked to stop (SIGTERM)."""
-        values = torch.stack([v for _, _, v in self.pending]) if self.pending else torch.zeros(0, len(self.names))
-        rows, stop = mean_over_ranks(values, stop_requested)  # (n, K) as lists; flag over ranks
+        """Read, check and log the pending steps (at least one: reads follow a step); return whether
+        any rank asked to stop (SIGTERM)."""
+        rows, stop = mean_over_ranks(torch.stack([v for _, _, v in self.pending]), stop_requested)  # (n, K); flag
         now = time.perf_counter()
         rate = len(rows) * self.patches_per_step / (now - self.tick)
         self.tick = now
@@ -214,12 +214,11 @@ class StepLog:
             if self.writer is not None:
                 for name, value in {**stats, "lr": lr}.items():
                     self.writer.add_scalar(f"train/{name}", value, step)
-        if rows:
-            if self.writer is not None:
-                self.writer.add_scalar("train/patches_per_s", rate, self.pending[-1][0])
-            if self.bar is not None:
-                self.bar.set_postfix(loss=f"{stats['loss']:.3f}", sim=f"{stats['invariance']:.3f}",
-                                     tcr=f"{stats['tcr']:.2f}", lr=f"{lr:.3g}", refresh=False)
+        if self.writer is not None:
+            self.writer.add_scalar("train/patches_per_s", rate, step)
+        if self.bar is not None:
+            self.bar.set_postfix(loss=f"{stats['loss']:.3f}", sim=f"{stats['invariance']:.3f}",
+                                 tcr=f"{stats['tcr']:.2f}", lr=f"{lr:.3g}", refresh=False)
         self.pending = []
         return stop
 

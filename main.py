@@ -250,7 +250,10 @@ def train(args: argparse.Namespace, training: Training, batches: Batches, log: S
             batches.set_epoch(epoch, start_step=training.step - epoch * steps_per_epoch)
             preempted = train_one_epoch(training, batches, log, stop_step, args.save_every_steps, preemption)
             complete = training.step == (epoch + 1) * steps_per_epoch
-            training.save_epoch() if complete else training.save()
+            if complete:
+                training.save_epoch()
+            else:
+                training.save()
             if preempted:
                 distributed.print_main(f"SIGTERM: stopped at step {training.step}; continue with --resume "
                                        f"from {training.run_dir}")
