@@ -29,8 +29,8 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset, Subset
 from torchvision import datasets
 
-from dataset.catalog import augmentation_kind, build_dataset, class_balanced_subset
 from dataset.aug import CROP_RATIO, MultiPatch, crop_transform, patch_transform
+from dataset.catalog import augmentation_kind, build_dataset, class_balanced_subset
 from dataset.batched import augment_crops, augment_images
 from dataset.sampler import ResumableSampler
 from dataset.seeded import SeededPatches, seed_worker, step_seed
