@@ -19,6 +19,7 @@ are given by the caller from the constants, so a GPU never waits for the CPU.
 """
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -85,11 +86,18 @@ def resized_crop(images: torch.Tensor, top: torch.Tensor, left: torch.Tensor, he
     return torch.einsum("nsh,nhwc,ntw->ncst", wy, crops, wx)  # (N, C, S, S)
 
 
+@functools.cache
+def _luma(device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """LUMA as a (3,) tensor on a device, made once per (device, dtype): a tensor built from host
+    values costs a blocking copy on a GPU, so no step builds one."""
+    return torch.tensor(LUMA, device=device, dtype=dtype)
+
+
 def grey(x: torch.Tensor) -> torch.Tensor:
     """Luma of RGB patches (N, 3, H, W) → (N, 1, H, W): 0.299 R + 0.587 G + 0.114 B, as one
     product over the channels (a single pass over x)."""
     n, c, h, w = x.shape
-    return (x.new_tensor(LUMA) @ x.reshape(n, c, h * w)).view(n, 1, h, w)  # (N, 1, H, W)
+    return (_luma(x.device, x.dtype) @ x.reshape(n, c, h * w)).view(n, 1, h, w)  # (N, 1, H, W)
 
 
 def _blend(x: torch.Tensor, other: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:

@@ -11,9 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
-from torch.utils._python_dispatch import TorchDispatchMode
 
 from cli import run_cli
 
@@ -89,42 +87,3 @@ def write_image_folder(root: Path, classes: Sequence[str] = ("a", "b"),
                 pixels = rng.integers(0, 256, (height, width, 3), dtype=np.uint8)  # (H, W, 3)
                 Image.fromarray(pixels).save(folder / f"{i}.png")
     return root
-
-
-class HostReads(TorchDispatchMode):
-    """Counts the reads of device values by the host while it is entered.
-
-    On a GPU each of these blocks the CPU until the GPU has caught up: `.item()`, `if tensor`,
-    `int(tensor)` (all `_local_scalar_dense`), `.tolist()`, `nonzero` and ops whose output size
-    depends on values (`masked_select`, `unique`, boolean-mask indexing). On the CPU nothing
-    blocks, but the same operators are dispatched, so counting them here proves the property for
-    CUDA. ``reads`` lists what was met, in order.
-    """
-
-    SYNCING = ("_local_scalar_dense", "nonzero", "is_nonzero", "masked_select", "unique", "_unique2",
-               "repeat_interleave", "bincount", "equal", "allclose", "item")
-    MASK_INDEXING = ("index", "index_put", "index_put_")
-
-    def __enter__(self) -> "HostReads":
-        self.reads: list[str] = []
-        self._tolist = torch.Tensor.tolist
-
-        def tolist(tensor: torch.Tensor):  # no operator is dispatched for .tolist() on the CPU
-            self.reads.append("tolist")
-            return self._tolist(tensor)
-
-        torch.Tensor.tolist = tolist
-        return super().__enter__()
-
-    def __exit__(self, *exc: object) -> None:
-        torch.Tensor.tolist = self._tolist
-        super().__exit__(*exc)
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        name = func.overloadpacket.__name__
-        if name in self.SYNCING:
-            self.reads.append(name)
-        elif name in self.MASK_INDEXING and any(
-                isinstance(i, torch.Tensor) and i.dtype == torch.bool for i in (args[1] or ())):
-            self.reads.append(f"{name} with a boolean mask")
-        return func(*args, **(kwargs or {}))

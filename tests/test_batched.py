@@ -10,10 +10,10 @@ import torchvision.transforms.functional as TF
 from PIL import Image, ImageFilter, ImageOps
 from torchvision.transforms import InterpolationMode, RandomResizedCrop
 
-from conftest import HostReads
 from dataset import patch_ops as ops
 from dataset.batched import augment_crops, augment_images, sample_colors, sample_crops
 from dataset.synthetic import SyntheticShapes
+from host_sync import HostSyncs
 
 N_DRAWS = 20_000
 
@@ -190,18 +190,28 @@ class TestBatchedPipeline:
         torch.testing.assert_close(half.view(3, 10, -1), whole.view(3, 20, -1)[:, 10:])
 
 
-class TestNoHostReads:
-    """Nothing is read back from the device: on a GPU the CPU never waits for the patches."""
+class TestNoHostSyncs:
+    """Nothing is read back from the device and no tensor is made from host values: on a GPU the
+    CPU never waits for the patches. A first call may build the constants it keeps on the device."""
 
     @pytest.mark.parametrize("height,width,size,ratio", [(32, 32, 32, (1.0, 1.0)), (64, 80, 48, (3 / 4, 4 / 3))])
     def test_augment_images(self, height: int, width: int, size: int, ratio: tuple[float, float]) -> None:
         images = torch.randint(0, 256, (8, 3, height, width), dtype=torch.uint8)
-        with HostReads() as h:
+        augment_images(images, 4, size, ratio, torch.Generator().manual_seed(1))  # warm-up
+        with HostSyncs() as h:
             out = augment_images(images, 4, size, ratio, torch.Generator().manual_seed(0))
-        assert h.reads == [] and out.shape == (32, 3, size, size)
+        assert h.syncs == [] and out.shape == (32, 3, size, size)
 
     def test_augment_crops(self) -> None:
         crops = torch.randint(0, 256, (32, 3, 32, 32), dtype=torch.uint8)
-        with HostReads() as h:
+        augment_crops(crops, torch.Generator().manual_seed(1), 4)  # warm-up
+        with HostSyncs() as h:
             augment_crops(crops, torch.Generator().manual_seed(0), 4, global_batch=16, first=8)
-        assert h.reads == []
+        assert h.syncs == []
+
+    def test_the_counter_sees_a_tensor_made_from_host_values(self) -> None:
+        """What the old grey() did seven times per call: x.new_tensor of a Python tuple."""
+        x = torch.rand(2, 3, 4, 4)
+        with HostSyncs() as h:
+            x.new_tensor((0.299, 0.587, 0.114)) @ x.reshape(2, 3, 16)
+        assert h.syncs == ["lift_fresh"]

@@ -9,10 +9,11 @@ import torch
 
 import checkpoint as ckpt
 import main as main_module
-from conftest import TINY_RUN, HostReads, assert_one_line_error
+from conftest import TINY_RUN, assert_one_line_error
 from device import resolve_device
 from dataset.source import TrainData, build_train_batches
 from engine import NonFiniteGuard, train_step
+from host_sync import HostSyncs
 from lars import LARS
 from loss import EMPSSLLoss
 from model import Encoder
@@ -55,9 +56,9 @@ class TestNoHostReads:
         model, optimizer, batches = tiny_setup()
         criterion, guard = PoisonAt(2) if poisoned else PoisonAt(), NonFiniteGuard(0, torch.device("cpu"))
         train_step(model, criterion, optimizer, batches[0], P, amp_dtype, guard)  # momentum buffers exist
-        with HostReads() as reads:
+        with HostSyncs() as reads:
             stats = train_step(model, criterion, optimizer, batches[1], P, amp_dtype, guard)
-        assert reads.reads == []
+        assert reads.syncs == []
         assert torch.isnan(stats["loss"]).item() == poisoned
 
 
@@ -191,6 +192,6 @@ class TestBatchesWithoutHostReads:
                                      memory_format=torch.channels_last)
         source.set_epoch(1, start_step=3)
         batches = iter(source)
-        with HostReads() as reads:
+        with HostSyncs() as reads:
             x = next(batches)
-        assert reads.reads == [] and x.shape == (4 * 8, 3, 32, 32)
+        assert reads.syncs == [] and x.shape == (4 * 8, 3, 32, 32)

@@ -6,10 +6,10 @@ import math
 
 import pytest
 import torch
-from conftest import HostReads
 
 from dataset.batched import sample_colors, sample_crops
 from dataset.seeded import KeyedUniform, mix32, stream_seed
+from host_sync import HostSyncs
 
 IMAGES, PATCHES, DRAWS = 1000, 16, 16  # 256,000 values: the bounds below are 4-5 standard errors
 
@@ -96,9 +96,9 @@ class TestKeys:
 class TestNoHostReads:
     def test_keyed_draws_and_the_parameter_sampling(self) -> None:
         images = torch.arange(20)
-        with HostReads() as reads:
+        with HostSyncs() as reads:
             rand = KeyedUniform(stream_seed(0, "eval-test"), images, 8)
             crops = sample_crops(160, 40, 48, (3 / 4, 4 / 3), rand)
             colors = sample_colors(160, rand)
-        assert reads.reads == []
+        assert reads.syncs == []
         assert crops.top.shape == colors.order.shape[:1] == (160,)
