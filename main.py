@@ -175,6 +175,13 @@ def build_batches(args: argparse.Namespace, device: torch.device) -> Batches:
     return build_train_batches(spec, device, distributed.get_rank(), distributed.get_world_size(), memory_format)
 
 
+def changed_flags(saved: dict[str, Any], args: argparse.Namespace) -> str:
+    """The run-defining flags whose value in a checkpoint's args differs from args, as
+    "--bs 16 (now 32), …"; empty when a resume may continue that run."""
+    changed = [k for k in RUN_DEFINING if k in saved and saved[k] != getattr(args, k)]
+    return ", ".join(f"--{k} {saved[k]} (now {getattr(args, k)})" for k in changed)
+
+
 def resume_state(args: argparse.Namespace, run_dir: Path) -> dict[str, Any] | None:
     """The checkpoint to resume from, or None for a new run; refuse to overwrite an existing run."""
     last = run_dir / ckpt.CHECKPOINT_DIR / ckpt.LAST
@@ -184,10 +191,8 @@ def resume_state(args: argparse.Namespace, run_dir: Path) -> dict[str, Any] | No
                             f"or choose another --output_dir or --msg")
         return None
     state = ckpt.load_checkpoint(last)
-    saved = state.get("args", {})
-    changed = [k for k in RUN_DEFINING if k in saved and saved[k] != getattr(args, k)]
-    if changed:
-        diff = ", ".join(f"--{k} {saved[k]} (now {getattr(args, k)})" for k in changed)
+    diff = changed_flags(state.get("args", {}), args)
+    if diff:
         raise UserError(f"--resume: {last} was trained with {diff}: resume with the same flags")
     return state
 

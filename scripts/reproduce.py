@@ -5,13 +5,17 @@ settings, evaluate the row's checkpoint and its random-init baseline with the of
 Usage:
     python scripts/reproduce.py cifar10-1ep --data_dir data                  # the official one-epoch row
     python scripts/reproduce.py cifar10-30ep --train_args "--augment batched --precision bf16 --channels_last"
+    python scripts/reproduce.py cifar10-1ep --train_args "--data imagefolder --data_dir /data/cifar10-jpeg"
     python scripts/reproduce.py cifar100-10ep --dry_run                       # print the commands only
     python scripts/reproduce.py cifar10-1ep --smoke                           # the same chain, tiny, CPU, seconds
     python scripts/results_table.py results/*.json                            # the README's table
 
 main.py and evaluate.py run in this process, one after the other; their command lines (from the
 folder reproduce.py ran in) are printed and recorded in the result file, so each step can be rerun
-by hand, or under torchrun. Rows and protocols: scripts/rows.py.
+by hand, or under torchrun. Both evaluations read the data the training read (--data, --data_dir,
+--download of the training flags, --train_args included) unless --eval_args says otherwise. Run
+again, the command continues the training run in --run_dir (a finished one is only evaluated) and
+rewrites the result file; a new --run_dir trains afresh. Rows and protocols: scripts/rows.py.
 """
 from __future__ import annotations
 
@@ -22,7 +26,7 @@ import os
 import shlex
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from types import ModuleType
 from typing import Any, NoReturn
@@ -56,13 +60,12 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--device", default="auto", help="auto (CUDA when present, else CPU), cpu, cuda or cuda:N")
     parser.add_argument("--train_args", default="", help="extra main.py flags, e.g. the fast path: "
                         "\"--augment batched --precision bf16 --channels_last\"; they come last, so they win")
-    parser.add_argument("--eval_args", default="", help="extra evaluate.py flags, e.g. \"--forward_bs 4096\"")
+    parser.add_argument("--eval_args", default="", help="extra evaluate.py flags, e.g. \"--forward_bs 4096\"; the data "
+                        "flags default to the training's")
     parser.add_argument("--out", type=Path, default=Path("results"), help="folder of the result file (results)")
     parser.add_argument("--run_dir", type=Path, default=None,
-                        help="training run folder (default: logs/reproduce/<row>, or <row>-smoke)")
-    parser.add_argument("--resume", action="store_true", help="continue the training run in --run_dir from its "
-                        "last.pt (a finished run is only evaluated)")
-    parser.add_argument("--force", action="store_true", help="overwrite an existing result file")
+                        help="training run folder (default: logs/reproduce/<row>, or <row>-smoke); a run already "
+                             "there is continued (a finished one only evaluated), so pass a new one to train afresh")
     parser.add_argument("--dry_run", action="store_true", help="print the commands and stop")
     parser.add_argument("--smoke", action="store_true", help="the same chain on synthetic data, on the CPU, at a "
                         "tiny size (seconds); the result file is <row>.smoke.json with \"smoke\": true")
@@ -109,15 +112,35 @@ def steps_per_epoch(train: argparse.Namespace) -> int:
     return images // train.bs
 
 
+def eval_data_flags(train: argparse.Namespace) -> list[str]:
+    """evaluate.py's data flags for the data a training run read: --data, --data_dir, --download."""
+    return ["--data", train.data, "--data_dir", str(train.data_dir), "--download" if train.download else "--no-download"]
+
+
+def model_flags(train: argparse.Namespace) -> list[str]:
+    """evaluate.py's encoder flags for a training run's architecture and widths."""
+    return flags({"arch": train.arch, "hidden_dim": train.hidden_dim, "z_dim": train.z_dim})
+
+
+def continuation(train: argparse.Namespace, run_dir: Path) -> list[str]:
+    """["--resume"] when run_dir holds a run these training flags continue, [] when it holds none;
+    a run trained with other flags is refused with reproduce.py's own flags in the message."""
+    last = run_dir / ckpt.CHECKPOINT_DIR / ckpt.LAST
+    if not last.exists():
+        return []
+    diff = train_entry.changed_flags(ckpt.load_checkpoint(last).get("args", {}), train)
+    if diff:
+        raise UserError(f"{run_dir} holds a run trained with {diff}: rerun with its --train_args to continue "
+                        f"it, or pass a new --run_dir to train afresh")
+    return ["--resume"]
+
+
 def make_plan(args: argparse.Namespace) -> Plan:
     """Every command of the row, checked by the entry points' parsers before anything runs."""
     row = ROWS.get(args.row)
     if row is None:
         raise UserError(f"unknown row {args.row!r}: choose one of {', '.join(ROWS)}")
     name = f"{row.name}.smoke" if args.smoke else row.name
-    result = args.out / f"{name}.json"
-    if result.exists() and not args.force:
-        raise UserError(f"{result} exists: pass --force to overwrite it, or choose another --out")
     run_dir = args.run_dir or Path("logs") / "reproduce" / name.replace(".", "-")
     device = "cpu" if args.smoke else args.device
     settings = {**row.settings(), **(SMOKE_TRAIN if args.smoke else {})}
@@ -125,19 +148,18 @@ def make_plan(args: argparse.Namespace) -> Plan:
     extra = shlex.split(args.train_args)
     steps = steps_per_epoch(parse(train_entry, fixed + extra)) if row.stops_early else None
     train = fixed + row.schedule_flags(steps) + extra
-    if args.resume and (run_dir / ckpt.CHECKPOINT_DIR / ckpt.LAST).exists():
-        train.append("--resume")
-    parse(train_entry, train)
+    train += continuation(parse(train_entry, train), run_dir)
+    trained = parse(train_entry, train)
 
     checkpoint = run_dir / ckpt.CHECKPOINT_DIR / row.checkpoint
     eval_json, baseline_json = checkpoint.with_suffix(".eval.json"), checkpoint.with_suffix(".random_init.eval.json")
-    common = ["--ckpt", str(checkpoint), "--data_dir", str(args.data_dir), "--device", device, "--recompute",
-              *(SMOKE_EVAL if args.smoke else OFFICIAL_EVAL)]
-    evaluate = common + ["--output", str(eval_json)] + shlex.split(args.eval_args)
-    baseline = common + ["--random_init", "--output", str(baseline_json)] + shlex.split(args.eval_args)
+    common = [*eval_data_flags(trained), "--device", device, "--recompute", *(SMOKE_EVAL if args.smoke else OFFICIAL_EVAL)]
+    evaluate = ["--ckpt", str(checkpoint), *common, "--output", str(eval_json), *shlex.split(args.eval_args)]
+    baseline = ["--random_init", *model_flags(trained), *common, "--output", str(baseline_json),
+                *shlex.split(args.eval_args)]
     for argv in (evaluate, baseline):
         parse(eval_entry, argv)
-    return Plan(row, train, evaluate, baseline, checkpoint, eval_json, baseline_json, result)
+    return Plan(row, train, evaluate, baseline, checkpoint, eval_json, baseline_json, args.out / f"{name}.json")
 
 
 def command_line(entry: ModuleType, argv: list[str]) -> str:
@@ -170,7 +192,8 @@ def summarise(plan: Plan, smoke: bool, seconds: dict[str, float]) -> dict[str, A
     train = parse(train_entry, plan.train)
     row = plan.row
     return {
-        "row": row.name, "smoke": smoke, "protocol": row.protocol, "data": train.data, "arch": train.arch,
+        "row": row.name, "smoke": smoke, "protocol": replace(row, num_patches=train.num_patches).protocol,
+        "data": train.data, "arch": train.arch,
         "num_patches": train.num_patches, "bs": train.bs, "lr": train.lr, "schedule_epochs": train.epoch,
         "trained_epochs": row.trained_epochs, "checkpoint": str(plan.checkpoint), "resumed": train.resume,
         "published_linear_top1": row.published, "published_label": PUBLISHED_LABEL + row.note,
@@ -197,7 +220,8 @@ def main(args: argparse.Namespace) -> None:
         return
     seconds = {"train": run(train_entry, plan.train)}
     if not plan.checkpoint.is_file():
-        raise UserError(f"training ended without {plan.checkpoint} (stopped early?): rerun with --resume")
+        raise UserError(f"training ended without {plan.checkpoint} (stopped early?): run the same command again "
+                        f"to continue it")
     seconds["evaluate"] = run(eval_entry, plan.evaluate)
     seconds["baseline"] = run(eval_entry, plan.baseline)
     text = json.dumps(summarise(plan, args.smoke, seconds), indent=2)

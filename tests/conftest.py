@@ -3,6 +3,7 @@ write the image folders that folder data sets read."""
 from __future__ import annotations
 
 import importlib
+import pickle
 import subprocess
 import sys
 from collections.abc import Sequence
@@ -14,6 +15,7 @@ import pytest
 from PIL import Image
 
 from cli import run_cli
+from dataset.synthetic import generate
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -86,4 +88,36 @@ def write_image_folder(root: Path, classes: Sequence[str] = ("a", "b"),
             for i, (width, height) in enumerate(sizes):
                 pixels = rng.integers(0, 256, (height, width, 3), dtype=np.uint8)  # (H, W, 3)
                 Image.fromarray(pixels).save(folder / f"{i}.png")
+    return root
+
+
+def write_shapes_folder(root: Path, train_per_class: int, test_per_class: int) -> Path:
+    """An ImageFolder tree of JPEG files as CIFAR-10 arrives unpacked: root/{train,test}/<class>/<i>.jpg,
+    holding the built-in synthetic shapes (32×32, ten learnable classes). Returns root."""
+    for split, per_class in (("train", train_per_class), ("test", test_per_class)):
+        images, labels = generate(split == "train", 32, per_class)  # (N, 32, 32, 3) uint8, (N,)
+        for i, (pixels, label) in enumerate(zip(images, labels)):
+            folder = root / split / f"class_{label}"
+            folder.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(pixels).save(folder / f"{i}.jpg", quality=90)
+    return root
+
+
+def write_cifar_batches(root: Path, train_per_class: int, test_per_class: int) -> Path:
+    """CIFAR-10 as torchvision stores it, in small: root/cifar-10-batches-py/ with five training
+    batches, a test batch and batches.meta, holding the synthetic shapes. Their checksums are not
+    CIFAR's: load it with torchvision's integrity check patched out. Returns root."""
+    folder = root / "cifar-10-batches-py"
+    folder.mkdir(parents=True)
+    train, train_labels = generate(True, 32, train_per_class)  # (N, 32, 32, 3)
+    test, test_labels = generate(False, 32, test_per_class)
+    parts = np.array_split(np.arange(len(train)), 5)
+    batches = {f"data_batch_{i + 1}": (train[idx], [train_labels[j] for j in idx]) for i, idx in enumerate(parts)}
+    batches["test_batch"] = (test, list(test_labels))
+    for name, (pixels, labels) in batches.items():
+        flat = pixels.transpose(0, 3, 1, 2).reshape(len(pixels), -1)  # (n, 3·32·32), channel-major as CIFAR
+        with open(folder / name, "wb") as f:
+            pickle.dump({"data": flat, "labels": [int(y) for y in labels]}, f)
+    with open(folder / "batches.meta", "wb") as f:
+        pickle.dump({"label_names": [f"class_{i}" for i in range(10)]}, f)
     return root

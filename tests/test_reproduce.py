@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import ROOT, TINY_RUN, assert_one_line_error
+from conftest import ROOT, TINY_RUN, assert_one_line_error, write_cifar_batches, write_image_folder
 
 import evaluate
 import main
@@ -67,11 +67,25 @@ class TestRows:
         assert train.max_steps == (trained * CIFAR_STEPS_PER_EPOCH if trained < schedule else None)
         for argv, random_init in ((eval_argv, False), (baseline_argv, True)):
             ev = evaluate.get_args_parser().parse_args(argv)
-            assert ev.ckpt == train.output_dir / "save_models" / f"{trained - 1}.pt" and ev.random_init == random_init
+            checkpoint = None if random_init else train.output_dir / "save_models" / f"{trained - 1}.pt"
+            assert ev.ckpt == checkpoint and ev.random_init == random_init
+            assert (ev.data, ev.data_dir, ev.download) == (train.data, train.data_dir, train.download)
             assert (ev.test_patches, ev.knn_k, ev.knn_t, ev.knn, ev.linear) == (128, 20, 0.07, True, True)
             assert (ev.linear_epochs, ev.linear_lr, ev.linear_momentum, ev.linear_wd, ev.linear_bs) == \
                    (100, 0.03, 0.9, 5e-5, 100)
+        baseline = evaluate.get_args_parser().parse_args(baseline_argv)
+        assert (baseline.arch, baseline.hidden_dim, baseline.z_dim) == (arch, train.hidden_dim, train.z_dim)
         assert ROWS[name].published == published
+
+    def test_evaluations_read_the_data_the_training_read(self, cli, tmp_path: Path) -> None:
+        """Data flags in --train_args reach both evaluations; --eval_args still override them."""
+        folder = write_image_folder(tmp_path / "jpegs", splits=("train", "test"))
+        data = f"--data imagefolder --data_dir {folder} --no-download"
+        for eval_args, expected in (("", folder), (f"--data_dir {tmp_path / 'other'}", tmp_path / "other")):
+            _, eval_argv, baseline_argv = dry_run(cli, "cifar10-1ep", "--train_args", data, "--eval_args", eval_args)
+            for argv in (eval_argv, baseline_argv):
+                ev = evaluate.get_args_parser().parse_args(argv)
+                assert (ev.data, ev.data_dir, ev.download) == ("imagefolder", expected, False)
 
     def test_pass_through_flags_come_last_and_are_checked(self, cli) -> None:
         train_argv, eval_argv, _ = dry_run(cli, "cifar10-1ep", "--train_args", "--augment batched --train_subset 1000",
@@ -108,7 +122,7 @@ class TestOneEpochProtocol:
 
 
 class TestSmoke:
-    def test_writes_a_complete_result_and_refuses_to_overwrite_it(self, cli, tmp_path: Path) -> None:
+    def test_writes_a_complete_result_and_a_rerun_continues_the_run(self, cli, tmp_path: Path) -> None:
         result = cli("scripts.reproduce", "cifar10-1ep", "--smoke")
         assert result.returncode == 0, result.stderr
         path = tmp_path / "results" / "cifar10-1ep.smoke.json"
@@ -123,7 +137,29 @@ class TestSmoke:
         assert record["checkpoint"].endswith("save_models/0.pt") and (tmp_path / record["checkpoint"]).is_file()
         assert "--epoch 2 --max_steps 1" in record["commands"][0] and "--random_init" in record["commands"][2]
         assert record["test_patches"] == 2 and "epoch 1 of a 2-epoch" in record["protocol"]
+        assert record["protocol"].startswith("4 patches") and record["num_patches"] == 4 and not record["resumed"]
 
-        before = path.read_bytes()
-        assert_one_line_error(cli("scripts.reproduce", "cifar10-1ep", "--smoke"), "--force")
-        assert path.read_bytes() == before
+        checkpoint = (tmp_path / record["checkpoint"]).read_bytes()
+        again = cli("scripts.reproduce", "cifar10-1ep", "--smoke")  # the finished run is evaluated, not retrained
+        assert again.returncode == 0, again.stderr
+        assert json.loads(path.read_text())["resumed"] is True
+        assert (tmp_path / record["checkpoint"]).read_bytes() == checkpoint
+
+        changed = cli("scripts.reproduce", "cifar10-1ep", "--smoke", "--train_args", "--num_patches 6")
+        assert_one_line_error(changed, "--num_patches 4 (now 6)", "--train_args", "--run_dir")
+        assert (tmp_path / record["checkpoint"]).read_bytes() == checkpoint
+
+    def test_torchvisions_cifar_folder_reaches_training_and_evaluation(self, cli, tmp_path: Path,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+        """CIFAR-10 as torchvision stores it, without a download: both evaluations read it too."""
+        monkeypatch.setattr("torchvision.datasets.cifar.check_integrity", lambda *args, **kwargs: True)  # not CIFAR's md5
+        folder = write_cifar_batches(tmp_path / "cifar", train_per_class=4, test_per_class=2)
+        result = cli("scripts.reproduce", "cifar10-1ep", "--smoke",
+                     "--train_args", f"--data cifar10 --data_dir {folder} --no-download")
+        assert result.returncode == 0, result.stderr
+        record = json.loads((tmp_path / "results" / "cifar10-1ep.smoke.json").read_text())
+        assert record["data"] == "cifar10"
+        for name in ("0.eval.json", "0.random_init.eval.json"):
+            evaluation = json.loads((tmp_path / "logs/reproduce/cifar10-1ep-smoke/save_models" / name).read_text())
+            assert (evaluation["data"], evaluation["data_dir"]) == ("cifar10", str(folder))
+            assert evaluation["train_images"] == 20 and evaluation["test_images"] == 20
