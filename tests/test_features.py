@@ -15,6 +15,7 @@ from errors import UserError
 from features import (EVAL_AUGMENTS, DevicePatches, bag_of_features, cache_path, cached_features, eval_batches,
                       eval_split, patch_loader)
 from model import Encoder
+from monitor import KNNMonitor
 from probes import KNN_K, KNN_T, knn_accuracy
 
 CPU = torch.device("cpu")
@@ -72,6 +73,23 @@ class TestBagOfFeatures:
             model.eval()
         torch.testing.assert_close(a, b)
         assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # no BN update
+
+
+class TestNoProjection:
+    """Evaluation needs only pre_feature: the projection never runs in bag_of_features or the monitor."""
+
+    def test_bag_of_features_and_the_knn_monitor_skip_the_projection(self, images, model) -> None:
+        calls = []
+        hook = model.projection.register_forward_hook(lambda module, inputs, output: calls.append(1))
+        try:
+            batches = patch_loader(images, "synthetic", 2, 0, 5, 0)
+            features, _ = bag_of_features(model, batches, CPU)
+            top1 = KNNMonitor({"train": batches, "test": batches}, 10, 2, CPU, None)(model)
+            model(torch.randn(2, 3, 32, 32))
+        finally:
+            hook.remove()
+        assert features.shape == (10, 16) and 0 <= top1 <= 100
+        assert calls == [1]  # only the direct call above: the hook works, evaluation never ran it
 
 
 def all_patches(batches) -> torch.Tensor:
