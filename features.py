@@ -179,7 +179,8 @@ class Transformed(Dataset):
 
 @torch.no_grad()
 def bag_of_features(model: Encoder, batches: EvalBatches, device: torch.device, forward_bs: int = 2048,
-                    dtype: torch.dtype | None = None, desc: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                    dtype: torch.dtype | None = None, desc: str | None = None,
+                    memory_format: torch.memory_format = torch.contiguous_format) -> tuple[torch.Tensor, torch.Tensor]:
     """Mean pre_feature over the P patches of every image: (features (N, hidden) float32, labels (N,)),
     both on the CPU, in the order of `batches`.
 
@@ -187,7 +188,8 @@ def bag_of_features(model: Encoder, batches: EvalBatches, device: torch.device, 
     on its batch) and restores the model's mode afterwards; only :meth:`Encoder.features` runs, never
     the projection. Each forward pass takes max(1, forward_bs // B) patch groups of B images, so
     memory stays bounded for any P; with `dtype` (e.g. torch.bfloat16) the forward runs under
-    autocast, the sum stays float32.
+    autocast, the sum stays float32. The patches enter the forward in `memory_format` (pass
+    torch.channels_last for a model in that layout).
     """
     was_training = model.training
     model.eval()
@@ -198,6 +200,7 @@ def bag_of_features(model: Encoder, batches: EvalBatches, device: torch.device, 
         total = None
         for start in range(0, len(views), group):
             x = torch.cat([v.to(device, non_blocking=True) for v in views[start:start + group]])  # (g·B, C, H, W)
+            x = x.contiguous(memory_format=memory_format)
             with torch.autocast(device.type, dtype=dtype) if dtype is not None else nullcontext():
                 pre = model.features(x)  # (g·B, hidden)
             part = pre.float().view(-1, views[0].shape[0], pre.shape[1]).sum(0)  # (B, hidden)

@@ -92,6 +92,23 @@ class TestNoProjection:
         assert calls == [1]  # only the direct call above: the hook works, evaluation never ran it
 
 
+class TestChannelsLast:
+    def test_patches_enter_the_forward_in_the_asked_layout_and_the_features_agree(self, images, model) -> None:
+        layouts = []
+        hook = model.backbone.register_forward_pre_hook(
+            lambda module, inputs: layouts.append(inputs[0].is_contiguous(memory_format=torch.channels_last)))
+        batches = list(patch_loader(images, "synthetic", 2, 0, 5, 0))
+        try:
+            plain, _ = bag_of_features(model, batches, CPU)
+            fast, _ = bag_of_features(model.to(memory_format=torch.channels_last), batches, CPU,
+                                      memory_format=torch.channels_last)
+        finally:
+            hook.remove()
+            model.to(memory_format=torch.contiguous_format)
+        assert layouts == [False, False, True, True]  # two forward passes (one per batch of 5) each
+        torch.testing.assert_close(fast, plain, rtol=1e-4, atol=1e-5)
+
+
 def all_patches(batches) -> torch.Tensor:
     """Every patch of an evaluation source, (P, N, 3, S, S), whichever form its batches take."""
     return torch.cat([torch.stack(list(views)) for views, _ in batches], 1)
