@@ -20,6 +20,7 @@ import argparse
 import json
 import os
 import time
+from contextlib import nullcontext
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -36,6 +37,7 @@ from device import resolve_device
 from errors import UserError
 from features import (EVAL_AUGMENTS, PATCH_STREAM, bag_of_features, base_classes, cache_path, cached_features,
                       eval_batches, eval_split, file_digest, full_view_loader)
+from loss import cuda_matmul_precision
 from model import ARCHS, Encoder, strip_module_prefix
 from pictures import log_embedding
 from probes import KNN_K, KNN_T, OFFICIAL_LINEAR, LinearSettings, knn_accuracy, linear_probe
@@ -88,7 +90,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     feats.add_argument("--seed", type=int, default=0, help="seed of the patches (and of --random_init weights) (0)")
     feats.add_argument("--precision", default="fp32", choices=tuple(AMP_DTYPES),
                        help="forward precision (default fp32, as the official evaluation); bf16 runs the forward "
-                       "under autocast (faster on recent GPUs), features are kept in float32 either way")
+                       "under autocast and lets the probes' float32 products use TF32 (faster on recent GPUs), "
+                       "features are kept in float32 either way")
     feats.add_argument("--recompute", action="store_true", help="ignore cached features and compute them again")
 
     probes = parser.add_argument_group("Probes")
@@ -266,7 +269,9 @@ def main(args: argparse.Namespace) -> None:
 
     seconds: dict[str, float] = {}
     tensors = extract(args, model, device, splits, weights, cache_dir, prefix, seconds)
-    probes, summary = run_probes(args, tensors, splits["train"][1], seconds)
+    fast = cuda_matmul_precision("tf32") if args.precision == "bf16" else nullcontext()
+    with fast:  # the probes' float32 products (kNN similarities, the linear probe) in TF32 under bf16
+        probes, summary = run_probes(args, tensors, splits["train"][1], seconds)
     result = {
         "checkpoint": None if args.ckpt is None else str(args.ckpt), "random_init": args.random_init,
         "checkpoint_epoch": record.get("epoch"), "checkpoint_step": record.get("step"), "weights": weights,

@@ -10,6 +10,7 @@ import torch
 from conftest import TINY_RUN, assert_one_line_error
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+import evaluate
 from checkpoint import save_checkpoint
 from model import Encoder
 
@@ -102,6 +103,21 @@ class TestEvaluate:
         (channels_last,) = set(ckpt.parent.glob("3.pt.train-*.features")) - {contiguous}
         torch.testing.assert_close(torch.load(channels_last, weights_only=True)["features"],
                                    torch.load(contiguous, weights_only=True)["features"], rtol=1e-4, atol=1e-5)
+
+    def test_bf16_runs_the_probes_with_tf32_matmuls_and_fp32_without(self, cli, ckpt: Path, monkeypatch) -> None:
+        seen, run_probes = [], evaluate.run_probes
+
+        def spy(*args, **kwargs):
+            seen.append(torch.backends.cuda.matmul.fp32_precision)
+            return run_probes(*args, **kwargs)
+
+        monkeypatch.setattr(evaluate, "run_probes", spy)
+        before = torch.backends.cuda.matmul.fp32_precision
+        for precision in ("fp32", "bf16"):
+            result = cli("evaluate", "--ckpt", str(ckpt), *QUICK, "--no-linear", "--precision", precision)
+            assert result.returncode == 0, result.stderr
+            assert torch.backends.cuda.matmul.fp32_precision == before  # restored
+        assert seen == [before, "tf32"] and before != "tf32"
 
     def test_official_checkpoint_gives_the_same_features_as_ours(self, cli, ckpt: Path, tmp_path: Path) -> None:
         official = tmp_path / "official" / "model.pt"
