@@ -5,6 +5,7 @@ Usage:
     python evaluate.py --ckpt logs/EMP-SSL-Training/<run>/save_models/29.pt          # the paper's protocol
     python evaluate.py --ckpt <run>/save_models/last.pt --random_init                 # its baseline
     python evaluate.py --model_path official.pt --arch resnet18-cifar --data cifar10  # an official checkpoint
+    python evaluate.py --ckpt <run>/save_models/last.pt --precision bf16 --channels_last  # the fast mode on a GPU
 
 Writes `<checkpoint stem>.eval.json` beside the checkpoint (every number and the configuration)
 and caches the features there, keyed by checkpoint, data and patches; `--recompute` ignores them.
@@ -12,7 +13,9 @@ and caches the features there, keyed by checkpoint, data and patches; `--recompu
 The patches are made by the batched augmentation on the evaluation device (`--augment batched`,
 default) or by the official per-patch PIL pipeline in DataLoader workers (`--augment pil`); either
 way an image's patches depend only on (--seed, split, its index in the full split), from a random
-stream separate from training's.
+stream separate from training's. The default is float32 throughout, for parity with the official
+numbers; `--precision bf16` runs the forward under bf16 autocast and lets the probes' float32
+products use TF32, and `--channels_last` lays the encoder and the patches out channels-last.
 """
 from __future__ import annotations
 
