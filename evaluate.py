@@ -5,6 +5,7 @@ Usage:
     python evaluate.py --ckpt logs/EMP-SSL-Training/<run>/save_models/29.pt          # the paper's protocol
     python evaluate.py --ckpt <run>/save_models/last.pt --random_init                 # its baseline
     python evaluate.py --model_path official.pt --arch resnet18-cifar --data cifar10  # an official checkpoint
+    python evaluate.py --ckpt <run>/save_models/last.pt --precision bf16 --channels_last  # the fast mode on a GPU
 
 Writes `<checkpoint stem>.eval.json` beside the checkpoint (every number and the configuration)
 and caches the features there, keyed by checkpoint, data and patches; `--recompute` ignores them.
@@ -12,7 +13,9 @@ and caches the features there, keyed by checkpoint, data and patches; `--recompu
 The patches are made by the batched augmentation on the evaluation device (`--augment batched`,
 default) or by the official per-patch PIL pipeline in DataLoader workers (`--augment pil`); either
 way an image's patches depend only on (--seed, split, its index in the full split), from a random
-stream separate from training's.
+stream separate from training's. The default is float32 throughout, for parity with the official
+numbers; `--precision bf16` runs the forward under bf16 autocast and lets the probes' float32
+products use TF32, and `--channels_last` lays the encoder and the patches out channels-last.
 """
 from __future__ import annotations
 
@@ -20,6 +23,7 @@ import argparse
 import json
 import os
 import time
+from contextlib import nullcontext
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -36,10 +40,11 @@ from device import resolve_device
 from errors import UserError
 from features import (EVAL_AUGMENTS, PATCH_STREAM, bag_of_features, base_classes, cache_path, cached_features,
                       eval_batches, eval_split, file_digest, full_view_loader)
+from loss import cuda_matmul_precision
 from model import ARCHS, Encoder, strip_module_prefix
 from pictures import log_embedding
 from probes import KNN_K, KNN_T, OFFICIAL_LINEAR, LinearSettings, knn_accuracy, linear_probe
-from speed import AMP_DTYPES
+from speed import AMP_DTYPES, prepare_model
 
 # Flags that default to the checkpoint's training args, else to these official defaults.
 FROM_CHECKPOINT = {"data": "cifar10", "data_dir": "data", "arch": "resnet18-cifar", "hidden_dim": 4096, "z_dim": 1024}
@@ -88,7 +93,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     feats.add_argument("--seed", type=int, default=0, help="seed of the patches (and of --random_init weights) (0)")
     feats.add_argument("--precision", default="fp32", choices=tuple(AMP_DTYPES),
                        help="forward precision (default fp32, as the official evaluation); bf16 runs the forward "
-                       "under autocast (faster on recent GPUs), features are kept in float32 either way")
+                       "under autocast and lets the probes' float32 products use TF32 (faster on recent GPUs), "
+                       "features are kept in float32 either way")
     feats.add_argument("--recompute", action="store_true", help="ignore cached features and compute them again")
 
     probes = parser.add_argument_group("Probes")
@@ -107,6 +113,10 @@ def get_args_parser() -> argparse.ArgumentParser:
     running.add_argument("--output", type=Path, default=None,
                          help="result JSON (default: <checkpoint stem>[.random_init].eval.json beside the checkpoint)")
     running.add_argument("--device", default="auto", help="auto (CUDA when present, else CPU), cpu, cuda or cuda:N")
+    running.add_argument("--channels_last", action="store_true",
+                         help="channels-last memory layout of the encoder and the patches (faster convs on GPU); "
+                              "it can change the features' float rounding, so cached features are keyed by it "
+                              "(default: %(default)s)")
     running.add_argument("--embedding", type=int, default=0,
                          help="also write the features of the first N test images, with labels and thumbnails, for "
                               "TensorBoard's projector (PCA, t-SNE, UMAP) into <result stem>.tensorboard/ (default 0)")
@@ -173,7 +183,8 @@ def split_features(args: argparse.Namespace, model: Encoder, device: torch.devic
         batches = eval_batches(dataset, split, args.data, args.augment, args.test_patches, args.seed, args.eval_bs,
                                args.workers, device)
     dtype = AMP_DTYPES[args.precision]
-    return bag_of_features(model, batches, device, args.forward_bs, dtype, desc=f"{split} features")
+    layout = torch.channels_last if args.channels_last else torch.contiguous_format
+    return bag_of_features(model, batches, device, args.forward_bs, dtype, f"{split} features", layout)
 
 
 def extract(args: argparse.Namespace, model: Encoder, device: torch.device, splits: dict[str, tuple[Any, int]],
@@ -184,7 +195,8 @@ def extract(args: argparse.Namespace, model: Encoder, device: torch.device, spli
     base_key = {"weights": weights, "arch": args.arch, "hidden_dim": args.hidden_dim, "z_dim": args.z_dim,
                 "data": args.data, "data_dir": None if args.data == "synthetic" else str(args.data_dir.resolve()),
                 "test_patches": args.test_patches, "seed": args.seed, "precision": args.precision,
-                "augment": args.augment, "patch_stream": PATCH_STREAM, "view": args.view}
+                "channels_last": args.channels_last, "augment": args.augment, "patch_stream": PATCH_STREAM,
+                "view": args.view}
     cache_dir.mkdir(parents=True, exist_ok=True)
     tensors = {}
     for split, (dataset, _) in splits.items():
@@ -248,8 +260,10 @@ def write_tensorboard(args: argparse.Namespace, output: Path, probes: dict[str, 
 def main(args: argparse.Namespace) -> None:
     validate_args(args)
     device = resolve_device(args.device)
+    torch.backends.cudnn.benchmark = True  # evaluation shapes are fixed: cuDNN times its kernels once per shape
     model, record = build_encoder(args)
     model.to(device)
+    prepare_model(model, device, args.channels_last)
     splits = {split: eval_split(args.data, args.data_dir, split, subset, args.download)
               for split, subset in (("train", args.train_subset), ("test", args.test_subset))}
     output, cache_dir, prefix = output_paths(args)
@@ -258,7 +272,9 @@ def main(args: argparse.Namespace) -> None:
 
     seconds: dict[str, float] = {}
     tensors = extract(args, model, device, splits, weights, cache_dir, prefix, seconds)
-    probes, summary = run_probes(args, tensors, splits["train"][1], seconds)
+    fast = cuda_matmul_precision("tf32") if args.precision == "bf16" else nullcontext()
+    with fast:  # the probes' float32 products (kNN similarities, the linear probe) in TF32 under bf16
+        probes, summary = run_probes(args, tensors, splits["train"][1], seconds)
     result = {
         "checkpoint": None if args.ckpt is None else str(args.ckpt), "random_init": args.random_init,
         "checkpoint_epoch": record.get("epoch"), "checkpoint_step": record.get("step"), "weights": weights,
@@ -266,7 +282,8 @@ def main(args: argparse.Namespace) -> None:
         "data_dir": str(args.data_dir), "train_images": len(tensors["train"][1]),
         "test_images": len(tensors["test"][1]), "num_classes": splits["train"][1],
         "train_subset": args.train_subset, "test_subset": args.test_subset, "test_patches": args.test_patches,
-        "augment": args.augment, "seed": args.seed, "precision": args.precision, "git_commit": ckpt.git_commit(),
+        "augment": args.augment, "seed": args.seed, "precision": args.precision,
+        "channels_last": args.channels_last, "git_commit": ckpt.git_commit(),
         **probes, "seconds": seconds,
     }
     write_tensorboard(args, output, probes, tensors, splits["test"][0])

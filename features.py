@@ -25,7 +25,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn as nn
 from torch.utils.data import DataLoader, Dataset, Subset
 from torchvision import transforms as T
 from tqdm import tqdm
@@ -37,6 +36,7 @@ from dataset.batched import augment_crops, augment_images
 from dataset.seeded import KeyedUniform, SeededPatches, stream_seed
 from dataset.source import in_memory_pixels
 from errors import UserError
+from model import Encoder
 
 EvalBatches = Iterable[tuple[torch.Tensor | Sequence[torch.Tensor], torch.Tensor]]
 CACHE_VERSION = 2  # bump when the meaning of a cached feature changes (2: augment paths, own eval stream)
@@ -178,15 +178,18 @@ class Transformed(Dataset):
 
 
 @torch.no_grad()
-def bag_of_features(model: nn.Module, batches: EvalBatches, device: torch.device, forward_bs: int = 2048,
-                    dtype: torch.dtype | None = None, desc: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def bag_of_features(model: Encoder, batches: EvalBatches, device: torch.device, forward_bs: int = 2048,
+                    dtype: torch.dtype | None = None, desc: str | None = None,
+                    memory_format: torch.memory_format = torch.contiguous_format) -> tuple[torch.Tensor, torch.Tensor]:
     """Mean pre_feature over the P patches of every image: (features (N, hidden) float32, labels (N,)),
     both on the CPU, in the order of `batches`.
 
     Runs in eval mode (BatchNorm uses its running statistics, so an image's feature does not depend
-    on its batch) and restores the model's mode afterwards. Each forward pass takes
-    max(1, forward_bs // B) patch groups of B images, so memory stays bounded for any P; with
-    `dtype` (e.g. torch.bfloat16) the forward runs under autocast, the sum stays float32.
+    on its batch) and restores the model's mode afterwards; only :meth:`Encoder.features` runs, never
+    the projection. Each forward pass takes max(1, forward_bs // B) patch groups of B images, so
+    memory stays bounded for any P; with `dtype` (e.g. torch.bfloat16) the forward runs under
+    autocast, the sum stays float32. The patches enter the forward in `memory_format` (pass
+    torch.channels_last for a model in that layout).
     """
     was_training = model.training
     model.eval()
@@ -197,8 +200,9 @@ def bag_of_features(model: nn.Module, batches: EvalBatches, device: torch.device
         total = None
         for start in range(0, len(views), group):
             x = torch.cat([v.to(device, non_blocking=True) for v in views[start:start + group]])  # (g·B, C, H, W)
+            x = x.contiguous(memory_format=memory_format)
             with torch.autocast(device.type, dtype=dtype) if dtype is not None else nullcontext():
-                _, pre = model(x)  # (g·B, hidden)
+                pre = model.features(x)  # (g·B, hidden)
             part = pre.float().view(-1, views[0].shape[0], pre.shape[1]).sum(0)  # (B, hidden)
             total = part if total is None else total + part
         features.append(total / len(views))  # kept on the device: no host read per batch

@@ -7,12 +7,64 @@ B images, d-dimensional rows on the unit sphere. The loss minimised is
 
 with S the mean cosine similarity of each patch to its image's mean embedding and R the
 coding rate of one patch group. Both terms are negative in normal training.
+
+Precision: the coding rate is computed in float32 with true float32 matrix products, forward and
+backward, whatever the process allows elsewhere (autocast to bf16, TF32 matmuls on CUDA): in TF32
+its gradient loses 2 to 5 digits. :func:`cuda_matmul_precision` scopes that setting.
 """
 from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+
+@contextmanager
+def cuda_matmul_precision(precision: str) -> Iterator[None]:
+    """Inside the block, CUDA float32 matrix products run in `precision`: "ieee" (true float32) or
+    "tf32" (TensorFloat-32 tensor cores: a 10-bit mantissa, on Ampere and later). The previous
+    setting (torch.backends.cuda.matmul.fp32_precision, process-wide) is restored on exit, also
+    on error. No effect on CPU products."""
+    matmul = torch.backends.cuda.matmul
+    previous = matmul.fp32_precision
+    matmul.fp32_precision = precision
+    try:
+        yield
+    finally:
+        matmul.fp32_precision = previous
+
+
+class _LogdetRate(torch.autograd.Function):
+    """ρ_p = ½ · logdet(A_p), A_p = I_n + c · Y_p Y_pᵀ, for y (P, n, m): (P,) float32, with true
+    float32 matrix products in both passes.
+
+    Forward: A_p is symmetric with eigenvalues in [1, 1 + c·‖Y_p‖²], so one batched Cholesky
+    factorisation L Lᵀ = A gives ρ = ½ · 2 · Σ log diag(L) stably for all P groups at once; it can
+    fail only on NaN or infinite input, and then that group's ρ is NaN (no exception).
+    Backward: dρ = ½ tr(A⁻¹ dA) with dA = c (dY Yᵀ + Y dYᵀ) and A⁻¹ symmetric gives
+    dρ = c ⟨A⁻¹ Y, dY⟩, so ∂ρ/∂Y = c · A⁻¹ Y (P, n, m), solved with the saved factor L.
+    """
+
+    @staticmethod
+    def forward(ctx: torch.autograd.function.FunctionCtx, y: torch.Tensor, scale: float) -> torch.Tensor:
+        with cuda_matmul_precision("ieee"):
+            gram = y @ y.transpose(1, 2)  # (P, n, n)
+            eye = torch.eye(gram.shape[-1], device=y.device, dtype=y.dtype)
+            chol, info = torch.linalg.cholesky_ex(eye + scale * gram)  # (P, n, n) lower-triangular, (P,)
+        ctx.save_for_backward(y, chol)
+        ctx.scale = scale
+        rate = torch.diagonal(chol, dim1=-2, dim2=-1).log().sum(-1)  # (P,) ½ · 2 · Σ log diag
+        return torch.where(info == 0, rate, torch.nan)  # only non-finite y fails: NaN, no exception
+
+    @staticmethod
+    def backward(ctx: torch.autograd.function.FunctionCtx, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
+        y, chol = ctx.saved_tensors
+        with cuda_matmul_precision("ieee"):
+            solved = torch.cholesky_solve(y, chol)  # (P, n, m) A⁻¹ Y
+        return grad[:, None, None] * ctx.scale * solved, None
 
 
 def total_coding_rate(z: torch.Tensor, eps: float) -> torch.Tensor:
@@ -25,25 +77,18 @@ def total_coding_rate(z: torch.Tensor, eps: float) -> torch.Tensor:
         (P,) float32 rates. They grow as the rows of each Z_p spread apart.
 
     By Sylvester's identity logdet(I_d + c·ZᵀZ) = logdet(I_B + c·ZZᵀ), so the smaller of the
-    two Gram matrices is used (B×B when B < d). The matrix is symmetric with eigenvalues in
-    [1, 1 + c·B], so one batched Cholesky factorisation L Lᵀ gives
-    logdet = 2 · Σ log diag(L) stably for all P groups at once; it can fail only on NaN or
-    infinite input, and then that group's rate is NaN (the trainer's non-finite guard sees it)
-    rather than an exception. The Gram matrix is formed in
-    float32 even under bf16 autocast: the rate's gradient loses digits in lower precision.
+    two Gram matrices is used (B×B when B < d), and one batched Cholesky factorisation gives the
+    rates of all P groups at once (:class:`_LogdetRate`). A group with NaN or infinite input gets
+    a NaN rate (the trainer's non-finite guard sees it) rather than an exception. The Gram matrix
+    is formed in float32 even under bf16 autocast, and with true float32 products (no TF32) in
+    the forward and the backward pass whatever the process-wide setting: the rate's gradient
+    loses digits in lower precision.
     """
     with torch.autocast(device_type=z.device.type, enabled=False):
         z = z.float()
         _, b, d = z.shape
-        scale = d / (b * eps)
-        if b <= d:
-            gram = z @ z.transpose(1, 2)  # (P, B, B)
-        else:
-            gram = z.transpose(1, 2) @ z  # (P, d, d)
-        eye = torch.eye(gram.shape[-1], device=z.device, dtype=z.dtype)
-        chol, info = torch.linalg.cholesky_ex(eye + scale * gram)  # (P, n, n) lower-triangular, (P,)
-        rate = torch.diagonal(chol, dim1=-2, dim2=-1).log().sum(-1)  # ½ · 2 · Σ log diag
-        return torch.where(info == 0, rate, torch.nan)  # only non-finite z fails: NaN, no exception
+        rows = z if b <= d else z.transpose(1, 2)  # (P, n, m): Y Yᵀ is ZZᵀ (B×B) or ZᵀZ (d×d)
+        return _LogdetRate.apply(rows, d / (b * eps))
 
 
 def invariance(z: torch.Tensor) -> torch.Tensor:

@@ -2,9 +2,9 @@
 from __future__ import annotations
 
 import torch
-import torch.nn as nn
 
 from features import EvalBatches, bag_of_features
+from model import Encoder
 from probes import KNN_K, KNN_T, knn_accuracy
 
 
@@ -21,8 +21,9 @@ class KNNMonitor:
         self.batches, self.num_classes, self.num_patches = batches, num_classes, num_patches
         self.device, self.dtype = device, dtype
 
-    def __call__(self, model: nn.Module) -> float:
-        """kNN top-1 (percent) of the model's current bag-of-features."""
+    def __call__(self, model: Encoder) -> float:
+        """kNN top-1 (percent) of the model's current bag-of-features (pre_feature only: the
+        projection does not run)."""
         train_f, train_y = bag_of_features(model, self.batches["train"], self.device, dtype=self.dtype,
                                            desc="kNN memory")
         test_f, test_y = bag_of_features(model, self.batches["test"], self.device, dtype=self.dtype, desc="kNN test")

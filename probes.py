@@ -5,6 +5,7 @@ percent; neither touches images, models or files.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -69,56 +70,95 @@ def knn_accuracy(train: Labelled, test: Labelled, num_classes: int, k: int, temp
     return {f"top{t}": 100.0 * topk_correct(scores, test[1], t).float().mean().item() for t in (1, 5)}
 
 
+def cosine_lr(lr: float, epoch: int, epochs: int) -> float:
+    """The learning rate of (0-based) `epoch` under cosine annealing to 0 over `epochs`, stepped
+    once per epoch: lr · (1 + cos(π · epoch / epochs)) / 2 (CosineAnnealingLR(T_max=epochs) in
+    closed form)."""
+    return lr * (1 + math.cos(math.pi * epoch / epochs)) / 2
+
+
+def linear_correct(weight: torch.Tensor, bias: torch.Tensor, features: torch.Tensor, labels: torch.Tensor,
+                   bs: int = 1000) -> torch.Tensor:
+    """(2,) int64 on the device: how many rows of features (N, D) have their label (N,) among the
+    top-1 and the top-5 classes of x Wᵀ + b, for W (C, D) and b (C,). No host read."""
+    counts = [torch.stack([topk_correct(torch.addmm(bias, x, weight.T), y, t).sum() for t in (1, 5)])  # (2,)
+              for x, y in zip(features.split(bs), labels.split(bs))]  # (b, D), (b,)
+    return torch.stack(counts).sum(0)  # (2,)
+
+
+def sgd_epoch(theta: torch.Tensor, velocity: torch.Tensor, grad: torch.Tensor, features: torch.Tensor,
+              batches: torch.Tensor, targets: torch.Tensor, lr: float, settings: LinearSettings) -> torch.Tensor:
+    """One epoch of SGD on the softmax cross-entropy of a linear classifier, each step written out
+    as torch.optim.SGD (momentum m, weight decay wd, no dampening, no Nesterov) takes it after
+    autograd's backward, in a few fused tensor operations and without a host read.
+
+    theta, velocity, grad: (C·D + C,) float32, flat [W (C, D) row-major | b (C,)], updated in
+    place (grad is scratch). features (N, D); batches (steps, n) indices into them; targets
+    (steps, n, C) the one-hot labels of those rows. For each batch x (n, D), y (n, C):
+
+        log p = log_softmax(x Wᵀ + b)            loss = −(1/n) Σ y ⊙ log p
+        ∂loss/∂logits = (p − y) / n
+        g_W = (p − y)ᵀ x / n + wd · W            g_b = (p − y)ᵀ 1 / n + wd · b
+        v ← m · v + g                            θ ← θ − lr · v
+
+    (v starts at 0, so v = g at the first step, as torch.optim.SGD's buffer.) Returns the sum of
+    the batch losses, each taken before its batch's update: a 0-d tensor on the device.
+    """
+    c, n = targets.shape[-1], batches.shape[1]
+    weight, bias = theta[:-c].view(c, -1), theta[-c:]  # (C, D), (C,)
+    grad_weight, grad_bias = grad[:-c].view(c, -1), grad[-c:]  # (C, D), (C,)
+    ones = features.new_ones(n)  # (n,)
+    log_likelihood = features.new_zeros(n, c)  # Σ over the steps of y ⊙ log p
+    for index, y in zip(batches, targets):  # (n,), (n, C)
+        x = features.index_select(0, index)  # (n, D)
+        log_p = torch.addmm(bias, x, weight.T).log_softmax(1)  # (n, C)
+        log_likelihood.addcmul_(y, log_p)
+        error = log_p.exp().sub_(y)  # (n, C) p − y
+        torch.addmm(weight, error.T, x, beta=settings.wd, alpha=1 / n, out=grad_weight)
+        torch.addmv(bias, error.T, ones, beta=settings.wd, alpha=1 / n, out=grad_bias)
+        velocity.mul_(settings.momentum).add_(grad)
+        theta.add_(velocity, alpha=-lr)
+    return log_likelihood.sum().neg() / n
+
+
 @torch.no_grad()
-def evaluate_linear(classifier: nn.Module, features: torch.Tensor, labels: torch.Tensor,
-                    bs: int = 1000) -> dict[str, float]:
-    """Top-1 and top-5 accuracy (percent) of a classifier on features (N, D), labels (N,)."""
-    correct = {1: 0, 5: 0}
-    for x, y in zip(features.split(bs), labels.split(bs)):  # (b, D), (b,)
-        logits = classifier(x)  # (b, C)
-        for t in correct:
-            correct[t] += int(topk_correct(logits, y, t).sum())
-    return {f"top{t}": 100.0 * n / len(labels) for t, n in correct.items()}
-
-
 def linear_probe(train: Labelled, test: Labelled, num_classes: int, settings: LinearSettings, seed: int = 0,
                  progress: bool = False) -> dict:
     """Train Linear(D, C) on frozen features with the official protocol; test after every epoch.
 
-    Official `func.linear`: cross-entropy, SGD (lr, momentum, weight decay wd), batch bs drawn
-    from a fresh shuffle every epoch with the incomplete last batch dropped, learning rate
-    cosine-annealed to 0 over the epochs (stepped once per epoch). Runs on the device of the
-    features, on in-memory tensors. Returns the final epoch's {"top1", "top5"} (the result), the
-    best top-1 over the test epochs (official reporting, selected on the test set) and the
-    per-epoch test top-1 history and the per-epoch mean training loss history (the mean of the
-    epoch's batch cross-entropies, each batch weighing the same, as it was before that batch's update).
+    Official `func.linear`: cross-entropy, SGD (lr, momentum, weight decay wd on weight and bias),
+    batch bs drawn from a fresh shuffle every epoch with the incomplete last batch dropped,
+    learning rate cosine-annealed to 0 over the epochs (stepped once per epoch). The classifier
+    starts as nn.Linear's seeded initialisation; the steps are :func:`sgd_epoch`'s, equal to
+    torch.optim.SGD with autograd to float rounding, with one host read per epoch. Runs on the
+    device of the features, on in-memory tensors. Returns the final epoch's {"top1", "top5"}
+    (the result), the best top-1 over the test epochs (official reporting, selected on the test
+    set) and the per-epoch test top-1 history and the per-epoch mean training loss history (the
+    mean of the epoch's batch cross-entropies, each batch weighing the same, as it was before
+    that batch's update).
     """
     (train_features, train_labels), (test_features, test_labels) = train, test
-    epochs, lr, momentum, wd, bs = settings.epochs, settings.lr, settings.momentum, settings.wd, settings.bs
     device = train_features.device
     generator = torch.Generator(device=device).manual_seed(seed)
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.manual_seed(seed)
-        classifier = nn.Linear(train_features.shape[1], num_classes).to(device)
-    optimizer = torch.optim.SGD(classifier.parameters(), lr=lr, momentum=momentum, weight_decay=wd)
-    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs)
-    steps = max(1, len(train_labels) // bs)
+        initial = nn.Linear(train_features.shape[1], num_classes)
+    theta = torch.cat([initial.weight.detach().flatten(), initial.bias.detach()]).to(device)  # (C·D + C,)
+    velocity, grad = torch.zeros_like(theta), torch.empty_like(theta)  # (C·D + C,) each
+    weight, bias = theta[:-num_classes].view(num_classes, -1), theta[-num_classes:]  # (C, D), (C,)
+    onehot = F.one_hot(train_labels, num_classes).float()  # (N, C)
+    steps = max(1, len(train_labels) // settings.bs)
     history, history_loss = [], []
-    bar = tqdm(range(epochs), desc="linear probe", disable=not progress, leave=False, dynamic_ncols=True)
-    for _ in bar:
+    bar = tqdm(range(settings.epochs), desc="linear probe", disable=not progress, leave=False, dynamic_ncols=True)
+    for epoch in bar:
         order = torch.randperm(len(train_labels), generator=generator, device=device)
-        classifier.train()
-        loss_sum = torch.zeros((), device=device)
-        for idx in order[: steps * bs].view(steps, -1):  # (steps, bs); a short last batch is dropped
-            loss = F.cross_entropy(classifier(train_features[idx]), train_labels[idx])
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            loss_sum += loss.detach()
-        scheduler.step()
-        history_loss.append(loss_sum.item() / steps)  # one host read per epoch
-        classifier.eval()
-        result = evaluate_linear(classifier, test_features, test_labels)
+        batches = order[: steps * settings.bs].view(steps, -1)  # (steps, bs); a short last batch is dropped
+        lr = cosine_lr(settings.lr, epoch, settings.epochs)
+        loss_sum = sgd_epoch(theta, velocity, grad, train_features, batches, onehot[batches], lr, settings)
+        correct = linear_correct(weight, bias, test_features, test_labels)  # (2,)
+        loss, top1, top5 = torch.cat([loss_sum.double().view(1), correct.double()]).tolist()  # one host read
+        result = {"top1": 100.0 * top1 / len(test_labels), "top5": 100.0 * top5 / len(test_labels)}
+        history_loss.append(loss / steps)
         history.append(result["top1"])
         bar.set_postfix(test_top1=f"{result['top1']:.2f}", refresh=False)
     return {**result, "best_top1_over_test_epochs": max(history), "history_top1": history,

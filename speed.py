@@ -1,10 +1,12 @@
 """Speed settings of the encoder: mixed precision, memory layout and compilation.
 
 Precision policy: ``--precision bf16`` autocasts the encoder's forward to bfloat16; the
-embeddings are cast back to float32 before the loss, and the coding rate forms its Gram matrix
-in float32 (loss.py). On GPUs, float32 matrix products stay true float32 (no TF32: the coding
-rate's gradient would lose digits), while cuDNN convolutions may use TF32 as PyTorch allows by
-default (and as the official float32 runs did).
+embeddings are cast back to float32 before the loss. The coding rate guarantees its own
+precision: it forms its Gram matrix in float32 with true float32 products (no TF32), forward and
+backward, whatever the process-wide setting (loss.py, :func:`loss.cuda_matmul_precision`), so
+this module leaves the process's float32 matmul setting alone (PyTorch's default: no TF32;
+evaluate.py allows TF32 for its probes under ``--precision bf16``). cuDNN convolutions may use
+TF32 as PyTorch allows by default (and as the official float32 runs did).
 """
 from __future__ import annotations
 
@@ -32,10 +34,10 @@ def _compiler_missing(device: torch.device) -> str | None:
 
 
 def prepare_model(model: nn.Module, device: torch.device, channels_last: bool) -> None:
-    """Apply the matmul precision policy and, if asked, the channels-last layout (in place; before
-    any DistributedDataParallel wrapper is built around the model)."""
+    """Allow TF32 in cuDNN convolutions (PyTorch's default) and, if asked, apply the channels-last
+    layout (in place; before any DistributedDataParallel wrapper is built around the model). The
+    float32 matmul setting is left as it is: the coding rate scopes its own."""
     if device.type == "cuda":
-        torch.backends.cuda.matmul.allow_tf32 = False  # true float32 products for the coding rate
         torch.backends.cudnn.allow_tf32 = True  # PyTorch's default for convolutions
     if channels_last:
         model.to(memory_format=torch.channels_last)

@@ -6,7 +6,8 @@
   :class:`MultiPatch`); :mod:`dataset.batched` and :mod:`dataset.patch_ops`: the same
   distributions for a whole batch on the device;
 - :mod:`dataset.source`: the training batches of a run, seeded and resumable
-  (:mod:`dataset.sampler`, :mod:`dataset.seeded`);
+  (:mod:`dataset.sampler`, :mod:`dataset.seeded`); an image folder of equally sized images is
+  decoded into memory once and kept on disk by :mod:`dataset.pixel_cache`;
 - :mod:`dataset.synthetic`: :class:`SyntheticShapes`, a generated set with no files;
   :mod:`dataset.images`: decoding files, with a clear message for a broken one.
 

@@ -18,9 +18,10 @@ of ranks (they do depend on the device type, whose generators differ).
 """
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -32,6 +33,7 @@ from torchvision import datasets
 from dataset.aug import CROP_RATIO, MultiPatch, crop_transform, patch_transform
 from dataset.catalog import augmentation_kind, build_dataset, class_balanced_subset
 from dataset.batched import augment_crops, augment_images
+from dataset.pixel_cache import cached_pixels
 from dataset.sampler import ResumableSampler
 from dataset.seeded import SeededPatches, seed_worker, step_seed
 from errors import UserError
@@ -112,15 +114,23 @@ def _size(path: Path) -> tuple[int, int]:
         return image.size
 
 
-def _folder_pixels(folder: datasets.ImageFolder, indices: list[int], workers: int) -> np.ndarray | None:
-    """The images ``indices`` of an image folder decoded to uint8 (n, H, W, 3), or None when their
-    sizes differ or they exceed :data:`IN_MEMORY_LIMIT` (only the headers are read to decide)."""
-    paths = [Path(folder.samples[i][0]) for i in indices]
+def _decode(loader: Callable[[str], Image.Image], paths: list[Path], workers: int) -> np.ndarray | None:
+    """The images `paths` decoded by `loader` in `workers` threads to uint8 (n, H, W, 3), or None
+    when their sizes differ or they exceed :data:`IN_MEMORY_LIMIT` (only the headers are read to
+    decide)."""
     width, height = _size(paths[0])
     if len(paths) * width * height * 3 > IN_MEMORY_LIMIT or any(_size(p) != (width, height) for p in paths):
         return None
     with ThreadPoolExecutor(max(1, workers)) as pool:
-        return np.stack(list(pool.map(lambda p: np.asarray(folder.loader(str(p))), paths)))  # (n, H, W, 3)
+        return np.stack(list(pool.map(lambda p: np.asarray(loader(str(p))), paths)))  # (n, H, W, 3)
+
+
+def _folder_pixels(folder: datasets.ImageFolder, indices: list[int], workers: int) -> np.ndarray | None:
+    """The images ``indices`` of an image folder as uint8 (n, H, W, 3), or None when they do not
+    qualify (:func:`_decode`): decoded once, then read back from the on-disk cache
+    (:mod:`dataset.pixel_cache`) while the files stay the same."""
+    paths = [Path(folder.samples[i][0]) for i in indices]
+    return cached_pixels(paths, partial(_decode, folder.loader, paths, workers))
 
 
 def in_memory_pixels(dataset: Dataset, workers: int = 1) -> np.ndarray | None:

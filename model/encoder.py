@@ -32,9 +32,14 @@ class Encoder(nn.Module):
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """x (N, 3, H, W) → (z (N, z_dim) with unit rows, pre_feature (N, hidden_dim))."""
-        feature = self.pre_feature(self.backbone(x))
+        feature = self.features(x)
         z = F.normalize(self.projection(feature), dim=1)
         return z, feature
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """x (N, 3, H, W) → pre_feature(backbone(x)) (N, hidden_dim), the representation alone:
+        what evaluation needs, without running the projection."""
+        return self.pre_feature(self.backbone(x))
 
 
 def strip_module_prefix(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -14,7 +14,10 @@ alone (batched: from building its source, which decodes an image folder into mem
 batch on the device; pil: the loader's batches, worker start-up included), the encoder's forward
 alone on the batched patches already made, then each path's whole extraction (patches + forward,
 as evaluate.py runs it). The probes run on random features of the
-official shape; the linear probe's time is also scaled to 100 epochs.
+official shape; the linear probe's time is also scaled to 100 epochs. Last, one step of the linear
+probe as probes.linear_probe takes it (fused, no autograd) against the reference formulation
+(:func:`reference_linear_probe`: autograd + torch.optim.SGD), on one CPU thread at a size where
+dispatch is the cost, as on a GPU at the official size: their ratio.
 """
 from __future__ import annotations
 
@@ -26,6 +29,8 @@ from functools import partial
 from pathlib import Path
 
 import torch
+import torch.nn as nn
+import torch.nn.functional as F
 from torch.utils.data import Dataset, Subset
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root, for `python scripts/…`
@@ -35,7 +40,8 @@ from dataset import DATASETS, build_dataset  # noqa: E402
 from device import resolve_device  # noqa: E402
 from features import EVAL_AUGMENTS, bag_of_features, eval_batches  # noqa: E402
 from model import ARCHS, Encoder  # noqa: E402
-from probes import KNN_K, KNN_T, OFFICIAL_LINEAR, knn_accuracy, linear_probe  # noqa: E402
+from probes import (KNN_K, KNN_T, OFFICIAL_LINEAR, Labelled, LinearSettings, knn_accuracy,  # noqa: E402
+                    linear_probe, topk_correct)
 from scripts.benchmark import timed_call  # noqa: E402
 from speed import AMP_DTYPES  # noqa: E402
 
@@ -114,6 +120,69 @@ def extraction(args: argparse.Namespace, images: Dataset, device: torch.device) 
     }
 
 
+def reference_linear_probe(train: Labelled, test: Labelled, num_classes: int, settings: LinearSettings,
+                           seed: int = 0) -> dict:
+    """probes.linear_probe as it was written before its steps were fused, and as the official code
+    runs it: nn.Linear, F.cross_entropy, autograd, torch.optim.SGD and CosineAnnealingLR, one
+    optimizer step per batch; the same seeds, batches and return values."""
+    (train_x, train_y), (test_x, test_y) = train, test
+    device = train_x.device
+    generator = torch.Generator(device=device).manual_seed(seed)
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.manual_seed(seed)
+        classifier = nn.Linear(train_x.shape[1], num_classes).to(device)
+    optimizer = torch.optim.SGD(classifier.parameters(), lr=settings.lr, momentum=settings.momentum,
+                                weight_decay=settings.wd)
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=settings.epochs)
+    steps = max(1, len(train_y) // settings.bs)
+    history, history_loss = [], []
+    for _ in range(settings.epochs):
+        order = torch.randperm(len(train_y), generator=generator, device=device)
+        loss_sum = torch.zeros((), device=device)
+        for idx in order[: steps * settings.bs].view(steps, -1):  # (steps, bs)
+            loss = F.cross_entropy(classifier(train_x[idx]), train_y[idx])
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            loss_sum += loss.detach()
+        scheduler.step()
+        history_loss.append(loss_sum.item() / steps)
+        with torch.no_grad():
+            logits = classifier(test_x)  # (M, C)
+        result = {f"top{t}": 100.0 * int(topk_correct(logits, test_y, t).sum()) / len(test_y) for t in (1, 5)}
+        history.append(result["top1"])
+    return {**result, "best_top1_over_test_epochs": max(history), "history_top1": history,
+            "history_loss": history_loss}
+
+
+def linear_dispatch() -> dict[str, float]:
+    """Microseconds per step of the reference linear probe and of probes.linear_probe on one CPU
+    thread at a size where dispatch, not arithmetic, is the cost (2,000 features of 64 dims, 10
+    classes, batch 100, 10 epochs; best of 3), as it is on a GPU at the official size; the ratio
+    is what the fused steps gain. One thread: on a busy machine, idle threads spinning between
+    tiny ops would time the load, not the probe."""
+    g = torch.Generator().manual_seed(0)
+    train = torch.randn(2000, 64, generator=g), torch.randint(10, (2000,), generator=g)  # (N, D), (N,)
+    test = torch.randn(500, 64, generator=g), torch.randint(10, (500,), generator=g)  # (M, D), (M,)
+    settings = replace(OFFICIAL_LINEAR, epochs=10)
+    steps = settings.epochs * len(train[1]) // settings.bs
+    cpu, threads = torch.device("cpu"), torch.get_num_threads()
+    seconds = {}
+    torch.set_num_threads(1)
+    try:
+        for name, probe in (("reference", reference_linear_probe), ("fused", linear_probe)):
+            probe(train, test, 10, replace(settings, epochs=1))  # warm-up
+            seconds[name] = min(timed_call(partial(probe, train, test, 10, settings), cpu)[0] for _ in range(3))
+    finally:
+        torch.set_num_threads(threads)
+    size = "on 1 CPU thread, 2000 x 64 features"
+    return {
+        f"linear probe step {size}, reference (autograd + torch.optim.SGD), us": 1e6 * seconds["reference"] / steps,
+        f"linear probe step {size}, fused, us": 1e6 * seconds["fused"] / steps,
+        "linear probe step, reference / fused": seconds["reference"] / seconds["fused"],
+    }
+
+
 def probes(args: argparse.Namespace, device: torch.device) -> dict[str, float]:
     """Seconds of the kNN and of the linear probe on random features."""
     g = torch.Generator().manual_seed(0)
@@ -138,7 +207,7 @@ def main(args: argparse.Namespace) -> None:
     device = resolve_device(args.device)
     images = build_dataset(args.data, args.data_dir, "test", download=False)
     images = Subset(images, range(min(args.images, len(images))))
-    rows = {**extraction(args, images, device), **probes(args, device)}
+    rows = {**extraction(args, images, device), **probes(args, device), **linear_dispatch()}
     print(f"device: {device} ({torch.cuda.get_device_name(device) if device.type == 'cuda' else 'CPU'}, "
           f"{torch.get_num_threads()} threads); {args.data}: {len(images)} images x {args.test_patches} patches")
     print("| measure | value |\n|---|---|")

@@ -24,6 +24,15 @@ TINY_RUN = ["--data", "synthetic", "--arch", "resnet10-cifar", "--hidden_dim", "
             "--num_patches", "4", "--bs", "16", "--train_subset", "64", "--workers", "0", "--device", "cpu"]
 
 
+@pytest.fixture(autouse=True)
+def pixel_cache(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Every test keeps decoded image folders (dataset/pixel_cache.py) in a fresh folder of its own,
+    never in the real home and never in its tmp_path; subprocesses inherit it."""
+    folder = tmp_path_factory.mktemp("pixel-cache")
+    monkeypatch.setenv("EMP_SSL_CACHE", str(folder))
+    return folder
+
+
 @dataclass
 class Result:
     returncode: int

@@ -10,6 +10,7 @@ import torch
 from conftest import TINY_RUN, assert_one_line_error
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+import evaluate
 from checkpoint import save_checkpoint
 from model import Encoder
 
@@ -90,6 +91,33 @@ class TestEvaluate:
             assert record["augment"] == augment and 0 <= record["knn"]["top1"] <= 100
         assert len(list(ckpt.parent.glob("*.features"))) == 4  # 2 splits × 2 paths
         assert_one_line_error(cli("evaluate", "--ckpt", str(ckpt), *QUICK, "--augment", "gpu"), "--augment")
+
+    def test_channels_last_is_recorded_keyed_and_gives_the_same_features(self, cli, ckpt: Path) -> None:
+        plain = cli("evaluate", "--ckpt", str(ckpt), *QUICK, "--no-linear")
+        assert json.loads(ckpt.with_name("3.eval.json").read_text())["channels_last"] is False
+        (contiguous,) = ckpt.parent.glob("3.pt.train-*.features")
+        fast = cli("evaluate", "--ckpt", str(ckpt), *QUICK, "--no-linear", "--channels_last")
+        assert plain.returncode == 0 and fast.returncode == 0, fast.stderr
+        assert fast.stdout.count("computed features") == 2  # its own cache entries, not the contiguous run's
+        assert json.loads(ckpt.with_name("3.eval.json").read_text())["channels_last"] is True
+        (channels_last,) = set(ckpt.parent.glob("3.pt.train-*.features")) - {contiguous}
+        torch.testing.assert_close(torch.load(channels_last, weights_only=True)["features"],
+                                   torch.load(contiguous, weights_only=True)["features"], rtol=1e-4, atol=1e-5)
+
+    def test_bf16_runs_the_probes_with_tf32_matmuls_and_fp32_without(self, cli, ckpt: Path, monkeypatch) -> None:
+        seen, run_probes = [], evaluate.run_probes
+
+        def spy(*args, **kwargs):
+            seen.append(torch.backends.cuda.matmul.fp32_precision)
+            return run_probes(*args, **kwargs)
+
+        monkeypatch.setattr(evaluate, "run_probes", spy)
+        before = torch.backends.cuda.matmul.fp32_precision
+        for precision in ("fp32", "bf16"):
+            result = cli("evaluate", "--ckpt", str(ckpt), *QUICK, "--no-linear", "--precision", precision)
+            assert result.returncode == 0, result.stderr
+            assert torch.backends.cuda.matmul.fp32_precision == before  # restored
+        assert seen == [before, "tf32"] and before != "tf32"
 
     def test_official_checkpoint_gives_the_same_features_as_ours(self, cli, ckpt: Path, tmp_path: Path) -> None:
         official = tmp_path / "official" / "model.pt"

@@ -15,6 +15,7 @@ from errors import UserError
 from features import (EVAL_AUGMENTS, DevicePatches, bag_of_features, cache_path, cached_features, eval_batches,
                       eval_split, patch_loader)
 from model import Encoder
+from monitor import KNNMonitor
 from probes import KNN_K, KNN_T, knn_accuracy
 
 CPU = torch.device("cpu")
@@ -72,6 +73,40 @@ class TestBagOfFeatures:
             model.eval()
         torch.testing.assert_close(a, b)
         assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # no BN update
+
+
+class TestNoProjection:
+    """Evaluation needs only pre_feature: the projection never runs in bag_of_features or the monitor."""
+
+    def test_bag_of_features_and_the_knn_monitor_skip_the_projection(self, images, model) -> None:
+        calls = []
+        hook = model.projection.register_forward_hook(lambda module, inputs, output: calls.append(1))
+        try:
+            batches = patch_loader(images, "synthetic", 2, 0, 5, 0)
+            features, _ = bag_of_features(model, batches, CPU)
+            top1 = KNNMonitor({"train": batches, "test": batches}, 10, 2, CPU, None)(model)
+            model(torch.randn(2, 3, 32, 32))
+        finally:
+            hook.remove()
+        assert features.shape == (10, 16) and 0 <= top1 <= 100
+        assert calls == [1]  # only the direct call above: the hook works, evaluation never ran it
+
+
+class TestChannelsLast:
+    def test_patches_enter_the_forward_in_the_asked_layout_and_the_features_agree(self, images, model) -> None:
+        layouts = []
+        hook = model.backbone.register_forward_pre_hook(
+            lambda module, inputs: layouts.append(inputs[0].is_contiguous(memory_format=torch.channels_last)))
+        batches = list(patch_loader(images, "synthetic", 2, 0, 5, 0))
+        try:
+            plain, _ = bag_of_features(model, batches, CPU)
+            fast, _ = bag_of_features(model.to(memory_format=torch.channels_last), batches, CPU,
+                                      memory_format=torch.channels_last)
+        finally:
+            hook.remove()
+            model.to(memory_format=torch.contiguous_format)
+        assert layouts == [False, False, True, True]  # two forward passes (one per batch of 5) each
+        torch.testing.assert_close(fast, plain, rtol=1e-4, atol=1e-5)
 
 
 def all_patches(batches) -> torch.Tensor:

@@ -3,13 +3,15 @@ import math
 
 import pytest
 import torch
+import torch.nn as nn
 import torch.nn.functional as F
 
 import loss as loss_module
 from engine import train_step
 from lars import LARS
-from loss import EMPSSLLoss, invariance, total_coding_rate
+from loss import EMPSSLLoss, cuda_matmul_precision, invariance, total_coding_rate
 from model import Encoder
+from speed import prepare_model
 
 
 def direct_rate(z: torch.Tensor, eps: float) -> torch.Tensor:
@@ -84,6 +86,40 @@ class TestTotalCodingRate:
         z[0, 1, 2] = float("nan")
         rate = total_coding_rate(z, 0.2)
         assert torch.isnan(rate[0]) and torch.isfinite(rate[1])
+
+
+class TestTrueFloat32Products:
+    """The coding rate's products are true float32 (no TF32) whatever the process allows."""
+
+    def test_gram_and_its_gradient_run_with_tf32_off_when_the_process_has_it_on(self, monkeypatch) -> None:
+        seen = []
+
+        def spy(name: str, op):
+            def run(*args, **kwargs):
+                seen.append((name, torch.backends.cuda.matmul.fp32_precision))
+                return op(*args, **kwargs)
+            return run
+
+        monkeypatch.setattr(torch.Tensor, "__matmul__", spy("gram", torch.Tensor.__matmul__))
+        monkeypatch.setattr(torch, "cholesky_solve", spy("gradient", torch.cholesky_solve))
+        z = unit_rows(3, 6, 8).requires_grad_()
+        with cuda_matmul_precision("tf32"):
+            total_coding_rate(z, 0.2).sum().backward()
+            assert torch.backends.cuda.matmul.fp32_precision == "tf32"  # restored after each pass
+        assert seen == [("gram", "ieee"), ("gradient", "ieee")]
+
+    def test_the_previous_setting_is_restored_on_error(self) -> None:
+        with cuda_matmul_precision("tf32"):
+            with pytest.raises(ZeroDivisionError), cuda_matmul_precision("ieee"):
+                assert torch.backends.cuda.matmul.fp32_precision == "ieee"
+                _ = 1 / 0
+            assert torch.backends.cuda.matmul.fp32_precision == "tf32"
+
+    @pytest.mark.parametrize("precision", ["ieee", "tf32"])
+    def test_prepare_model_leaves_the_matmul_setting_alone(self, precision: str) -> None:
+        with cuda_matmul_precision(precision):
+            prepare_model(nn.Linear(2, 2), torch.device("cuda"), channels_last=False)  # touches no CUDA memory
+            assert torch.backends.cuda.matmul.fp32_precision == precision
 
 
 class TestInvariance:

@@ -32,6 +32,17 @@ class TestEncoder:
         torch.testing.assert_close(z.norm(dim=1), torch.ones(3))
         assert (feature >= 0).all()  # pre_feature ends in a ReLU
 
+    def test_features_are_forwards_pre_feature_without_the_projection(self) -> None:
+        torch.manual_seed(0)
+        model = Encoder("resnet10-cifar", hidden_dim=32, z_dim=8).eval()
+        calls = []
+        model.projection.register_forward_hook(lambda module, inputs, output: calls.append(output.shape))
+        x = torch.randn(4, 3, 32, 32)
+        feature = model.features(x)
+        assert calls == [] and feature.shape == (4, 32)
+        torch.testing.assert_close(feature, model(x)[1], rtol=0, atol=0)
+        assert calls == [(4, 8)]  # the hook sees forward's projection
+
     def test_every_arch_is_tested(self) -> None:
         """The parametrisation of test_output_shapes_and_unit_norm names every arch of ARCHS."""
         (marker,) = [m for m in self.test_output_shapes_and_unit_norm.pytestmark if m.name == "parametrize"]

@@ -7,7 +7,10 @@ from dataclasses import replace
 import pytest
 import torch
 
-from probes import KNN_K, KNN_T, OFFICIAL_LINEAR, knn_accuracy, knn_scores, linear_probe, topk_correct
+import probes
+from probes import (KNN_K, KNN_T, OFFICIAL_LINEAR, LinearSettings, knn_accuracy, knn_scores, linear_probe,
+                    topk_correct)
+from scripts.benchmark_eval import reference_linear_probe
 
 
 def clusters(n: int, num_classes: int = 10, dim: int = 32, noise: float = 0.1,
@@ -81,15 +84,46 @@ class TestLinearProbe:
     @pytest.mark.parametrize("epochs", [1, 4])
     def test_learning_rate_is_cosine_annealed_to_zero(self, epochs: int, monkeypatch: pytest.MonkeyPatch) -> None:
         seen = []
-        step = torch.optim.SGD.step
+        sgd_epoch = probes.sgd_epoch
 
-        def record(self, *args, **kwargs):
-            seen.append(self.param_groups[0]["lr"])
-            return step(self, *args, **kwargs)
+        def record(*args):
+            seen.append((args[-2], args[4].shape))  # (lr, batches (steps, bs))
+            return sgd_epoch(*args)
 
-        monkeypatch.setattr(torch.optim.SGD, "step", record)
-        train = clusters(200, dim=8)
+        monkeypatch.setattr(probes, "sgd_epoch", record)
+        train = clusters(250, dim=8)
         linear_probe(train, train, 10, replace(OFFICIAL_LINEAR, epochs=epochs, lr=0.4, bs=100))
-        per_epoch = seen[::2]  # two batches of 100 per epoch
         expected = [0.4 * (1 + math.cos(math.pi * e / epochs)) / 2 for e in range(epochs)]
-        assert per_epoch == pytest.approx(expected) and len(seen) == 2 * epochs
+        assert [lr for lr, _ in seen] == pytest.approx(expected)
+        assert all(shape == (2, 100) for _, shape in seen)  # 250 images: two batches of 100, 50 dropped
+
+    @pytest.mark.parametrize("n", [350, 60])  # a short last batch dropped; a single batch shorter than bs
+    def test_fused_steps_equal_torch_optim_sgd_with_autograd(self, n: int, monkeypatch: pytest.MonkeyPatch) -> None:
+        """Weights after every epoch, test accuracies and losses of probes.linear_probe equal the
+        plain formulation (scripts/benchmark_eval.reference_linear_probe); lr and wd are large so
+        that a wrong momentum, decay or schedule shows beyond float rounding."""
+        train = clusters(n, num_classes=5, dim=12, noise=1.0)
+        test = clusters(80, num_classes=5, dim=12, noise=1.0, seed=1)
+        settings = LinearSettings(epochs=4, lr=0.5, momentum=0.9, wd=0.01, bs=100)
+        fused_weights, reference_weights = [], []
+        linear_correct, scheduler_step = probes.linear_correct, torch.optim.lr_scheduler.CosineAnnealingLR.step
+
+        def keep_fused(weight: torch.Tensor, bias: torch.Tensor, *args) -> torch.Tensor:  # after each epoch
+            fused_weights.append(torch.cat([weight, bias[:, None]], 1).clone())  # (C, D + 1)
+            return linear_correct(weight, bias, *args)
+
+        def keep_reference(scheduler, *args) -> None:  # at the start, then after each epoch
+            weight, bias = scheduler.optimizer.param_groups[0]["params"]
+            reference_weights.append(torch.cat([weight, bias[:, None]], 1).detach().clone())  # (C, D + 1)
+            scheduler_step(scheduler, *args)
+
+        monkeypatch.setattr(probes, "linear_correct", keep_fused)
+        monkeypatch.setattr(torch.optim.lr_scheduler.CosineAnnealingLR, "step", keep_reference)
+        fused = linear_probe(train, test, 5, settings, seed=3)
+        reference = reference_linear_probe(train, test, 5, settings, seed=3)
+        assert len(fused_weights) == 4 and len(reference_weights) == 5
+        torch.testing.assert_close(torch.stack(fused_weights), torch.stack(reference_weights[1:]), rtol=1e-5,
+                                   atol=1e-6)  # (epochs, C, D + 1)
+        assert fused["history_loss"] == pytest.approx(reference["history_loss"], rel=1e-5)
+        assert fused == {**reference, "history_loss": fused["history_loss"]}  # accuracies: exactly
+        assert fused["history_loss"][-1] < 0.9 * fused["history_loss"][0]  # it learns: the parity is not vacuous

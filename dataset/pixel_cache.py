@@ -1,0 +1,92 @@
+"""Decoded image folders kept on disk, so that a folder's images are decoded once, not once per stage.
+
+An image folder whose images all have one size lives in memory as one uint8 array (N, H, W, 3)
+(:func:`dataset.source.in_memory_pixels`). Training, each evaluation split and each stage of a
+chain (train, evaluate, the random-init baseline) would decode the same files again; the first
+decode stores the array here and later loads of the same files read it back.
+
+- Key: SHA-256 of the requested files in their order, each with its absolute path, size in bytes
+  and modification time (ns). Touching, adding, removing or reordering a file gives a new key,
+  so a fresh decode; a file rewritten with the same size and time is not noticed.
+- Folder: ``$EMP_SSL_CACHE`` when set, else ``~/.cache/emp-ssl``; never beside the data, which
+  may be read-only or shared. One ``pixels/<key>.npy`` per decoded file list (a subset of a
+  folder is a list of its own); delete the folder to reclaim the space.
+- Writes are atomic (:func:`checkpoint.atomic_write`): a killed run leaves no partial array. A
+  cache folder that cannot be written is reported once per process; the images are then decoded
+  every time, as without a cache.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import sys
+from collections.abc import Callable, Sequence
+from functools import partial
+from pathlib import Path
+
+import numpy as np
+
+from checkpoint import atomic_write
+from errors import speaks
+
+CACHE_ENV = "EMP_SSL_CACHE"
+FORMAT = 1  # bump when the meaning of a cached array changes
+_reported: set[Path] = set()  # cache folders already reported unwritable by this process
+
+
+def cache_folder() -> Path:
+    """``$EMP_SSL_CACHE`` when set and not empty, else ``~/.cache/emp-ssl``."""
+    return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "emp-ssl")
+
+
+def files_key(paths: Sequence[Path]) -> str:
+    """SHA-256 (64 hex digits) of the cache format and, per file in order, its absolute path,
+    size and modification time in nanoseconds (one stat per file; no file is read)."""
+    digest = hashlib.sha256(f"emp-ssl decoded pixels, format {FORMAT}\n".encode())
+    for path in paths:
+        stat = os.stat(path)
+        digest.update(f"{os.path.abspath(path)}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+    return digest.hexdigest()
+
+
+def cached_pixels(paths: Sequence[Path], decode: Callable[[], np.ndarray | None]) -> np.ndarray | None:
+    """The uint8 array (n, H, W, 3) of the n images `paths`: read from the cache when an earlier
+    call stored it for exactly these files, else ``decode()`` and stored. decode() returning None
+    (the files do not qualify for memory) gives None, and nothing is stored."""
+    path = cache_folder() / "pixels" / f"{files_key(paths)}.npy"
+    pixels = _read(path, len(paths))
+    if pixels is None:
+        pixels = decode()
+        if pixels is not None:
+            _store(path, pixels)
+    return pixels
+
+
+def _read(path: Path, count: int) -> np.ndarray | None:
+    """The array stored at `path` when it is a readable uint8 (count, H, W, 3) array, else None
+    (no such file, or a foreign one)."""
+    try:
+        pixels = np.load(path, allow_pickle=False)
+    except (OSError, ValueError, EOFError):
+        return None
+    whole = pixels.dtype == np.uint8 and pixels.ndim == 4 and pixels.shape[0] == count and pixels.shape[3] == 3
+    return pixels if whole else None
+
+
+def _save(pixels: np.ndarray, tmp: Path) -> None:
+    """np.save into exactly `tmp` (np.save given a path would append `.npy` to its name)."""
+    with open(tmp, "wb") as f:
+        np.save(f, pixels)
+
+
+def _store(path: Path, pixels: np.ndarray) -> None:
+    """Write `pixels` to `path` atomically; if the folder cannot be written, say so once per
+    folder and go on without the cache."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write(path, partial(_save, pixels))
+    except OSError as err:
+        if path.parent not in _reported and speaks():
+            print(f"warning: cannot write the decoded-image cache in {path.parent} ({err.strerror or err}); "
+                  f"decoding without it (set {CACHE_ENV} to a writable folder)", file=sys.stderr)
+        _reported.add(path.parent)
