@@ -1,61 +1,147 @@
-"""The GPU check behind scripts/gpu_check.sh: one command that shows the fast path works and how
-fast it is on this machine, with nothing to download.
+"""The GPU check behind scripts/gpu_check.sh: one call that runs the fast path on real data end to
+end, keeps every number it reached even if it is stopped, and ends with a verdict.
 
-(a) prints the GPU, driver, torch and CUDA versions; (b) runs scripts/benchmark.py --full with
-bf16 and channels_last; (c) trains CIFAR-10's official one-epoch protocol (``--epoch 2
---max_steps <one epoch>``, the checkpoint after epoch 1) with ``--augment batched --precision bf16
---channels_last`` through scripts/reproduce.py, on --data_dir (a torchvision CIFAR-10 folder or an
-ImageFolder tree), else on the built-in synthetic set; (d) evaluates that checkpoint and the
-random-init baseline at 128 patches with kNN and the linear probe; (e) writes <out>/gpu_check.json
-and prints one table. --tiny runs the same chain on the CPU at toy sizes in seconds.
+Stages, in this order; each is recorded in gpu_check.json with its status (ok or failed), its
+wall-clock seconds and, when it failed, its one-line error. The file is rewritten after every
+stage, and a failed stage does not stop the stages that do not need it:
+
+1. versions: the GPU, its memory, the driver, torch, CUDA, cuDNN and the commit.
+2. no_sync: one step of the fast path (batched patches from images held on the device, bf16,
+   channels_last, LARS under the non-finite guard) after a warm-up, run under CUDA's sync debug
+   mode "error" (on the CPU: the operators that would make a GPU wait, counted).
+3. training: CIFAR-10's official one-epoch row (scripts/reproduce.py cifar10-1ep: --epoch 2, the
+   checkpoint after epoch 1) on the fast path; every step's loss, read back from TensorBoard, and
+   the steady patches/s, images/s and seconds per epoch on the data given.
+4. evaluation: that checkpoint, 128 patches per image, kNN and the 100-epoch linear probe, in bf16
+   with channels_last (--eval_precision fp32 for the official float32).
+5. baseline: the same evaluation of a random-init encoder (needs no training).
+6. benchmark: scripts/benchmark.py on the same data (--full on a GPU).
+
+The table (printed at the end, and gpu_check.md) has one line per stage (status, seconds, what
+it measured), then the verdict, each line PASS, FAIL or INFO:
+- loss finite at every training step: every step's loss of the training stage (PASS: all finite);
+- trained kNN top-1 ≥ random init + 20 points (5 with --tiny): evaluation against baseline;
+- no synchronising call in a fast-path step: the no_sync stage found none;
+- seconds per epoch on the data given ≤ 20: the training stage's steady patches/s turned into
+  seconds per epoch, with images/s and patches/s (PASS/FAIL on a GPU at full size, else INFO);
+- top-1 beside the published 84.2: the row's linear (final and best over test epochs) and kNN
+  top-1 (INFO; one epoch on JPEG-compressed CIFAR-10 is expected a little below it).
+
+Small outputs go to <out>/attempt-N/: gpu_check.json, gpu_check.md (the table) and
+gpu_check.log (everything printed), so that folder alone can be copied off a machine.
+Checkpoints and feature caches go to <work_dir>/attempt-N/, decoded images to
+<work_dir>/pixel_cache/ (unless $EMP_SSL_CACHE names another folder). Every call starts
+attempt N + 1: nothing is overwritten and a retry never waits on an old result. --tiny runs the
+same chain on the CPU at toy sizes (under a minute). The exit status is 0 when every stage ran
+and every check passed, 1 otherwise.
 
 Usage:
-    bash scripts/gpu_check.sh --data_dir /data/cifar10 --out gpu_check
+    bash scripts/gpu_check.sh --data_dir /data/cifar10          # ImageFolder tree or torchvision's CIFAR-10
+    bash scripts/gpu_check.sh --tiny --data_dir /data/cifar10   # the same chain on the CPU, toy sizes
 """
 from __future__ import annotations
 
 import argparse
+import gc
 import json
+import math
+import os
+import re
 import shlex
+import statistics
 import subprocess
 import sys
+import time
+import traceback
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any, TextIO
 
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+import evaluate as eval_entry  # noqa: E402
+import main as train_entry  # noqa: E402
 from checkpoint import atomic_write, git_commit  # noqa: E402
 from cli import ArgumentParser, run_cli  # noqa: E402
-from errors import UserError  # noqa: E402
+from device import resolve_device  # noqa: E402
+from engine import NonFiniteGuard, StepLog, seed_everything, train_step  # noqa: E402
+from errors import UserError, one_line  # noqa: E402
+from host_sync import HostSyncs, refuse_syncs  # noqa: E402
 from scripts import benchmark, reproduce  # noqa: E402
 
-FAST = "--augment batched --precision bf16 --channels_last"
 ROW = "cifar10-1ep"
+FAST = ["--augment", "batched", "--precision", "bf16", "--channels_last"]
+# --tiny: a few hundred images and a few steps, whatever the data (the synthetic set by default).
+TINY_TRAIN = ["--train_subset", "1600", "--bs", "32", "--num_patches", "8", "--hidden_dim", "512", "--z_dim", "128"]
+TINY_EVAL = ["--train_subset", "640", "--test_subset", "200", "--test_patches", "8", "--linear_epochs", "10"]
+FULL_EVAL = ["--eval_bs", "100", "--forward_bs", "12800"]  # 128 patches of 100 images per forward
+WARMUP_STEPS = 3  # before the checked step: cuDNN autotuning, the epoch's order copied to the device
+KNN_MARGIN = {"full": 20.0, "tiny": 5.0}  # points of kNN top-1 a trained encoder must gain over random init
+EPOCH_TARGET_S = 20.0  # seconds per CIFAR-10 epoch on one H200 (the target; checked at full size on a GPU)
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    parser = ArgumentParser("EMP-SSL GPU check", description=__doc__.split("\n\n")[0])
+    parser = ArgumentParser("bash scripts/gpu_check.sh", description=__doc__,
+                            formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data_dir", type=Path, default=None,
-                        help="CIFAR-10 as torchvision's folder (cifar-10-batches-py inside) or an ImageFolder "
-                             "tree (train/ and val/ or test/); default: the built-in synthetic set")
-    parser.add_argument("--out", type=Path, default=Path("gpu_check"), help="folder of every output (gpu_check)")
-    parser.add_argument("--workers", type=int, default=8, help="DataLoader workers of the benchmark's pil path (8)")
-    parser.add_argument("--tiny", action="store_true", help="the same chain on the CPU at toy sizes, in seconds")
+                        help="CIFAR-10 as an ImageFolder tree (train/<class>/*.jpg and test/ or val/) or as "
+                             "torchvision stores it (cifar-10-batches-py/ inside); default: the built-in "
+                             "synthetic set")
+    parser.add_argument("--out", type=Path, default=Path("gpu_check"),
+                        help="folder of the attempts' small outputs: <out>/attempt-N/ (default: %(default)s)")
+    parser.add_argument("--work_dir", type=Path, default=None,
+                        help="folder of checkpoints, feature caches and decoded images: <work_dir>/attempt-N/ "
+                             "(default: <out>/work)")
+    parser.add_argument("--eval_precision", default="bf16", choices=("bf16", "fp32"),
+                        help="precision of the evaluation forward, with channels_last (default: %(default)s; "
+                             "fp32 is the official evaluation)")
+    parser.add_argument("--workers", type=int, default=8,
+                        help="DataLoader workers of the benchmark's pil path (default: %(default)s)")
+    parser.add_argument("--tiny", action="store_true",
+                        help="the same chain on the CPU at toy sizes: a few hundred images, a few steps")
     return parser
 
 
-def versions() -> dict[str, str | None]:
-    """GPU name, driver, torch, CUDA and cuDNN versions (None where there is no GPU)."""
-    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
-    try:
-        driver = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
-                                capture_output=True, text=True, check=True).stdout.strip().splitlines()[0]
-    except (OSError, subprocess.CalledProcessError, IndexError):
-        driver = None
-    return {"gpu": gpu, "driver": driver, "torch": torch.__version__, "cuda": torch.version.cuda,
-            "cudnn": str(torch.backends.cudnn.version()) if gpu else None, "git_commit": git_commit()}
+class Tee:
+    """A text stream that writes to a stream and to a log file."""
+
+    def __init__(self, stream: TextIO, log: TextIO) -> None:
+        self.stream, self.log = stream, log
+
+    def write(self, text: str) -> int:
+        self.log.write(text)
+        return self.stream.write(text)
+
+    def flush(self) -> None:
+        self.log.flush()
+        self.stream.flush()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.stream, name)
+
+
+@contextmanager
+def logged(path: Path) -> Iterator[None]:
+    """Everything printed to stdout and stderr while entered is also written to path."""
+    with open(path, "a", encoding="utf-8") as log:
+        out, err = sys.stdout, sys.stderr
+        sys.stdout, sys.stderr = Tee(out, log), Tee(err, log)
+        try:
+            yield
+        finally:
+            sys.stdout, sys.stderr = out, err
+
+
+def new_attempt(folder: Path) -> Path:
+    """folder/attempt-N, created, with N one more than the highest attempt already there."""
+    numbers = [int(m.group(1)) for p in folder.glob("attempt-*") if (m := re.fullmatch(r"attempt-(\d+)", p.name))]
+    attempt = folder / f"attempt-{max(numbers, default=0) + 1}"
+    attempt.mkdir(parents=True)
+    return attempt
 
 
 def data_flags(data_dir: Path | None) -> list[str]:
@@ -70,61 +156,249 @@ def data_flags(data_dir: Path | None) -> list[str]:
                     f"as torchvision stores it or at an ImageFolder tree, or leave it out for the synthetic set")
 
 
-def run_benchmark(args: argparse.Namespace) -> dict:
-    """(b) scripts/benchmark.py, --full on a GPU (--tiny: toy sizes on the CPU); its JSON."""
-    out = args.out / "benchmark.json"
+def make_plan(args: argparse.Namespace, work: Path, out: Path) -> reproduce.Plan:
+    """The row's training, evaluation and baseline commands on the fast path and on the data given."""
+    train = [*FAST, *data_flags(args.data_dir), *(TINY_TRAIN if args.tiny else [])]
+    evaluate = ["--augment", "batched", "--precision", args.eval_precision, "--channels_last",
+                *(TINY_EVAL if args.tiny else FULL_EVAL)]
+    argv = [ROW, "--out", str(out), "--run_dir", str(work / "run"), "--train_args", shlex.join(train),
+            "--eval_args", shlex.join(evaluate), *(["--smoke"] if args.tiny else [])]
+    return reproduce.make_plan(reproduce.get_args_parser().parse_args(argv))
+
+
+def versions() -> dict[str, Any]:
+    """GPU name and memory, driver, torch, CUDA and cuDNN versions (None where there is no GPU)."""
+    gpu = torch.cuda.is_available()
+    try:
+        driver = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+                                capture_output=True, text=True, check=True).stdout.strip().splitlines()[0]
+    except (OSError, subprocess.CalledProcessError, IndexError):
+        driver = None
+    return {"gpu": torch.cuda.get_device_name(0) if gpu else None,
+            "gpu_memory_gib": torch.cuda.get_device_properties(0).total_memory / 2**30 if gpu else None,
+            "driver": driver, "torch": torch.__version__, "cuda": torch.version.cuda,
+            "cudnn": str(torch.backends.cudnn.version()) if gpu else None, "git_commit": git_commit()}
+
+
+def check_no_sync(plan: reproduce.Plan, scratch: Path) -> dict[str, Any]:
+    """Run the row's training step WARMUP_STEPS times, then once more watched: under CUDA's sync
+    debug mode "error" on a GPU (the first synchronising call raises), else with the operators
+    that would synchronise counted. Returns what was found (an empty list: none)."""
+    args = reproduce.parse(train_entry, plan.train)
+    device = resolve_device(args.device)
+    seed_everything(args.seed, args.deterministic)
+    batches = train_entry.build_batches(args, device)
+    training = train_entry.build_training(args, device, batches.steps_per_epoch, scratch)
+    guard = NonFiniteGuard(0, device)
+    log = StepLog(None, batches.steps_per_epoch + 1, guard, args.num_patches * args.bs)
+    batches.set_epoch(0)
+    source = iter(batches)
+
+    def step() -> None:
+        stats = train_step(training.net, training.criterion, training.optimizer, next(source), args.num_patches,
+                           training.amp_dtype, guard)
+        training.scheduler.step()
+        training.step += 1
+        log.add(training.step, training.optimizer.param_groups[0]["lr"], stats)
+
+    for _ in range(WARMUP_STEPS):
+        step()
+    if device.type != "cuda":
+        with HostSyncs() as counter:
+            step()
+        return {"device": str(device), "method": "operators that would synchronise, counted on the CPU",
+                "syncs": counter.syncs}
+    torch.cuda.synchronize(device)
+    try:
+        with refuse_syncs():
+            step()
+        syncs = []
+    except RuntimeError as err:
+        syncs = [one_line(err)]
+    torch.cuda.synchronize(device)
+    return {"device": torch.cuda.get_device_name(device), "method": 'CUDA sync debug mode "error"', "syncs": syncs}
+
+
+def training_curve(run_dir: Path) -> dict[str, Any]:
+    """Every step's loss and the steady throughput, read back from the run's TensorBoard events."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(run_dir), size_guidance={"scalars": 0})
+    events.Reload()
+    loss = [e.value for e in events.Scalars("train/loss")]
+    rate = statistics.median(e.value for e in events.Scalars("train/patches_per_s"))  # the first read's warm-up aside
+    return {"steps": len(loss), "loss_first": loss[0], "loss_last": loss[-1],
+            "loss_finite": all(math.isfinite(v) for v in loss), "patches_per_s": rate}
+
+
+def run_training(plan: reproduce.Plan) -> dict[str, Any]:
+    """The row's training; its curve and its speed on the data given."""
+    seconds = reproduce.run(train_entry, plan.train)
+    args = reproduce.parse(train_entry, plan.train)
+    curve = training_curve(args.output_dir)
+    per_step = args.num_patches * args.bs
+    return {"data": args.data, "data_dir": str(args.data_dir), "wall_seconds": seconds, **curve,
+            "images_per_s": curve["patches_per_s"] / args.num_patches,
+            "s_per_epoch": curve["steps"] * per_step / curve["patches_per_s"],  # the row trains one epoch
+            "num_patches": args.num_patches, "bs": args.bs}
+
+
+def run_evaluation(argv: list[str], output: Path) -> dict[str, Any]:
+    """One evaluate.py run; the numbers of its result file."""
+    reproduce.run(eval_entry, argv)
+    result = json.loads(output.read_text())
+    linear = result.get("linear", {})
+    return {"knn_top1": result["knn"]["top1"], "linear_top1_final": linear.get("top1"),
+            "linear_top1_best_over_test_epochs": linear.get("best_top1_over_test_epochs (official reporting)"),
+            "test_patches": result["test_patches"], "precision": result["precision"],
+            "channels_last": result.get("channels_last"), "parts_seconds": result["seconds"]}
+
+
+def run_benchmark(args: argparse.Namespace, work: Path) -> dict[str, Any]:
+    """scripts/benchmark.py on the data given: --full on a GPU, toy sizes with --tiny; its JSON."""
+    out = work / "benchmark.json"
+    data = data_flags(args.data_dir)[:4]  # --data and --data_dir (the benchmark never downloads)
     size = ["--tiny", "--device", "cpu", "--steps", "2", "--warmup", "1"] if args.tiny else ["--full"]
     workers = 0 if args.tiny else args.workers  # --tiny: no worker start-up in the pil path
-    argv = [*size, "--workers", str(workers), "--precision", "bf16", "--channels_last", "--out", str(out)]
+    argv = [*size, *data, "--workers", str(workers), "--precision", "bf16", "--channels_last", "--out", str(out)]
     print(f"$ python scripts/benchmark.py {shlex.join(argv)}", flush=True)
     benchmark.main(benchmark.get_args_parser().parse_args(argv))
     return json.loads(out.read_text())
 
 
-def run_row(args: argparse.Namespace) -> dict:
-    """(c, d) the official one-epoch row on the fast path, evaluated with its baseline; its JSON."""
-    train_args = FAST if args.tiny else f"{FAST} {shlex.join(data_flags(args.data_dir))}"
-    argv = [ROW, "--out", str(args.out), "--run_dir", str(args.out / "run"), "--train_args", train_args,
-            "--eval_args", "--augment batched", *(["--smoke"] if args.tiny else [])]
-    print(f"$ python scripts/reproduce.py {shlex.join(argv)}", flush=True)
-    reproduce.main(reproduce.get_args_parser().parse_args(argv))
-    return json.loads((args.out / f"{ROW}{'.smoke' if args.tiny else ''}.json").read_text())
+def run_stage(record: dict[str, Any], name: str, work: Callable[[], dict[str, Any]]) -> None:
+    """Run one stage into record["stages"][name]: its result, status and seconds; a failure is
+    recorded with its one-line error (the traceback goes to the log) and does not propagate."""
+    print(f"\n== {name} ==", flush=True)
+    tick = time.perf_counter()
+    try:
+        stage = {"status": "ok", **work()}
+    except Exception as err:  # noqa: BLE001 - every failure is recorded; the next stages still run
+        if not isinstance(err, UserError):
+            traceback.print_exc()
+        stage = {"status": "failed", "error": one_line(err, typed=not isinstance(err, UserError))}
+        print(f"{name} failed: {stage['error']}", file=sys.stderr, flush=True)
+    finally:
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+    record["stages"][name] = {**stage, "seconds": time.perf_counter() - tick}
 
 
-def table(result: dict) -> str:
-    """(e) The check as one Markdown table."""
-    bench, row, v = result["benchmark"]["train"], result["row"], result["versions"]
-    lines = ["| measurement | value |", "|---|---|",
-             f"| GPU, driver / torch, CUDA | {v['gpu'] or 'none (CPU)'}, {v['driver'] or '-'} / {v['torch']}, "
-             f"{v['cuda'] or '-'} |",
-             f"| benchmark: s per CIFAR-10 epoch, batched / pil (steps only) | "
-             f"{bench['batched']['s_per_cifar10_epoch']:,.1f} / {bench['pil']['s_per_cifar10_epoch']:,.1f} |",
-             f"| benchmark: model's share of a batched step | {bench['batched']['model_share']:.0%} |",
-             f"| training, {row['row']} ({row['data']}): wall-clock s, all of main.py | {row['train_seconds']:,.1f} |",
-             f"| evaluation at {row['test_patches']} patches: wall-clock s (random init) | "
-             f"{row['eval_seconds']:,.1f} ({row['random_init_eval_seconds']:,.1f}) |",
-             f"| linear top-1, final epoch / best over test epochs (random init) | {row['linear_top1_final']:.2f} / "
-             f"{row['linear_top1_best_over_test_epochs']:.2f} ({row['random_init_linear_top1_final']:.2f}) |",
-             f"| kNN top-1 (random init) | {row['knn_top1']:.2f} ({row['random_init_knn_top1']:.2f}) |"]
+def verdict(record: dict[str, Any]) -> list[dict[str, str]]:
+    """The checks a reader can trust, each PASS, FAIL or INFO with what was measured."""
+    stages, size = record["stages"], "tiny" if record["tiny"] else "full"
+
+    def ok(name: str) -> dict[str, Any] | None:
+        stage = stages.get(name, {})
+        return stage if stage.get("status") == "ok" else None
+
+    def check(name: str, passed: bool | None, measured: str) -> dict[str, str]:
+        return {"check": name, "verdict": "INFO" if passed is None else "PASS" if passed else "FAIL",
+                "measured": measured}
+
+    train, trained, baseline, sync = ok("training"), ok("evaluation"), ok("baseline"), ok("no_sync")
+    lines = [check("loss finite at every training step", bool(train and train["loss_finite"] and train["steps"]),
+                   f"{train['steps']} steps, loss {train['loss_first']:.4g} → {train['loss_last']:.4g}" if train
+                   else "training did not finish")]
+    margin = KNN_MARGIN[size]
+    lines.append(check(f"trained kNN top-1 ≥ random init + {margin:g} points",
+                       bool(trained and baseline and trained["knn_top1"] >= baseline["knn_top1"] + margin),
+                       f"{trained['knn_top1']:.2f} vs {baseline['knn_top1']:.2f}" if trained and baseline
+                       else "an evaluation did not finish"))
+    lines.append(check("no synchronising call in a fast-path step", bool(sync and not sync["syncs"]),
+                       f"{len(sync['syncs'])} ({sync['method']}){': ' + sync['syncs'][0] if sync['syncs'] else ''}"
+                       if sync else "the check did not finish"))
+    gpu = record["stages"].get("versions", {}).get("gpu")
+    if train:
+        at_size = size == "full" and gpu is not None
+        lines.append(check(f"seconds per epoch on the data given ≤ {EPOCH_TARGET_S:g} (target, full size on a GPU)",
+                           train["s_per_epoch"] <= EPOCH_TARGET_S if at_size else None,
+                           f"{train['s_per_epoch']:,.1f} s ({train['images_per_s']:,.0f} images/s, "
+                           f"{train['patches_per_s']:,.0f} patches/s)"))
+    if trained:
+        published = reproduce.ROWS[ROW].published
+        lines.append(check(f"top-1 beside the published {published} (best over test epochs)", None,
+                           f"linear {trained['linear_top1_final']:.2f} final / "
+                           f"{trained['linear_top1_best_over_test_epochs']:.2f} best over test epochs, "
+                           f"kNN {trained['knn_top1']:.2f}"))
+    return lines
+
+
+def stage_summary(name: str, stage: dict[str, Any]) -> str:
+    """What one stage measured, in a table cell."""
+    if stage["status"] != "ok":
+        return stage["error"]
+    if name == "versions":
+        return (f"{stage['gpu'] or 'no GPU (CPU)'}, driver {stage['driver'] or '-'}; torch {stage['torch']}, "
+                f"CUDA {stage['cuda'] or '-'}, cuDNN {stage['cudnn'] or '-'}")
+    if name == "no_sync":
+        return f"{len(stage['syncs'])} synchronising calls in one step ({stage['method']})"
+    if name == "training":
+        return (f"{ROW} on {stage['data']} {stage['data_dir']}: {stage['steps']} steps, "
+                f"{stage['s_per_epoch']:,.1f} s/epoch, {stage['images_per_s']:,.0f} images/s, "
+                f"{stage['patches_per_s']:,.0f} patches/s; all of main.py {stage['wall_seconds']:,.1f} s")
+    if name in ("evaluation", "baseline"):
+        seconds = stage["parts_seconds"]
+        return (f"{stage['test_patches']} patches, {stage['precision']}"
+                f"{', channels_last' if stage['channels_last'] else ''}: kNN {stage['knn_top1']:.2f}, linear "
+                f"{stage['linear_top1_final']:.2f} (best {stage['linear_top1_best_over_test_epochs']:.2f}); features "
+                f"{seconds.get('features_train', 0) + seconds.get('features_test', 0):,.1f} s, linear probe "
+                f"{seconds.get('linear', 0):,.1f} s")
+    train = stage["train"]
+    return (f"s per CIFAR-10 epoch (steps only), batched {train['batched']['s_per_cifar10_epoch']:,.1f} / pil "
+            f"{train['pil']['s_per_cifar10_epoch']:,.1f}; model's share of a batched step "
+            f"{train['batched']['model_share']:.0%}")
+
+
+def table(record: dict[str, Any]) -> str:
+    """The check as Markdown: one line per stage, then the verdict."""
+    lines = ["| stage | status | s | what it measured |", "|---|---|---|---|"]
+    for name, stage in record["stages"].items():
+        lines.append(f"| {name} | {stage['status']} | {stage['seconds']:,.1f} | {stage_summary(name, stage)} |")
+    lines += ["", "| check | verdict | measured |", "|---|---|---|"]
+    lines += [f"| {line['check']} | {line['verdict']} | {line['measured']} |" for line in record["verdict"]]
     return "\n".join(lines)
 
 
+def save(record: dict[str, Any], attempt: Path) -> None:
+    """Rewrite gpu_check.json and gpu_check.md whole (atomically) with what has been reached."""
+    record["verdict"] = verdict(record)
+    text = json.dumps(record, indent=2)
+    atomic_write(attempt / "gpu_check.json", lambda tmp: tmp.write_text(text + "\n"))
+    markdown = table(record)
+    atomic_write(attempt / "gpu_check.md", lambda tmp: tmp.write_text(markdown + "\n"))
+
+
 def main(args: argparse.Namespace) -> None:
-    result_path = args.out / "gpu_check.json"
-    if result_path.exists():
-        raise UserError(f"{result_path} exists: choose another --out (nothing there is overwritten)")
     if not args.tiny and not torch.cuda.is_available():
         raise UserError("no usable GPU: run this on a GPU machine, or pass --tiny for the CPU chain")
     data_flags(args.data_dir)  # refuse a wrong --data_dir before anything runs
-    args.out.mkdir(parents=True, exist_ok=True)
-    result = {"versions": versions(), "tiny": args.tiny}
-    print(json.dumps(result["versions"]), flush=True)
-    result["benchmark"] = run_benchmark(args)
-    result["row"] = run_row(args)
-    text = json.dumps(result, indent=2)
-    atomic_write(result_path, lambda tmp: tmp.write_text(text + "\n"))
-    print(table(result))
-    print(f"written: {result_path}")
+    attempt = new_attempt(args.out)
+    work = (args.work_dir or args.out / "work") / attempt.name
+    os.environ.setdefault("EMP_SSL_CACHE", str((args.work_dir or args.out / "work") / "pixel_cache"))
+    record: dict[str, Any] = {"attempt": str(attempt), "work_dir": str(work), "tiny": args.tiny,
+                              "command": " ".join(sys.argv), "started": time.strftime("%Y-%m-%d %H:%M:%S %z"),
+                              "stages": {}}
+    with logged(attempt / "gpu_check.log"):
+        print(f"attempt: {attempt} (small outputs), {work} (checkpoints, caches)", flush=True)
+        plan = make_plan(args, work, attempt)
+        stages = {"versions": versions, "no_sync": lambda: check_no_sync(plan, work / "no_sync"),
+                  "training": lambda: run_training(plan),
+                  "evaluation": lambda: run_evaluation(plan.evaluate, plan.eval_json),
+                  "baseline": lambda: run_evaluation(plan.baseline, plan.baseline_json),
+                  "benchmark": lambda: run_benchmark(args, work)}
+        for name, work_of_stage in stages.items():
+            run_stage(record, name, work_of_stage)
+            save(record, attempt)
+        print("\n" + table(record))
+        print(f"written: {attempt / 'gpu_check.json'}, {attempt / 'gpu_check.md'}, {attempt / 'gpu_check.log'}")
+    failed = [s for s, stage in record["stages"].items() if stage["status"] != "ok"]
+    failed += [line["check"] for line in record["verdict"] if line["verdict"] == "FAIL"]
+    if failed:
+        print(f"gpu check: FAIL ({'; '.join(failed)})", file=sys.stderr)
+        sys.exit(1)
+    print("gpu check: PASS")
 
 
 if __name__ == "__main__":
