@@ -5,8 +5,9 @@ DataLoader processes, 0 = in this process) against the batched augmentation on `
 (2) the coding rate, forward + backward, ours (B×B Gram, one batched Cholesky) against the
 official per-group d×d ``logdet`` loop, at B = 100, d = 1024, P = 20 and 200; (3) whole training
 steps per second with each ``--augment`` path, and the model alone on one ready batch, which gives
-the model's share of a step (on a GPU: how busy the data path lets the GPU be). Writes a JSON
-file and prints a Markdown table.
+the model's share of a step (on a GPU: how busy the data path lets the GPU be); (4) the batched
+Gaussian blur at 224 px, ours (shifted sums, linear in the pixels) against the matrix form it
+replaced (out = M_y · x · M_xᵀ, O(n) per pixel). Writes a JSON file and prints a Markdown table.
 
 (1) and (3) time one path at a time over consecutive steps after a warm-up, synchronising the
 device only around the timed run, as training runs; a path's loader and workers exist only for
@@ -37,6 +38,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from cli import ArgumentParser, run_cli  # noqa: E402
+from dataset.aug import BLUR_SIGMA  # noqa: E402
+from dataset.batched import patches_per_chunk  # noqa: E402
+from dataset.patch_ops import blur_reach, box_kernel, gaussian_blur  # noqa: E402
 from dataset.source import AUGMENTS, TrainData, build_train_batches  # noqa: E402
 from device import resolve_device  # noqa: E402
 from engine import NonFiniteGuard, train_step  # noqa: E402
@@ -80,13 +84,15 @@ def sizes(args: argparse.Namespace) -> dict:
         return {"patchgen": {"batch": 8, "num_patches": 4, "repeats": 2, "warmup": 1},
                 "tcr": {"batch": 8, "dim": 32, "num_patches": [4], "loop_groups": 4},
                 "train": dict(arch="resnet10-cifar", hidden_dim=64, z_dim=32, batch=8, num_patches=4,
-                              steps=args.steps, warmup=args.warmup)}
+                              steps=args.steps, warmup=args.warmup),
+                "blur": {"batch": 8, "size": 32, "repeats": 3}}
     model = dict(arch="resnet18-cifar", hidden_dim=4096, z_dim=1024) if args.full else \
         dict(arch="resnet10-cifar", hidden_dim=1024, z_dim=256)
     return {"patchgen": {"batch": 100, "num_patches": 20, "repeats": 20 if args.full else 5, "warmup": 2},
             "tcr": {"batch": 100, "dim": 1024, "num_patches": [20, 200], "loop_groups": 20},
             "train": {**model, "batch": 100 if args.full else 50, "num_patches": 20 if args.full else 8,
-                      "steps": args.steps, "warmup": args.warmup}}
+                      "steps": args.steps, "warmup": args.warmup},
+            "blur": {"batch": 64, "size": 224, "repeats": 20 if args.full else 5}}
 
 
 def timed(fns: dict[str, Callable[[], object]], repeats: int, device: torch.device) -> dict[str, float]:
@@ -222,6 +228,66 @@ def bench_train(args: argparse.Namespace, cfg: dict, device: torch.device) -> di
     return out
 
 
+def box_matrices(kernel: torch.Tensor, n: int) -> torch.Tensor:
+    """The three box passes of the blur along an axis of n pixels as one matrix per patch: one pass
+    with replicated edges is y = B x, B_ij = Σ_o k_o [clamp(i + o, 0, n − 1) = j], and the three
+    are M = B³; O(n³) per patch to build.
+
+    Args:
+        kernel: (N, 2R + 1) box weights k from patch_ops.box_kernel.
+    Returns:
+        (N, n, n) float32 matrices M.
+    """
+    reach = kernel.shape[1] // 2
+    offset = torch.arange(-reach, reach + 1, device=kernel.device)  # (K,)
+    source = (torch.arange(n, device=kernel.device).view(-1, 1) + offset).clamp(0, n - 1)  # (n, K)
+    shifts = (source.T.unsqueeze(2) == torch.arange(n, device=kernel.device)).float()  # (K, n, n)
+    box = (kernel @ shifts.reshape(len(offset), n * n)).view(-1, n, n)  # (N, n, n)
+    return box @ box @ box
+
+
+def blur_by_matrices(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+    """The blur's matrix form, the reference of (4): out = M_y · x · M_xᵀ per patch (x (N, C, H, W),
+    σ (N,) ≤ the official maximum), M from :func:`box_matrices`: O(n) per pixel."""
+    n, c, h, w = x.shape
+    kernel = box_kernel(sigma, blur_reach(BLUR_SIGMA[1]))  # (N, K)
+    m_x = box_matrices(kernel, w)  # (N, W, W)
+    m_y = m_x if h == w else box_matrices(kernel, h)  # (N, H, H)
+    x = torch.bmm(x.reshape(n, c * h, w), m_x.transpose(1, 2))  # (N, C·H, W): x · M_xᵀ
+    return m_y.unsqueeze(1) @ x.view(n, c, h, w)  # (N, C, H, W): M_y · x
+
+
+def by_chunks(blur: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], x: torch.Tensor, sigma: torch.Tensor,
+              length: int) -> torch.Tensor:
+    """blur(x, σ) of patches x (N, C, H, W) computed on consecutive chunks of `length` patches into
+    one output, as dataset.batched.photometric goes."""
+    out = torch.empty_like(x)
+    for start in range(0, len(x), length):
+        out[start:start + length] = blur(x[start:start + length], sigma[start:start + length])
+    return out
+
+
+def bench_blur(cfg: dict, device: torch.device) -> dict:
+    """(4) Patches per second of the batched Gaussian blur, ours (patch_ops.gaussian_blur) against
+    the matrix form (:func:`blur_by_matrices`), on cfg['batch'] random patches of 3×size×size with
+    σ ~ U[0.1, 2]: by chunks as photometric runs it (on a CPU of about CPU_CHUNK_BYTES, which keep
+    every pass in the cache; elsewhere all at once), and in one call on all the patches. The first
+    call of each, untimed, gives the largest difference of the two."""
+    generator = torch.Generator().manual_seed(0)
+    x = torch.rand(cfg["batch"], 3, cfg["size"], cfg["size"], generator=generator).to(device)  # (N, 3, S, S)
+    low, high = BLUR_SIGMA
+    sigma = (low + (high - low) * torch.rand(cfg["batch"], generator=generator)).to(device)  # (N,)
+    out: dict = {"chunk": min(patches_per_chunk(x), len(x)),
+                 "max_abs_difference": (gaussian_blur(x, sigma) - blur_by_matrices(x, sigma)).abs().max().item()}
+    forms = {"matrix": blur_by_matrices, "ours": gaussian_blur}
+    for mode, length in (("chunks", out["chunk"]), ("one_call", len(x))):
+        seconds = timed({name: lambda blur=blur: by_chunks(blur, x, sigma, length) for name, blur in forms.items()},
+                        cfg["repeats"], device)
+        out[mode] = {**{f"{name}_patches_per_s": len(x) / t for name, t in seconds.items()},
+                     "ratio": seconds["matrix"] / seconds["ours"]}
+    return out
+
+
 def machine(device: torch.device) -> dict:
     """What ran the benchmark."""
     cpu = platform.processor() or platform.machine()
@@ -237,8 +303,8 @@ def machine(device: torch.device) -> dict:
 
 def table(result: dict) -> str:
     """The results as a Markdown table."""
-    gen, tcr, train = result["patchgen"], result["tcr"], result["train"]
-    cfg, tcr_cfg = result["config"]["train"], result["config"]["tcr"]
+    gen, tcr, train, blur = result["patchgen"], result["tcr"], result["train"], result["blur"]
+    cfg, tcr_cfg, blur_cfg = result["config"]["train"], result["config"]["tcr"], result["config"]["blur"]
     rows = ["| measurement | official / pil | ours / batched | ratio |", "|---|---|---|---|",
             f"| (1) patches per second ({result['config']['workers']} pil workers) | {gen['pil']:,.0f} | "
             f"{gen['batched']:,.0f} | {gen['ratio']:.1f}× |"]
@@ -256,6 +322,11 @@ def table(result: dict) -> str:
                 f"{train['pil']['model_share']:.0%} | {train['batched']['model_share']:.0%} | |")
     rows.append(f"| (3) seconds per CIFAR-10 epoch at that size | {train['pil']['s_per_cifar10_epoch']:,.0f} | "
                 f"{train['batched']['s_per_cifar10_epoch']:,.0f} | |")
+    rows.append(f"| (4) blur patches per second, matrix form / ours, {blur_cfg['batch']} patches "
+                f"3×{blur_cfg['size']}×{blur_cfg['size']}, σ ~ U[0.1, 2], by chunks of {blur['chunk']} "
+                f"(in one call: {blur['one_call']['ratio']:.2f}×; max difference {blur['max_abs_difference']:.1e}) | "
+                f"{blur['chunks']['matrix_patches_per_s']:,.0f} | {blur['chunks']['ours_patches_per_s']:,.0f} | "
+                f"{blur['chunks']['ratio']:.1f}× |")
     return "\n".join(rows)
 
 
@@ -276,6 +347,8 @@ def main(args: argparse.Namespace) -> None:
     print(f"(2) coding rate: {result['tcr']}")
     result["train"] = bench_train(args, cfg["train"], device)
     print(f"(3) training: {result['train']}")
+    result["blur"] = bench_blur(cfg["blur"], device)
+    print(f"(4) blur: {result['blur']}")
     args.out.write_text(json.dumps(result, indent=2) + "\n")
     if args.data == "synthetic":
         print("data: the built-in synthetic set (32×32, CIFAR-sized); epoch times assume CIFAR-10's 50,000 images")
