@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Callable, Iterable
 from typing import NoReturn
@@ -26,6 +27,11 @@ class ArgumentParser(argparse.ArgumentParser):
         sys.exit(2)
 
 
+def default_workers() -> int:
+    """The default of every --workers flag: 8 DataLoader processes, or the machine's cores if fewer."""
+    return min(8, os.cpu_count() or 1)
+
+
 def require(checks: Iterable[tuple[bool, str]]) -> None:
     """Raise a UserError with the message of the first (ok, message) check that is not ok."""
     for ok, message in checks:
@@ -36,14 +42,19 @@ def require(checks: Iterable[tuple[bool, str]]) -> None:
 def run_cli(main: Callable[[argparse.Namespace], None], parser: argparse.ArgumentParser,
             argv: list[str] | None = None) -> None:
     """Parse argv (default: the command line) and call main; a UserError becomes
-    `error: <message>` on stderr and exit status 2 (as argparse does for a bad flag), without a
-    traceback."""
+    `error: <message>` on stderr and exit status 2 (as argparse does for a bad flag), Ctrl-C
+    `error: interrupted` and status 130, without a traceback. (A training run catches its own
+    first Ctrl-C and stops at a step boundary with last.pt saved: see preemption.py.)"""
     args = parser.parse_args(argv)
     try:
         main(args)
     except UserError as err:
         print(f"error: {one_line(err)}", file=sys.stderr)
         sys.exit(2)
+    except KeyboardInterrupt:
+        print("\nerror: interrupted (Ctrl-C); files are written whole or not at all, so what was saved is intact",
+              file=sys.stderr)
+        sys.exit(130)
 
 
 def banner(args: argparse.Namespace) -> str:

@@ -1,29 +1,36 @@
-"""The training step and the epoch loop of EMP-SSL, with what keeps a run safe: seeding, the
-non-finite-loss guard and SIGTERM handling."""
+"""The training step and the loop of EMP-SSL, with what keeps a run safe: seeding, the non-finite
+guard, and every save of a run (epoch ends, --save_every_steps, a stop).
+
+One step (:func:`train_step`): patches x (P·B, C, H, W) → encoder → z (P, B, d) on the unit
+sphere → loss (invariance and coding rate, loss.py) → backward → the optimizer's step, kept only
+when the loss is finite (:class:`NonFiniteGuard`), decided on the device. :func:`fit` runs the
+steps of every epoch from where a run stands and saves; :class:`StepLog` reads the step values
+back every --log_every steps.
+"""
 from __future__ import annotations
 
 import math
 import os
 import random
-import signal
 import sys
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 import torch.nn as nn
-from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
 import checkpoint as ckpt
-from distributed import gather_with_grad, is_main, mean_over_ranks, on_main
+from distributed import gather_with_grad, is_main, mean_over_ranks, on_main, print_main
 from errors import UserError
-from lars import LARS
-from loss import EMPSSLLoss
+from preemption import Preemption
+
+if TYPE_CHECKING:
+    from torch.utils.tensorboard import SummaryWriter
 
 
 class NonFiniteLoss(UserError):
@@ -33,10 +40,12 @@ class NonFiniteLoss(UserError):
 class NonFiniteGuard:
     """Skips steps whose loss is not finite, deciding on the device and reporting on the host.
 
-    A step with a non-finite loss applies no update. Up to `budget` of them are skipped; the next
-    one halts training: from that step on no update is applied (the weights stay those of the
-    step before it), and :meth:`report`, which sees every step's values when the host reads them,
-    raises :class:`NonFiniteLoss` naming it. :meth:`allow` and :meth:`report` make the same
+    A step with a non-finite loss changes nothing: :meth:`keep` copies the weights, the buffers
+    (BatchNorm statistics) and the optimizer's state before the step, and :meth:`restore` puts them
+    back where :meth:`allow` says no, with any optimizer. Up to `budget` such steps are skipped;
+    the next one halts training: from that step on no update applies (the weights stay those of
+    the step before it), and :meth:`report`, which sees every step's values when the host reads
+    them, raises :class:`NonFiniteLoss` naming it. :meth:`allow` and :meth:`report` make the same
     decisions, one from device values without reading them, the other from the values read.
     """
 
@@ -52,11 +61,32 @@ class NonFiniteGuard:
         self.skipped += bad & ~self.halted
         return ~bad & ~self.halted
 
+    @staticmethod
+    def keep(model: nn.Module, optimizer: torch.optim.Optimizer) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """(tensor, copy) of every parameter, buffer and optimizer-state tensor, before a step."""
+        tensors = [*model.parameters(), *model.buffers(), *optimizer_tensors(optimizer)]
+        return [(t, t.detach().clone()) for t in tensors]
+
+    @staticmethod
+    @torch.no_grad()
+    def restore(kept: list[tuple[torch.Tensor, torch.Tensor]], optimizer: torch.optim.Optimizer,
+                apply: torch.Tensor) -> None:
+        """Where apply (bool (), on the device) is False, put every kept tensor back; state the step
+        created (a first step's momentum) becomes zeros, what an optimizer starts from. Tensors on
+        another device than apply (Adam's step counter on the host) are left as the step made them:
+        restoring them would read apply back."""
+        before = {id(t) for t, _ in kept}
+        created = [t for t in optimizer_tensors(optimizer) if id(t) not in before]
+        for tensor, copy in [*kept, *((t, torch.zeros_like(t)) for t in created)]:
+            if tensor.device == apply.device:
+                tensor.copy_(torch.where(apply, tensor, copy))
+
     def report(self, stats: dict[str, float], step: int) -> None:
         """On the host, for the steps in order: pass a finite one; warn about a skipped one, or raise."""
         if math.isfinite(stats["loss"]):
             return
-        report = f"loss is {stats['loss']} at step {step} (invariance {stats['invariance']:.4g}, tcr {stats['tcr']:.4g})"
+        values = ", ".join(f"{name} {value:.4g}" for name, value in stats.items() if name != "loss")
+        report = f"loss is {stats['loss']} at step {step} ({values})"
         if self.left <= 0:
             raise NonFiniteLoss(f"{report}; the last checkpoint is unchanged: lower --lr, or let a few bad steps "
                                 f"be skipped with --skip_nonfinite K, and --resume")
@@ -64,6 +94,11 @@ class NonFiniteGuard:
         if is_main():  # every rank skips alike; one says so
             tqdm.write(f"warning: {report}: step skipped, no update applied ({self.left} more may be skipped)",
                        file=sys.stderr)
+
+
+def optimizer_tensors(optimizer: torch.optim.Optimizer) -> list[torch.Tensor]:
+    """Every tensor of an optimizer's state (momentum buffers, Adam's moments and step counters)."""
+    return [value for state in optimizer.state.values() for value in state.values() if isinstance(value, torch.Tensor)]
 
 
 def seed_everything(seed: int, deterministic: bool) -> None:
@@ -78,36 +113,19 @@ def seed_everything(seed: int, deterministic: bool) -> None:
         torch.use_deterministic_algorithms(True)
 
 
-class Preemption:
-    """While entered, remembers a SIGTERM (what clusters send before preemption) so that the run
-    saves last.pt at its next read of the step values (every --log_every steps, at a step boundary)
-    and exits cleanly instead of dying mid-step."""
-
-    def __enter__(self) -> Preemption:
-        self.requested = False
-        self._previous = signal.signal(signal.SIGTERM, self._request)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        signal.signal(signal.SIGTERM, self._previous)
-
-    def _request(self, signum: int, frame: Any) -> None:
-        self.requested = True
-
-
 @dataclass
 class Training:
-    """What a run trains and where it saves it: the state a training loop carries.
+    """What a run trains and where it saves it: the state the loop carries.
 
-    model is the encoder whose state dict is saved; net is what runs the forward (model itself,
-    or its DistributedDataParallel / compiled wrapper, sharing model's parameters). step counts
-    the optimizer steps taken, over all epochs.
+    encoder is the module whose state dict is saved; wrapped is the encoder as it runs the forward
+    (its DistributedDataParallel or compiled wrapper, sharing its parameters, or encoder itself).
+    step counts the optimizer steps taken, over all epochs.
     """
 
-    model: nn.Module
-    net: nn.Module
-    criterion: EMPSSLLoss
-    optimizer: LARS
+    encoder: nn.Module
+    wrapped: nn.Module
+    criterion: nn.Module
+    optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LRScheduler
     num_patches: int
     amp_dtype: torch.dtype | None
@@ -122,8 +140,8 @@ class Training:
         return max(self.step - 1, 0) // self.steps_per_epoch
 
     def load_state_dict(self, state: dict[str, Any], source: Path) -> None:
-        """Continue from a checkpoint written by :meth:`save` (strict on the model's keys)."""
-        ckpt.load_state_strict(self.model, state["model"], source)
+        """Continue from a checkpoint written by :meth:`save` (strict on the encoder's keys)."""
+        ckpt.load_state_strict(self.encoder, state["model"], source)
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         ckpt.set_rng_state(state["rng"])
@@ -131,7 +149,7 @@ class Training:
 
     def save(self, name: str = ckpt.LAST) -> Path:
         """Write save_models/<name> (rank 0; the others wait and stop too if it fails)."""
-        state = {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+        state = {"model": self.encoder.state_dict(), "optimizer": self.optimizer.state_dict(),
                  "scheduler": self.scheduler.state_dict(), "epoch": self.epoch, "step": self.step,
                  "args": self.args, "rng": ckpt.rng_state()}
         path = self.run_dir / ckpt.CHECKPOINT_DIR / name
@@ -144,45 +162,43 @@ class Training:
         on_main(ckpt.link_or_copy, path, path.with_name(ckpt.LAST))
 
 
-def train_step(model: nn.Module, criterion: EMPSSLLoss, optimizer: LARS, x: torch.Tensor, num_patches: int,
-               amp_dtype: torch.dtype | None = None, guard: NonFiniteGuard | None = None) -> dict[str, torch.Tensor]:
+def train_step(model: nn.Module, criterion: nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor,
+               num_patches: int, amp_dtype: torch.dtype | None = None,
+               guard: NonFiniteGuard | None = None) -> dict[str, torch.Tensor]:
     """One EMP-SSL step on x (P·B, C, H, W): P patches of this rank's B images on the device,
     patch-major (patch p of every image together), with no read of a device value by the host.
 
-    amp_dtype (e.g. torch.bfloat16) runs the encoder under autocast; the loss and the coding rate
-    are always float32. The coding rate is taken over the images of every rank (the global batch),
-    the invariance over this rank's own. With a guard, a step whose loss is not finite applies no
-    update (the weights, BatchNorm statistics and optimizer state keep their values; decided on
-    the device, see :class:`NonFiniteGuard`); a NaN anywhere reaches every rank's rate through the
-    gather, so all ranks skip alike. Returns this rank's detached loss, invariance S and mean coding rate R, on
-    the device. The caller steps the learning-rate schedule.
+    amp_dtype (e.g. torch.bfloat16) runs the encoder under autocast; the loss is float32. The
+    criterion takes z (P, B, d) and the gathered z of every rank (P, W·B, d) and returns
+    (loss, {name: detached value}); EMP-SSL's takes the coding rate over the global batch and the
+    invariance over this rank's images. Any optimizer works. With a guard, a step whose loss is
+    not finite changes nothing (weights, BatchNorm statistics, optimizer state; see
+    :class:`NonFiniteGuard`); a NaN anywhere reaches every rank's rate through the gather, so all
+    ranks skip alike. Returns {"loss": …, **the criterion's values}, detached, on the device. The
+    caller steps the learning-rate schedule.
     """
-    kept = [(buffer, buffer.clone()) for buffer in model.buffers()] if guard is not None else []  # BatchNorm statistics
+    kept = guard.keep(model, optimizer) if guard is not None else []
     with torch.autocast(x.device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
         z, _ = model(x)  # (P·B, d) on the unit sphere
     z = z.float().view(num_patches, -1, z.shape[-1])  # (P, B, d)
-    z_global = gather_with_grad(z, dim=1)  # (P, W·B, d), rank-major; z itself in one process
-    loss, parts = criterion(z, z_for_rate=z_global)
+    loss, parts = criterion(z, z_for_rate=gather_with_grad(z, dim=1))  # gathered: (P, W·B, d), rank-major
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
-    if guard is None:
-        optimizer.step()
-    else:
-        apply = guard.allow(loss.detach())
-        optimizer.step(apply=apply)
-        for buffer, before in kept:  # a skipped step leaves no trace in the running statistics either
-            buffer.copy_(torch.where(apply, buffer, before))
+    optimizer.step()
+    if guard is not None:
+        guard.restore(kept, optimizer, guard.allow(loss.detach()))
     return {"loss": loss.detach(), **parts}
 
 
 class StepLog:
     """The values of every step, kept on the device and read by the host every `every` steps.
 
-    A read (:meth:`flush`) stacks the pending steps' values, averages them over ranks together
-    with the SIGTERM flag in one all-reduce, copies them to the host once, hands each step to the
-    guard, writes one TensorBoard point per step (writer None: not logged) and updates the
-    progress bar. Between reads the host queues work without waiting for the device.
-    patches_per_step (P·B over all ranks) gives the logged throughput, per read.
+    A read (:meth:`flush`) stacks the pending steps' values (whatever the criterion returns),
+    averages them over ranks together with the stop flag in one all-reduce, copies them to the
+    host once, hands each step to the guard, writes one TensorBoard point per value and step
+    (writer None: not logged) and updates the progress bar. Between reads the host queues work
+    without waiting for the device. patches_per_step (P·B over all ranks) gives the logged
+    throughput, per read.
     """
 
     def __init__(self, writer: SummaryWriter | None, every: int, guard: NonFiniteGuard, patches_per_step: int) -> None:
@@ -203,7 +219,7 @@ class StepLog:
 
     def flush(self, stop_requested: bool) -> bool:
         """Read, check and log the pending steps (at least one: reads follow a step); return whether
-        any rank asked to stop (SIGTERM)."""
+        any rank asked to stop (SIGTERM, Ctrl-C)."""
         rows, stop = mean_over_ranks(torch.stack([v for _, _, v in self.pending]), stop_requested)  # (n, K); flag
         now = time.perf_counter()
         rate = len(rows) * self.patches_per_step / (now - self.tick)
@@ -217,29 +233,72 @@ class StepLog:
         if self.writer is not None:
             self.writer.add_scalar("train/patches_per_s", rate, step)
         if self.bar is not None:
-            self.bar.set_postfix(loss=f"{stats['loss']:.3f}", sim=f"{stats['invariance']:.3f}",
-                                 tcr=f"{stats['tcr']:.2f}", lr=f"{lr:.3g}", refresh=False)
+            self.bar.set_postfix({name: f"{value:.4g}" for name, value in {**stats, "lr": lr}.items()}, refresh=False)
         self.pending = []
         return stop
 
 
+@dataclass(frozen=True)
+class Schedule:
+    """How long a run trains and how often it saves: epochs of the cosine schedule, an earlier stop
+    after max_steps steps in all (None: none), last.pt every save_every steps (None: at epoch ends
+    and stops only)."""
+
+    epochs: int
+    max_steps: int | None = None
+    save_every: int | None = None
+
+
+def fit(training: Training, batches: Any, log: StepLog, schedule: Schedule, preemption: Preemption,
+        after_epoch: Callable[[int], None] | None = None) -> None:
+    """Train from training.step to the end of the schedule; every save of a run happens here.
+
+    Each epoch ends with <epoch>.pt (last.pt the same file) and then after_epoch(epoch); last.pt is
+    also written every schedule.save_every steps and at a stop: --max_steps, or a SIGTERM / Ctrl-C
+    that the entered `preemption` caught (read with the step values, every --log_every steps),
+    after which fit returns. batches: the training patches (dataset/patches.py), with
+    set_epoch(epoch, start_step) and steps_per_epoch.
+    """
+    steps_per_epoch = training.steps_per_epoch
+    end = min(schedule.max_steps or steps_per_epoch * schedule.epochs, steps_per_epoch * schedule.epochs)
+    for epoch in range(training.step // steps_per_epoch, schedule.epochs):
+        stop_step = min((epoch + 1) * steps_per_epoch, end)
+        if training.step >= stop_step:
+            break
+        batches.set_epoch(epoch, start_step=training.step - epoch * steps_per_epoch)
+        stopped = train_one_epoch(training, batches, log, stop_step, schedule.save_every, preemption)
+        complete = training.step == (epoch + 1) * steps_per_epoch
+        if complete:
+            training.save_epoch()
+        else:
+            training.save()
+        if stopped:
+            print_main(f"{preemption.signal_name or 'a stop on another rank'}: stopped at step {training.step}, "
+                       f"last.pt saved; continue with --resume from {training.run_dir}")
+            return
+        print_main(f"epoch {epoch}: step {training.step}, checkpoint "
+                   f"{training.run_dir / ckpt.CHECKPOINT_DIR / ckpt.LAST}")
+        if complete and after_epoch is not None:
+            after_epoch(epoch)
+
+
 def train_one_epoch(training: Training, batches: Iterable[torch.Tensor], log: StepLog, stop_step: int,
                     save_every: int | None, preemption: Preemption) -> bool:
-    """Train on batches (patch-major (P·B, C, H, W) tensors on the device, see dataset/source.py)
-    until training.step reaches stop_step (the end of this epoch, or an earlier --max_steps) or the
-    batches end, so a run resumed mid-epoch finishes the epoch with the steps that remain in it.
+    """Train on batches (patch-major (P·B, C, H, W) tensors on the device) until training.step
+    reaches stop_step (the end of this epoch, or an earlier --max_steps) or the batches end, so a
+    run resumed mid-epoch finishes the epoch with the steps that remain in it.
 
     The host reads the step values every log.every steps, before every save and at the end; a
     non-finite loss past the guard's budget raises there. last.pt is written every save_every
-    steps. Returns True when a read found a SIGTERM on any rank: the caller saves and stops.
+    steps. Returns True when a read found a stop request on any rank: the caller saves and stops.
     """
-    training.net.train()
+    training.wrapped.train()
     log.tick = time.perf_counter()
     log.bar = tqdm(batches, desc=f"epoch {training.step // training.steps_per_epoch}", dynamic_ncols=True,
                    leave=False, disable=not is_main())
     for x in log.bar:
         lr = training.optimizer.param_groups[0]["lr"]
-        stats = train_step(training.net, training.criterion, training.optimizer, x, training.num_patches,
+        stats = train_step(training.wrapped, training.criterion, training.optimizer, x, training.num_patches,
                            training.amp_dtype, log.guard)
         training.scheduler.step()
         training.step += 1

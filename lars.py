@@ -7,7 +7,8 @@ gradient handed to SGD is
     g ← g                                                       otherwise,
 
 and SGD (momentum, Nesterov) then steps without weight decay of its own. Biases and
-normalisation parameters (1-d tensors) get plain SGD without any weight decay.
+normalisation parameters (1-d tensors) get plain SGD without any weight decay. As in the
+official wrapper, SGD's own weight decay is switched off during its step.
 """
 from __future__ import annotations
 
@@ -60,43 +61,22 @@ class LARS(torch.optim.SGD):
             torch._foreach_add_(grads, torch._foreach_mul(params, list(decay.unbind())))
 
     @torch.no_grad()
-    def step(self, closure: Callable[[], float] | None = None,  # type: ignore[override]
-             apply: torch.Tensor | None = None) -> float | None:
-        """Adapt the gradients, then take the Nesterov SGD step (no weight decay of its own):
-        buf ← momentum·buf + g,  w ← w − lr·(g + momentum·buf)   (w ← w − lr·buf without Nesterov).
-
-        apply, a bool tensor () on the parameters' device, decides on the device whether the
-        step happens: where it is False the weights and momentum buffers keep their values
-        exactly (even if the gradients are NaN), and nothing is read back to the host. Buffers
-        start at zero, which gives torch.optim.SGD's first step (buf = g) exactly.
-        """
+    def step(self, closure: Callable[[], float] | None = None) -> float | None:  # type: ignore[override]
+        """Adapt the gradients, then take torch.optim.SGD's step with its own weight decay switched
+        off for the step (the decay is in the adapted gradients already; 1-d tensors get none):
+        buf ← momentum·buf + g,  w ← w − lr·(g + momentum·buf) (Nesterov). No value is read back
+        from the device."""
         loss = None
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
         self._adapt_gradients()
+        decays = [group["weight_decay"] for group in self.param_groups]
         for group in self.param_groups:
-            params = [p for p in group["params"] if p.grad is not None]
-            if not params:
-                continue
-            grads, momentum = [p.grad for p in params], group["momentum"]
-            update = grads
-            if momentum:
-                bufs = [self._momentum_buffer(p) for p in params]
-                new_bufs = torch._foreach_add(torch._foreach_mul(bufs, momentum), grads,
-                                              alpha=1 - group["dampening"])
-                update = torch._foreach_add(grads, new_bufs, alpha=momentum) if group["nesterov"] else new_bufs
-                for buf, new in zip(bufs, new_bufs):
-                    buf.copy_(new if apply is None else torch.where(apply, new, buf))
-            if apply is not None:
-                update = [torch.where(apply, u, 0.0) for u in update]
-            torch._foreach_add_(params, update, alpha=-group["lr"])
+            group["weight_decay"] = 0.0
+        try:
+            super().step()
+        finally:
+            for group, decay in zip(self.param_groups, decays):
+                group["weight_decay"] = decay
         return loss
-
-    def _momentum_buffer(self, p: torch.Tensor) -> torch.Tensor:
-        """p's momentum buffer (torch.optim.SGD's state key, so checkpoints stay compatible),
-        zeros before the first step."""
-        state = self.state[p]
-        if state.get("momentum_buffer") is None:
-            state["momentum_buffer"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-        return state["momentum_buffer"]

@@ -122,9 +122,10 @@ class EMPSSLLoss(nn.Module):
         z_for_rate (P, B_global, d), when given, is used for the coding rate instead of z: under
         data parallelism the rate is taken over the batch gathered from every rank, while the
         invariance term needs only the local images.
-        Returns (loss, {"invariance": S, "tcr": mean_p R}) with both parts detached.
+        Returns (loss, {"invariance": S, "coding_rate": mean_p R}) with both parts detached (the
+        measured rate; tcr is its weight).
         """
         sim = invariance(z)
         rate = total_coding_rate(z if z_for_rate is None else z_for_rate, self.eps).mean()
         loss = self.patch_sim * (-sim) + self.tcr * (-rate)
-        return loss, {"invariance": sim.detach(), "tcr": rate.detach()}
+        return loss, {"invariance": sim.detach(), "coding_rate": rate.detach()}

@@ -22,7 +22,7 @@ from errors import UserError
 AMP_DTYPES: dict[str, torch.dtype | None] = {"fp32": None, "bf16": torch.bfloat16}
 
 
-def _compiler_missing(device: torch.device) -> str | None:
+def compiler_missing(device: torch.device) -> str | None:
     """Why torch.compile cannot work on this device, or None: the CPU backend needs a C++
     compiler, the CUDA backend needs Triton."""
     if device.type == "cuda":
@@ -45,7 +45,7 @@ def prepare_model(model: nn.Module, device: torch.device, channels_last: bool) -
 
 def compile_model(net: nn.Module, device: torch.device) -> nn.Module:
     """torch.compile(net), which shares its parameters; a UserError when no compiler can run."""
-    why = _compiler_missing(device)
+    why = compiler_missing(device)
     if why:
         raise UserError(f"--compile cannot run on {device}: {why}; install it or drop --compile")
     return torch.compile(net)

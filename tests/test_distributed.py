@@ -79,7 +79,7 @@ def rank_worker(rank: int, port: int, out: Path) -> None:
             raise UserError("disk of rank 1 is full")
         return "fine"
     try:
-        distributed.agree(only_rank_1_fails)
+        distributed.fail_together(only_rank_1_fails)
     except UserError as err:
         result["agree_error"] = str(err)
     def rank_0_writes_the_others_read() -> str:
@@ -93,7 +93,7 @@ def rank_worker(rank: int, port: int, out: Path) -> None:
         torch.save(result, out / "rank1.pt")
         os._exit(0)  # dies without leaving the group
     try:
-        distributed.agree(lambda: None)
+        distributed.fail_together(lambda: None)
     except UserError as err:
         result["dead_peer_error"] = str(err)
     torch.save(result, out / "rank0.pt")
@@ -117,7 +117,7 @@ class TestGatherWithoutProcessGroup:
         torch.testing.assert_close(x.grad, weight, rtol=0, atol=0)
 
     def test_collective_helpers_run_the_step_once_in_one_process(self) -> None:
-        assert distributed.agree(lambda: 7) == 7 and distributed.main_first(lambda: 8) == 8
+        assert distributed.fail_together(lambda: 7) == 7 and distributed.main_first(lambda: 8) == 8
         assert distributed.on_main(lambda x: x + 1, 8) == 9
         assert distributed.mean_over_ranks(torch.tensor([[2.5, -1.0]]), True) == ([[2.5, -1.0]], True)
         assert (distributed.get_rank(), distributed.get_world_size(), distributed.is_main()) == (0, 1, True)
@@ -140,7 +140,7 @@ class TestTwoRanks:
         model, views, criterion = fixed_problem()
         parts, grads = step_and_grads(model, views, criterion, model)
         for result in two_ranks:
-            for name in ("loss", "invariance", "tcr"):
+            for name in ("loss", "invariance", "coding_rate"):
                 assert result["parts"][name] == pytest.approx(parts[name].item(), rel=1e-5), name
             assert result["stop"], "rank 1's flag (a SIGTERM) must reach every rank in the same read"
             assert result["grads"].keys() == grads.keys()

@@ -1,6 +1,7 @@
 """The training step and loop on the device: no host reads, the non-finite guard, saves."""
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -11,12 +12,14 @@ import checkpoint as ckpt
 import main as main_module
 from conftest import TINY_RUN, assert_one_line_error
 from device import resolve_device
-from dataset.source import TrainData, build_train_batches
+from dataset import PatchRecipe, SyntheticShapes, TrainingPatches
+from dataset.sampler import ResumableSampler
 from engine import NonFiniteGuard, train_step
 from host_sync import HostSyncs
 from lars import LARS
 from loss import EMPSSLLoss
 from model import Encoder
+from speed import compiler_missing, compile_model
 
 P, B = 3, 8
 
@@ -90,11 +93,57 @@ class TestNonFiniteGuard:
 
     def test_host_report_makes_the_same_decisions(self) -> None:
         guard = NonFiniteGuard(1, torch.device("cpu"))
-        nan = {"loss": float("nan"), "invariance": 0.5, "tcr": float("nan")}
-        guard.report({"loss": -1.0, "invariance": 0.5, "tcr": 20.0}, 1)
+        nan = {"loss": float("nan"), "invariance": 0.5, "coding_rate": float("nan")}
+        guard.report({"loss": -1.0, "invariance": 0.5, "coding_rate": 20.0}, 1)
         guard.report(nan, 2)  # skipped with a warning
         with pytest.raises(main_module.UserError, match="at step 3"):
             guard.report(nan, 3)
+
+
+OPTIMIZERS = {
+    "SGD": lambda params: torch.optim.SGD(params, lr=0.1, momentum=0.9, nesterov=True, weight_decay=1e-4),
+    "AdamW": lambda params: torch.optim.AdamW(params, lr=1e-3),
+    "LARS": lambda params: LARS(params, lr=0.3, weight_decay=1e-4, eta=0.005),
+}
+
+
+def full_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> list[torch.Tensor]:
+    """Every parameter and buffer, and every tensor of the optimizer's state, in a fixed order."""
+    state = [v.clone() for v in model.state_dict().values()]
+    for p in model.parameters():
+        state += [v.clone() for _, v in sorted(optimizer.state.get(p, {}).items()) if isinstance(v, torch.Tensor)]
+    return state
+
+
+class TestAnyOptimizer:
+    """train_step and its guard work unchanged with torch's optimizers and LARS: no special argument."""
+
+    @pytest.mark.parametrize("name", OPTIMIZERS)
+    def test_a_skipped_first_step_leaves_a_fresh_start_and_finite_steps_are_untouched(self, name: str) -> None:
+        """A NaN first step, then a finite one, equals that finite step alone (weights, BatchNorm
+        statistics and optimizer state — moments, step counters — bit for bit); later finite
+        steps under the guard equal the same steps without it."""
+        guarded, optimizer, batches = tiny_setup()
+        plain, _, _ = tiny_setup()
+        optimizer = OPTIMIZERS[name](guarded.parameters())
+        reference = OPTIMIZERS[name](plain.parameters())
+        guard = NonFiniteGuard(1, torch.device("cpu"))
+        stats = train_step(guarded, PoisonAt(1), optimizer, batches[0], P, guard=guard)
+        assert torch.isnan(stats["loss"]) and guard.skipped.item() == 1
+        for x in batches[1:]:
+            train_step(guarded, EMPSSLLoss(200.0, 1.0, 0.2), optimizer, x, P, guard=guard)
+            train_step(plain, EMPSSLLoss(200.0, 1.0, 0.2), reference, x, P)
+        ours, theirs = full_state(guarded, optimizer), full_state(plain, reference)
+        assert len(ours) == len(theirs) > len(list(guarded.state_dict()))  # the optimizer's state is compared too
+        assert all(torch.equal(a, b) for a, b in zip(ours, theirs))
+
+    def test_a_nan_step_of_adamw_changes_nothing(self) -> None:
+        model, _, batches = tiny_setup()
+        optimizer, guard = torch.optim.AdamW(model.parameters(), lr=1e-3), NonFiniteGuard(1, torch.device("cpu"))
+        train_step(model, EMPSSLLoss(200.0, 1.0, 0.2), optimizer, batches[0], P, guard=guard)
+        before = full_state(model, optimizer)
+        train_step(model, PoisonAt(1), optimizer, batches[1], P, guard=guard)
+        assert all(torch.equal(a, b) for a, b in zip(before, full_state(model, optimizer)))
 
 
 class TestRunLevel:
@@ -109,7 +158,7 @@ class TestRunLevel:
         the run stops naming step 2 and writes no checkpoint of the halted weights."""
         nan_at(2)
         result = cli("main", *TINY_RUN, "--output_dir", str(tmp_path / "run"), "--epoch", "1")
-        assert_one_line_error(result, "at step 2", "invariance", "tcr")
+        assert_one_line_error(result, "at step 2", "invariance", "coding_rate")
         assert not ckpt.existing_checkpoints(tmp_path / "run")
 
     def test_skips_are_counted(self, cli, tmp_path: Path, nan_at) -> None:
@@ -188,10 +237,48 @@ class TestGpuBookkeeping:
 class TestBatchesWithoutHostReads:
     def test_a_batched_step_of_images_held_on_the_device_reads_nothing(self, tmp_path: Path) -> None:
         """The step's image indices, the augmentation and the layout change read nothing back."""
-        source = build_train_batches(TrainData("synthetic", tmp_path, "batched", 4, 8, 0), torch.device("cpu"),
-                                     memory_format=torch.channels_last)
+        images = SyntheticShapes(train=True, num_per_class=8)  # 80 images, 10 steps of 8
+        source = TrainingPatches(images, PatchRecipe.of("synthetic", "batched", 4, seed=0), ResumableSampler(80, 8), 0,
+                                 torch.device("cpu"), torch.channels_last)
         source.set_epoch(1, start_step=3)
         batches = iter(source)
         with HostSyncs() as reads:
             x = next(batches)
         assert reads.syncs == [] and x.shape == (4 * 8, 3, 32, 32)
+
+
+class TestPrecisionAndCompile:
+    def test_a_bf16_run_trains_finite_and_its_checkpoint_evaluates_in_bf16(self, cli, tmp_path: Path) -> None:
+        """Every step is read (--log_every 1) and the default guard stops at the first non-finite
+        loss, so a clean exit means every loss was finite; the checkpoint then evaluates in bf16."""
+        run = tmp_path / "run"
+        result = cli("main", *TINY_RUN, "--precision", "bf16", "--epoch", "1", "--log_every", "1",
+                     "--output_dir", str(run))
+        assert result.returncode == 0, result.stderr
+        state = torch.load(run / "save_models" / "last.pt", weights_only=False)
+        assert state["step"] == 4 and state["args"]["precision"] == "bf16"
+        assert all(torch.isfinite(v.float()).all() for v in state["model"].values())
+        result = cli("evaluate", "--ckpt", str(run / "save_models" / "last.pt"), "--precision", "bf16",
+                     "--train_subset", "40", "--test_subset", "40", "--test_patches", "2", "--linear_epochs", "2",
+                     "--workers", "0")
+        assert result.returncode == 0, result.stderr
+        record = json.loads((run / "save_models" / "last.eval.json").read_text())
+        assert record["precision"] == "bf16" and 0 <= record["knn"]["top1"] <= 100 and record["train_images"] == 40
+
+    def test_a_compiled_step_computes_what_the_eager_step_does(self) -> None:
+        """torch.compile of the encoder (inductor; skipped only where no compiler can run): two
+        steps from the same weights and patches give the eager steps' losses and weights."""
+        why = compiler_missing(torch.device("cpu"))
+        if why:
+            pytest.skip(why)
+        eager, optimizer, batches = tiny_setup()
+        compiled_model, compiled_optimizer, _ = tiny_setup()
+        compiled = compile_model(compiled_model, torch.device("cpu"))
+        criterion = EMPSSLLoss(200.0, 1.0, 0.2)
+        for x in batches[:2]:
+            ours = train_step(compiled, criterion, compiled_optimizer, x, P, guard=NonFiniteGuard(0, x.device))
+            reference = train_step(eager, criterion, optimizer, x, P, guard=NonFiniteGuard(0, x.device))
+            for name in reference:
+                assert ours[name].item() == pytest.approx(reference[name].item(), rel=1e-4, abs=1e-4), name
+        for a, b in zip(compiled_model.parameters(), eager.parameters()):
+            torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-4)

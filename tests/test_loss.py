@@ -135,7 +135,7 @@ class TestEMPSSLLoss:
         loss, parts = EMPSSLLoss(patch_sim=200.0, tcr=1.0, eps=0.2)(z)
         torch.testing.assert_close(loss.double(), reference_loss(z, 200.0, 1.0, 0.2), rtol=1e-5, atol=1e-4)
         assert parts["invariance"].item() == pytest.approx(invariance(z).item())
-        assert parts["tcr"].item() == pytest.approx(direct_rate(z, 0.2).mean().item(), rel=1e-5)
+        assert parts["coding_rate"].item() == pytest.approx(direct_rate(z, 0.2).mean().item(), rel=1e-5)
 
     def test_gradient_equals_the_per_patch_reference(self) -> None:
         """The gradient flows through the mean embedding too, so a detached mean fails here. The rows
@@ -154,14 +154,14 @@ class TestEMPSSLLoss:
     def test_official_sign_both_terms_reduce_the_loss(self) -> None:
         z = unit_rows(4, 10, 24)
         loss, parts = EMPSSLLoss(200.0, 1.0, 0.2)(z)
-        assert loss.item() == pytest.approx(-200 * parts["invariance"].item() - parts["tcr"].item(), rel=1e-5)
+        assert loss.item() == pytest.approx(-200 * parts["invariance"].item() - parts["coding_rate"].item(), rel=1e-5)
         assert loss.item() < 0
 
     def test_rate_is_taken_over_the_given_global_batch(self) -> None:
         z = unit_rows(3, 8, 16)
         z_global = torch.cat([z, unit_rows(3, 8, 16, seed=5)], dim=1)  # (P, 2B, d)
         _, parts = EMPSSLLoss(200.0, 1.0, 0.2)(z, z_for_rate=z_global)
-        assert parts["tcr"].item() == pytest.approx(direct_rate(z_global, 0.2).mean().item(), rel=1e-5)
+        assert parts["coding_rate"].item() == pytest.approx(direct_rate(z_global, 0.2).mean().item(), rel=1e-5)
         assert parts["invariance"].item() == pytest.approx(invariance(z).item())
 
     def test_decreases_under_sgd(self) -> None:

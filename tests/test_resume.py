@@ -112,6 +112,43 @@ class TestCrashes:
         state = torch.load(run / "save_models" / "last.pt", weights_only=False)
         assert 1 <= state["step"] < 400 and state["scheduler"]["last_epoch"] == state["step"]
 
+    @pytest.mark.parametrize("augment,workers", [("pil", "2"), ("batched", "0")])
+    def test_ctrl_c_before_the_first_save_saves_and_exits_with_one_line(self, tmp_path: Path, augment: str,
+                                                                         workers: str) -> None:
+        """Ctrl-C reaches the whole foreground process group (DataLoader workers included) as soon
+        as the run folder exists, before any checkpoint: the run still stops at a step boundary
+        with last.pt written, and says so without a traceback."""
+        run = tmp_path / "run"
+        flags = [*TINY_RUN, "--epoch", "100", "--log_every", "3", "--augment", augment, "--workers", workers,
+                 "--output_dir", str(run)]
+        proc = subprocess.Popen([sys.executable, str(ROOT / "main.py"), *flags], cwd=tmp_path, start_new_session=True,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        deadline = time.monotonic() + 120
+        while not (run / "args.json").exists() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert not (run / "save_models" / "last.pt").exists()
+        os.killpg(proc.pid, signal.SIGINT)
+        stdout, stderr = proc.communicate(timeout=120)
+        assert proc.returncode == 0, stderr
+        assert "Traceback" not in stderr and "Ctrl-C: stopping at the next read" in stderr
+        assert "SIGINT: stopped at step" in stdout and "last.pt saved" in stdout
+        state = torch.load(run / "save_models" / "last.pt", weights_only=False)
+        assert state["step"] % 3 == 0 and 3 <= state["step"] < 400  # at a read, every --log_every steps
+
+    def test_ctrl_c_in_an_evaluation_is_one_line(self, tmp_path: Path) -> None:
+        flags = ["--random_init", "--output", str(tmp_path / "eval.json"), "--data", "synthetic", "--arch",
+                 "resnet10-cifar", "--hidden_dim", "64", "--z_dim", "32", "--device", "cpu", "--workers", "0"]
+        proc = subprocess.Popen([sys.executable, str(ROOT / "evaluate.py"), *flags], cwd=tmp_path,
+                                start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        line = proc.stdout.readline()  # the banner: the evaluation has started
+        assert line.startswith("{"), line
+        time.sleep(1)
+        os.killpg(proc.pid, signal.SIGINT)
+        _, stderr = proc.communicate(timeout=120)
+        assert proc.returncode == 130 and "Traceback" not in stderr, stderr
+        assert stderr.strip().splitlines()[-1].startswith("error: interrupted")
+        assert not (tmp_path / "eval.json").exists() and not list(tmp_path.glob("*.tmp*"))
+
     def test_full_disk_keeps_the_previous_checkpoint_and_says_so(self, cli, tmp_path: Path,
                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
         run = tmp_path / "run"
@@ -145,7 +182,7 @@ class TestNonFiniteLoss:
                                                                    nan_at_step_2: None) -> None:
         run = tmp_path / "run"
         result = cli("main", *TINY_RUN, "--output_dir", str(run), "--save_every_steps", "1")
-        assert_one_line_error(result, "step 2", "invariance", "tcr", "--skip_nonfinite")
+        assert_one_line_error(result, "step 2", "invariance", "coding_rate", "--skip_nonfinite")
         assert torch.load(run / "save_models" / "last.pt", weights_only=False)["step"] == 1
 
     def test_skip_nonfinite_skips_the_bad_step(self, cli, tmp_path: Path, nan_at_step_2: None) -> None:
