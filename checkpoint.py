@@ -85,6 +85,24 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
     return state
 
 
+def read_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """(the encoder's state dict without `module.` prefixes, the checkpoint's record: training args,
+    epoch, step). Ours is a dict with `model`; an official checkpoint is a bare DataParallel state dict."""
+    state = load_checkpoint(path)
+    if isinstance(state.get("model"), dict):
+        record = {"args": state.get("args", {}), "epoch": state.get("epoch"), "step": state.get("step")}
+        return strip_module_prefix(state["model"]), record
+    if state and all(isinstance(v, torch.Tensor) for v in state.values()):
+        return strip_module_prefix(state), {"args": {}}
+    raise UserError(f"{path} is neither a training checkpoint (a dict with 'model') nor a state dict of tensors")
+
+
+def strip_module_prefix(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Remove the `module.` prefix that nn.DataParallel / DDP put on every key (official
+    checkpoints are such state dicts); other keys are returned unchanged."""
+    return {k.removeprefix("module."): v for k, v in state_dict.items()}
+
+
 def load_state_strict(module: torch.nn.Module, state_dict: dict[str, torch.Tensor], source: Path) -> None:
     """module.load_state_dict(strict=True), turning a key or shape mismatch into one line."""
     own = module.state_dict()

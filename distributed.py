@@ -135,7 +135,7 @@ def cleanup() -> None:
 def entry_point(main: Callable[..., None]) -> Callable[..., None]:
     """Wrap an entry point's main(args): leave the process group at exit, and let one process
     report a UserError. Before the group forms every rank refuses alike, so local rank 0 of each
-    machine reports; afterwards rank 0 reports (:func:`agree` brings other ranks' messages to it).
+    machine reports; afterwards rank 0 reports (:func:`fail_together` brings other ranks' messages to it).
     Every other process exits with status 2 and says nothing."""
 
     @functools.wraps(main)
@@ -153,7 +153,7 @@ def entry_point(main: Callable[..., None]) -> Callable[..., None]:
     return run
 
 
-def agree(step: Callable[[], T]) -> T:
+def fail_together(step: Callable[[], T]) -> T:
     """Run step on every rank; if it raises UserError on any rank, all ranks stop together.
 
     Rank 0 raises the message of the lowest failing rank (prefixed `rank r:` when that is not
@@ -183,14 +183,14 @@ def agree(step: Callable[[], T]) -> T:
 def on_main(step: Callable[..., T], *args: object) -> T | None:
     """step(*args) on rank 0 only (writing files); the other ranks wait, get None, and stop too
     if it fails."""
-    return agree(lambda: step(*args) if is_main() else None)
+    return fail_together(lambda: step(*args) if is_main() else None)
 
 
 def main_first(step: Callable[[], T]) -> T:
     """Run step on rank 0 while the others wait, then on the others (rank 0 downloads a data set
     once, the rest then read it); a UserError anywhere stops every rank."""
-    first = agree(step if is_main() else lambda: None)
-    return agree(lambda: first if is_main() else step())
+    first = fail_together(step if is_main() else lambda: None)
+    return fail_together(lambda: first if is_main() else step())
 
 
 def wrap(model: nn.Module, device: torch.device, sync_bn: bool) -> nn.Module:

@@ -10,10 +10,11 @@ Usage:
 Writes `<checkpoint stem>.eval.json` beside the checkpoint (every number and the configuration)
 and caches the features there, keyed by checkpoint, data and patches; `--recompute` ignores them.
 
-The patches are made by the batched augmentation on the evaluation device (`--augment batched`,
-default) or by the official per-patch PIL pipeline in DataLoader workers (`--augment pil`); either
-way an image's patches depend only on (--seed, split, its index in the full split), from a random
-stream separate from training's. The default is float32 throughout, for parity with the official
+The patches are made as the checkpoint's training made them (its --augment; `batched`, the batched
+augmentation on the evaluation device, for an official checkpoint) unless --augment says otherwise
+(`pil`: the official per-patch PIL pipeline in DataLoader workers); either way an image's patches
+depend only on (--seed, split, its index in the full split), from a random stream separate from
+training's. The default is float32 throughout, for parity with the official
 numbers; `--precision bf16` runs the forward under bf16 autocast and lets the probes' float32
 products use TF32, and `--channels_last` lays the encoder and the patches out channels-last.
 """
@@ -21,9 +22,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import time
 from contextlib import nullcontext
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -31,23 +32,26 @@ from typing import Any
 import torch
 import torchvision.transforms.functional as TF
 from torch.utils.data import Dataset
-from torch.utils.tensorboard import SummaryWriter
 
 import checkpoint as ckpt
-from cli import ArgumentParser, banner, require, run_cli
-from dataset import DATASETS
+from cli import ArgumentParser, banner, default_workers, require, run_cli
+from dataset import AUGMENTS, DATASETS, EvaluationPatches, PatchRecipe, class_names, load_split
+from dataset.catalog import DATA_DEFAULTS
+from dataset.patches import DEFAULT_AUGMENT
+from dataset.seeded import eval_seed
 from device import resolve_device
 from errors import UserError
-from features import (EVAL_AUGMENTS, PATCH_STREAM, bag_of_features, base_classes, cache_path, cached_features,
-                      eval_batches, eval_split, file_digest, full_view_loader)
+from features import (FORWARD_BS, PATCH_STREAM, TEST_PATCHES, bag_of_features, cache_path, cached_features,
+                      file_digest, full_view_loader)
 from loss import cuda_matmul_precision
-from model import ARCHS, Encoder, strip_module_prefix
+from model import ARCHS, ENCODER_DEFAULTS, Encoder
 from pictures import log_embedding
+from preemption import leave_signals_to_parent
 from probes import KNN_K, KNN_T, OFFICIAL_LINEAR, LinearSettings, knn_accuracy, linear_probe
 from speed import AMP_DTYPES, prepare_model
 
 # Flags that default to the checkpoint's training args, else to these official defaults.
-FROM_CHECKPOINT = {"data": "cifar10", "data_dir": "data", "arch": "resnet18-cifar", "hidden_dim": 4096, "z_dim": 1024}
+FROM_CHECKPOINT = {**DATA_DEFAULTS, **ENCODER_DEFAULTS, "augment": DEFAULT_AUGMENT}
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -57,57 +61,65 @@ def get_args_parser() -> argparse.ArgumentParser:
     model.add_argument("--ckpt", "--model_path", type=Path, default=None,
                        help="checkpoint to evaluate: ours (save_models/<epoch>.pt) or an official state dict")
     model.add_argument("--arch", default=None, choices=ARCHS, help="backbone (default: the checkpoint's, "
-                       "else the official resnet18-cifar)")
+                       f"else the official {ENCODER_DEFAULTS['arch']})")
     model.add_argument("--hidden_dim", type=int, default=None,
-                       help="pre_feature width (default: the checkpoint's, else 4096)")
-    model.add_argument("--z_dim", type=int, default=None, help="projection width (default: checkpoint's, else 1024)")
+                       help=f"pre_feature width (default: the checkpoint's, else {ENCODER_DEFAULTS['hidden_dim']})")
+    model.add_argument("--z_dim", type=int, default=None,
+                       help=f"projection width (default: the checkpoint's, else {ENCODER_DEFAULTS['z_dim']})")
     model.add_argument("--random_init", action="store_true",
                        help="evaluate an untrained encoder of the same architecture, seeded by --seed: the baseline")
 
     data = parser.add_argument_group("Data")
     data.add_argument("--data", default=None, choices=DATASETS,
-                      help="data set (default: the checkpoint's, else cifar10)")
-    data.add_argument("--data_dir", type=Path, default=None, help="its folder (default: the checkpoint's, else data)")
+                      help=f"data set (default: the checkpoint's, else {DATA_DEFAULTS['data']})")
+    data.add_argument("--data_dir", type=Path, default=None,
+                      help=f"its folder (default: the checkpoint's, else {DATA_DEFAULTS['data_dir']})")
     data.add_argument("--download", action=argparse.BooleanOptionalAction, default=True,
-                      help="download CIFAR into --data_dir when it is missing (default: on)")
+                      help="download CIFAR into --data_dir when it is missing (default: %(default)s)")
     data.add_argument("--train_subset", type=int, default=None, help="use a fixed class-balanced subset of this "
                       "many training images (quick checks; default: all)")
     data.add_argument("--test_subset", type=int, default=None, help="the same for the test split (default: all)")
-    data.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1),
-                      help="DataLoader worker processes for the patches (8, or the machine's cores if fewer); "
-                      "with --augment batched, threads that decode an image folder into memory")
+    data.add_argument("--workers", type=int, default=default_workers(),
+                      help="DataLoader worker processes for the patches (default: %(default)s: 8, or the machine's "
+                           "cores if fewer); with --augment batched, threads that decode an image folder into memory")
 
     feats = parser.add_argument_group("Features")
-    feats.add_argument("--augment", default="batched", choices=EVAL_AUGMENTS,
-                       help="batched: the patches are made on the evaluation device by batched tensor ops, from "
-                       "images held there as uint8 (default; folders that do not fit: crops cut by PIL in workers, "
-                       "colours on the device); pil: the official per-patch PIL pipeline in workers")
+    feats.add_argument("--augment", default=None, choices=tuple(AUGMENTS),
+                       help="how the patches are made (default: as the checkpoint was trained, else "
+                            f"{DEFAULT_AUGMENT}): " + "; ".join(f"{name}: {what}" for name, what in AUGMENTS.items()))
     feats.add_argument("--view", default="patches", choices=("patches", "full"),
                        help="patches: the official bag-of-features over --test_patches augmented patches (default); "
                             "full: every whole image once, without augmentation (the usual single-view protocol)")
-    feats.add_argument("--test_patches", type=int, default=128,
-                       help="patches per image averaged into its feature (official default 128)")
-    feats.add_argument("--eval_bs", type=int, default=50, help="images per batch (official 50)")
-    feats.add_argument("--forward_bs", type=int, default=2048,
-                       help="patches per forward pass (default 2048); lower it if memory runs out")
-    feats.add_argument("--seed", type=int, default=0, help="seed of the patches (and of --random_init weights) (0)")
+    feats.add_argument("--test_patches", type=int, default=TEST_PATCHES,
+                       help="patches per image averaged into its feature (official default %(default)s)")
+    feats.add_argument("--eval_bs", type=int, default=50, help="images per batch (official %(default)s)")
+    feats.add_argument("--forward_bs", type=int, default=FORWARD_BS,
+                       help="patches per forward pass (default %(default)s); lower it if memory runs out")
+    feats.add_argument("--seed", type=int, default=0,
+                       help="seed of the patches (and of --random_init weights) (%(default)s)")
     feats.add_argument("--precision", default="fp32", choices=tuple(AMP_DTYPES),
-                       help="forward precision (default fp32, as the official evaluation); bf16 runs the forward "
-                       "under autocast and lets the probes' float32 products use TF32 (faster on recent GPUs), "
-                       "features are kept in float32 either way")
+                       help="forward precision (default %(default)s, as the official evaluation); bf16 runs the "
+                            "forward under autocast and lets the probes' float32 products use TF32 (faster on recent "
+                            "GPUs); features are kept in float32 either way")
     feats.add_argument("--recompute", action="store_true", help="ignore cached features and compute them again")
 
     probes = parser.add_argument_group("Probes")
-    probes.add_argument("--knn", action=argparse.BooleanOptionalAction, default=True, help="weighted kNN (on)")
-    probes.add_argument("--knn_k", type=int, default=KNN_K, help="neighbours (official 20)")
-    probes.add_argument("--knn_t", type=float, default=KNN_T, help="temperature of the exp(cos/T) votes (official 0.07)")
-    probes.add_argument("--linear", action=argparse.BooleanOptionalAction, default=True, help="linear probe (on)")
+    probes.add_argument("--knn", action=argparse.BooleanOptionalAction, default=True,
+                        help="weighted kNN (default: %(default)s)")
+    probes.add_argument("--knn_k", type=int, default=KNN_K, help="neighbours (official %(default)s)")
+    probes.add_argument("--knn_t", type=float, default=KNN_T,
+                        help="temperature of the exp(cos/T) votes (official %(default)s)")
+    probes.add_argument("--linear", action=argparse.BooleanOptionalAction, default=True,
+                        help="linear probe (default: %(default)s)")
     probes.add_argument("--linear_epochs", type=int, default=OFFICIAL_LINEAR.epochs,
-                        help="epochs, cosine schedule over them (official 100)")
-    probes.add_argument("--linear_lr", type=float, default=OFFICIAL_LINEAR.lr, help="SGD learning rate (official 0.03)")
-    probes.add_argument("--linear_wd", type=float, default=OFFICIAL_LINEAR.wd, help="weight decay (official 5e-5)")
-    probes.add_argument("--linear_momentum", type=float, default=OFFICIAL_LINEAR.momentum, help="SGD momentum (official 0.9)")
-    probes.add_argument("--linear_bs", type=int, default=OFFICIAL_LINEAR.bs, help="batch size (official 100)")
+                        help="epochs, cosine schedule over them (official %(default)s)")
+    probes.add_argument("--linear_lr", type=float, default=OFFICIAL_LINEAR.lr,
+                        help="SGD learning rate (official %(default)s)")
+    probes.add_argument("--linear_wd", type=float, default=OFFICIAL_LINEAR.wd,
+                        help="weight decay (official %(default)s)")
+    probes.add_argument("--linear_momentum", type=float, default=OFFICIAL_LINEAR.momentum,
+                        help="SGD momentum (official %(default)s)")
+    probes.add_argument("--linear_bs", type=int, default=OFFICIAL_LINEAR.bs, help="batch size (official %(default)s)")
 
     running = parser.add_argument_group("Running")
     running.add_argument("--output", type=Path, default=None,
@@ -119,7 +131,8 @@ def get_args_parser() -> argparse.ArgumentParser:
                               "(default: %(default)s)")
     running.add_argument("--embedding", type=int, default=0,
                          help="also write the features of the first N test images, with labels and thumbnails, for "
-                              "TensorBoard's projector (PCA, t-SNE, UMAP) into <result stem>.tensorboard/ (default 0)")
+                              "TensorBoard's projector (PCA, t-SNE, UMAP) into <result stem>.tensorboard/ "
+                              "(default %(default)s)")
     return parser
 
 
@@ -138,22 +151,10 @@ def validate_args(args: argparse.Namespace) -> None:
     ])
 
 
-def read_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """(state dict without `module.` prefixes, checkpoint record: training args, epoch, step).
-    Ours is a dict with `model`; an official checkpoint is a bare DataParallel state dict."""
-    state = ckpt.load_checkpoint(path)
-    if isinstance(state.get("model"), dict):
-        record = {"args": state.get("args", {}), "epoch": state.get("epoch"), "step": state.get("step")}
-        return strip_module_prefix(state["model"]), record
-    if state and all(isinstance(v, torch.Tensor) for v in state.values()):
-        return strip_module_prefix(state), {"args": {}}
-    raise UserError(f"{path} is neither a training checkpoint (a dict with 'model') nor a state dict of tensors")
-
-
 def build_encoder(args: argparse.Namespace) -> tuple[Encoder, dict[str, Any]]:
     """The encoder to evaluate, in eval mode on the CPU, and the checkpoint record. Fills the
     unset flags of FROM_CHECKPOINT from the checkpoint's training args, else the official defaults."""
-    state, record = read_checkpoint(args.ckpt) if args.ckpt is not None else ({}, {"args": {}})
+    state, record = ckpt.read_checkpoint(args.ckpt) if args.ckpt is not None else ({}, {"args": {}})
     for name, default in FROM_CHECKPOINT.items():
         if getattr(args, name) is None:
             setattr(args, name, record["args"].get(name, default))
@@ -173,6 +174,16 @@ def output_paths(args: argparse.Namespace) -> tuple[Path, Path, str]:
     return args.output or args.ckpt.with_name(f"{stem}.eval.json"), args.ckpt.parent, args.ckpt.name
 
 
+@dataclass(frozen=True)
+class FeatureCache:
+    """Where the features of one evaluated encoder are cached: folder, file prefix, and the identity
+    of its weights (a checkpoint's SHA-256, or the random init's torch version)."""
+
+    folder: Path
+    prefix: str
+    weights: str
+
+
 def split_features(args: argparse.Namespace, model: Encoder, device: torch.device, dataset: Dataset,
                    split: str) -> tuple[torch.Tensor, torch.Tensor]:
     """(bag-of-features (N, hidden_dim) float32, labels (N,)) of a split's images, on the CPU, with
@@ -180,30 +191,30 @@ def split_features(args: argparse.Namespace, model: Encoder, device: torch.devic
     if args.view == "full":
         batches = full_view_loader(dataset, args.data, args.eval_bs, args.workers, pin_memory=device.type == "cuda")
     else:
-        batches = eval_batches(dataset, split, args.data, args.augment, args.test_patches, args.seed, args.eval_bs,
-                               args.workers, device)
+        recipe = PatchRecipe.of(args.data, args.augment, args.test_patches, eval_seed(args.seed, split))
+        batches = EvaluationPatches(dataset, recipe, args.eval_bs, args.workers, device, leave_signals_to_parent)
     dtype = AMP_DTYPES[args.precision]
     layout = torch.channels_last if args.channels_last else torch.contiguous_format
     return bag_of_features(model, batches, device, args.forward_bs, dtype, f"{split} features", layout)
 
 
-def extract(args: argparse.Namespace, model: Encoder, device: torch.device, splits: dict[str, tuple[Any, int]],
-            weights: str, cache_dir: Path, prefix: str,
-            seconds: dict[str, float]) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+def extract(args: argparse.Namespace, model: Encoder, device: torch.device, splits: dict[str, Dataset],
+            cache: FeatureCache, seconds: dict[str, float]) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
     """{split: (bag-of-features (N, hidden_dim) float32, labels (N,))} on the device, from the cache
-    beside the checkpoint when it holds them, else computed and cached."""
-    base_key = {"weights": weights, "arch": args.arch, "hidden_dim": args.hidden_dim, "z_dim": args.z_dim,
+    when it holds them, else computed and cached."""
+    base_key = {"weights": cache.weights, "arch": args.arch, "hidden_dim": args.hidden_dim, "z_dim": args.z_dim,
                 "data": args.data, "data_dir": None if args.data == "synthetic" else str(args.data_dir.resolve()),
                 "test_patches": args.test_patches, "seed": args.seed, "precision": args.precision,
                 "channels_last": args.channels_last, "augment": args.augment, "patch_stream": PATCH_STREAM,
                 "view": args.view}
-    cache_dir.mkdir(parents=True, exist_ok=True)
+    cache.folder.mkdir(parents=True, exist_ok=True)
     tensors = {}
-    for split, (dataset, _) in splits.items():
+    for split, dataset in splits.items():
         key = {**base_key, "split": split, "subset": len(dataset)}
         compute = partial(split_features, args, model, device, dataset, split)
         tick = time.perf_counter()
-        (feats, labels), hit = cached_features(cache_path(cache_dir, prefix, key), key, compute, args.recompute)
+        (feats, labels), hit = cached_features(cache_path(cache.folder, cache.prefix, key), key, compute,
+                                               args.recompute)
         seconds[f"features_{split}"] = time.perf_counter() - tick
         print(f"{split}: {len(labels)} images, {'cached' if hit else 'computed'} features {tuple(feats.shape)}")
         tensors[split] = (feats.to(device), labels.to(device))
@@ -242,6 +253,8 @@ def write_tensorboard(args: argparse.Namespace, output: Path, probes: dict[str, 
                       tensors: dict[str, tuple[torch.Tensor, torch.Tensor]], test_set: Dataset) -> None:
     """<result stem>.tensorboard/: the linear probe's train loss and test top-1 per epoch as scalars,
     and with --embedding N the first N test features for the projector, thumbnails included."""
+    from torch.utils.tensorboard import SummaryWriter  # here: importing evaluate.py stays light
+
     if "linear" not in probes and not args.embedding:
         return
     with SummaryWriter(log_dir=str(output.with_name(f"{output.stem}.tensorboard"))) as writer:
@@ -254,7 +267,7 @@ def write_tensorboard(args: argparse.Namespace, output: Path, probes: dict[str, 
             features, labels = (t[:args.embedding] for t in tensors["test"])
             thumbnails = torch.stack([TF.resize(TF.pil_to_tensor(test_set[i][0]), [32, 32], antialias=True)
                                       for i in range(len(labels))]).float() / 255  # (N, 3, 32, 32)
-            log_embedding(writer, features, labels, base_classes(test_set), thumbnails, f"{args.view} features")
+            log_embedding(writer, features, labels, class_names(test_set), thumbnails, f"{args.view} features")
 
 
 def main(args: argparse.Namespace) -> None:
@@ -264,29 +277,30 @@ def main(args: argparse.Namespace) -> None:
     model, record = build_encoder(args)
     model.to(device)
     prepare_model(model, device, args.channels_last)
-    splits = {split: eval_split(args.data, args.data_dir, split, subset, args.download)
+    splits = {split: load_split(args.data, args.data_dir, split, subset, args.download)
               for split, subset in (("train", args.train_subset), ("test", args.test_subset))}
-    output, cache_dir, prefix = output_paths(args)
+    num_classes = len(class_names(splits["train"]))
+    output, cache_folder, prefix = output_paths(args)
     weights = f"random_init (torch {torch.__version__})" if args.random_init else file_digest(args.ckpt)
     print(banner(args))
 
     seconds: dict[str, float] = {}
-    tensors = extract(args, model, device, splits, weights, cache_dir, prefix, seconds)
+    tensors = extract(args, model, device, splits, FeatureCache(cache_folder, prefix, weights), seconds)
     fast = cuda_matmul_precision("tf32") if args.precision == "bf16" else nullcontext()
     with fast:  # the probes' float32 products (kNN similarities, the linear probe) in TF32 under bf16
-        probes, summary = run_probes(args, tensors, splits["train"][1], seconds)
+        probes, summary = run_probes(args, tensors, num_classes, seconds)
     result = {
         "checkpoint": None if args.ckpt is None else str(args.ckpt), "random_init": args.random_init,
         "checkpoint_epoch": record.get("epoch"), "checkpoint_step": record.get("step"), "weights": weights,
         "arch": args.arch, "hidden_dim": args.hidden_dim, "z_dim": args.z_dim, "data": args.data,
         "data_dir": str(args.data_dir), "train_images": len(tensors["train"][1]),
-        "test_images": len(tensors["test"][1]), "num_classes": splits["train"][1],
+        "test_images": len(tensors["test"][1]), "num_classes": num_classes,
         "train_subset": args.train_subset, "test_subset": args.test_subset, "test_patches": args.test_patches,
         "augment": args.augment, "seed": args.seed, "precision": args.precision,
         "channels_last": args.channels_last, "git_commit": ckpt.git_commit(),
         **probes, "seconds": seconds,
     }
-    write_tensorboard(args, output, probes, tensors, splits["test"][0])
+    write_tensorboard(args, output, probes, tensors, splits["test"])
     text = json.dumps(result, indent=2)
     try:
         output.parent.mkdir(parents=True, exist_ok=True)

@@ -15,13 +15,11 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from checkpoint import load_state_strict
+from checkpoint import load_state_strict, read_checkpoint
 from errors import UserError
-from evaluate import read_checkpoint
-from main import get_args_parser as training_flags
-from model import Encoder
+from model import ENCODER_DEFAULTS, Encoder
 
-dependencies = ["torch", "torchvision", "numpy", "tqdm"]
+dependencies = ["torch", "torchvision", "numpy"]
 
 RESNET18_ARCHS = ("resnet18-cifar", "resnet18-imagenet", "resnet18-tinyimagenet")
 
@@ -34,12 +32,11 @@ def emp_ssl_resnet18(checkpoint: str | os.PathLike, arch: str | None = None) -> 
     """
     path = Path(checkpoint)
     state, record = read_checkpoint(path)
-    official = training_flags()  # main.py's defaults: the official encoder, where the checkpoint is silent
-    arch = arch or record["args"].get("arch", official.get_default("arch"))
+    arch = arch or record["args"].get("arch", ENCODER_DEFAULTS["arch"])  # an official state dict names none
     if arch not in RESNET18_ARCHS:
         raise UserError(f"{path} holds a {arch} encoder, not a ResNet-18 (resnet10-cifar has widths 32-256 and one "
                         f"block per stage): use a checkpoint of {', '.join(RESNET18_ARCHS)}")
-    hidden_dim, z_dim = (state[key].shape[0] if key in state else official.get_default(name)
+    hidden_dim, z_dim = (state[key].shape[0] if key in state else ENCODER_DEFAULTS[name]
                          for name, key in (("hidden_dim", "pre_feature.0.weight"), ("z_dim", "projection.3.weight")))
     model = Encoder(arch, hidden_dim, z_dim)
     load_state_strict(model, state, path)

@@ -1,36 +1,41 @@
-"""EMP-SSL training: many augmented patches per image, cosine-to-mean invariance and the
-Total Coding Rate of each patch group (Tong, Chen, Ma, LeCun, arXiv 2304.03977).
+"""EMP-SSL training: many augmented patches per image, cosine-to-mean invariance and the Total
+Coding Rate of each patch group (Tong, Chen, Ma, LeCun, arXiv 2304.03977).
 
 Usage:
     python main.py --num_patches 20 --epoch 30          # CIFAR-10, the paper's setting
     torchrun --nproc_per_node 4 main.py --num_patches 20 --epoch 30   # 4 GPUs, same global --bs
     python main.py --data synthetic --arch resnet10-cifar --hidden_dim 512 --z_dim 128 \
         --num_patches 8 --bs 50 --epoch 1 --device cpu   # a first run on the built-in data
+
+One step, in order: this rank's patches (dataset/patches.py) → engine.train_step (encoder, loss.py,
+backward, the optimizer under the non-finite guard) → engine.fit (the epochs, every save).
 """
 from __future__ import annotations
 
 import argparse
-import os
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import torch
-from torch.utils.tensorboard import SummaryWriter
 
 import checkpoint as ckpt
 import distributed
-from cli import ArgumentParser, banner, require, run_cli
-from dataset import DATASETS
-from dataset.source import AUGMENTS, Batches, TrainData, build_train_batches
+from cli import ArgumentParser, banner, default_workers, require, run_cli
+from dataset import AUGMENTS, DATASETS, EvaluationPatches, PatchRecipe, TrainingPatches, class_names, load_split
+from dataset.catalog import DATA_DEFAULTS
+from dataset.patches import DEFAULT_AUGMENT
+from dataset.sampler import ResumableSampler
+from dataset.seeded import eval_seed
 from device import resolve_device
-from engine import NonFiniteGuard, Preemption, StepLog, Training, seed_everything, train_one_epoch
+from engine import NonFiniteGuard, Schedule, StepLog, Training, fit, seed_everything
 from errors import UserError
-from features import eval_batches, eval_split
 from lars import LARS
 from loss import EMPSSLLoss
-from model import ARCHS, Encoder
+from model import ARCHS, ENCODER_DEFAULTS, Encoder
 from monitor import KNNMonitor
 from pictures import log_patch_grids
+from preemption import Preemption, leave_signals_to_parent
 from speed import AMP_DTYPES, compile_model, prepare_model
 
 # Flags that define what a run computes: a resumed run must keep them.
@@ -41,94 +46,100 @@ RUN_DEFINING = ("data", "train_subset", "num_patches", "augment", "arch", "hidde
 def get_args_parser() -> argparse.ArgumentParser:
     parser = ArgumentParser("EMP-SSL training", description="Train an EMP-SSL encoder; defaults are the official ones.")
     data = parser.add_argument_group("Data")
-    data.add_argument("--data", default="cifar10", choices=DATASETS, help="data set (official default: cifar10)")
-    data.add_argument("--data_dir", type=Path, default=Path("data"),
+    data.add_argument("--data", default=DATA_DEFAULTS["data"], choices=DATASETS,
+                      help="data set (official default: %(default)s)")
+    data.add_argument("--data_dir", type=Path, default=DATA_DEFAULTS["data_dir"],
                       help="folder of the data set; CIFAR is downloaded here when missing; folder data sets "
-                           "need <data_dir>/train and <data_dir>/val or test (default: data)")
+                           "need <data_dir>/train and <data_dir>/val or test (default: %(default)s)")
     data.add_argument("--download", action=argparse.BooleanOptionalAction, default=True,
-                      help="download CIFAR into --data_dir when it is missing (default: on)")
+                      help="download CIFAR into --data_dir when it is missing (default: %(default)s)")
     data.add_argument("--num_patches", type=int, default=100,
-                      help="augmented patches per image, P (official default 100; the paper's runs use 20)")
+                      help="augmented patches per image, P (official default %(default)s; the paper's runs use 20)")
     data.add_argument("--train_subset", type=int, default=None,
                       help="train on a fixed, class-balanced subset of this many images (quick experiments)")
-    data.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1),
-                      help="DataLoader worker processes (default: 8, or the machine's cores if fewer)")
-    data.add_argument("--augment", default="pil", choices=AUGMENTS,
-                      help="pil: the official per-patch PIL pipeline in workers (default); batched: all patches "
-                           "of a step at once on the training device, same distributions (see README, Speed)")
+    data.add_argument("--workers", type=int, default=default_workers(),
+                      help="DataLoader worker processes (default: %(default)s: 8, or the machine's cores if fewer)")
+    data.add_argument("--augment", default=DEFAULT_AUGMENT, choices=tuple(AUGMENTS),
+                      help="; ".join(f"{name}: {what}" for name, what in AUGMENTS.items()) + " (default: %(default)s)")
     data.add_argument("--skip_bad_images", action="store_true",
                       help="decode every image of a folder data set once and leave out unreadable ones "
                            "with a warning (default: stop with the file's name when one is met)")
 
     model = parser.add_argument_group("Model")
-    model.add_argument("--arch", default="resnet18-cifar", choices=ARCHS,
-                       help="backbone (official default: resnet18-cifar; resnet10-cifar is the small CPU net)")
-    model.add_argument("--hidden_dim", type=int, default=4096,
-                       help="width of pre_feature (the evaluated representation) and of the projector (4096)")
-    model.add_argument("--z_dim", type=int, default=1024, help="dimension d of the projected embedding (1024)")
+    model.add_argument("--arch", default=ENCODER_DEFAULTS["arch"], choices=ARCHS,
+                       help="backbone (official default: %(default)s; resnet10-cifar is the small CPU net)")
+    model.add_argument("--hidden_dim", type=int, default=ENCODER_DEFAULTS["hidden_dim"],
+                       help="width of pre_feature (the evaluated representation) and of the projector (%(default)s)")
+    model.add_argument("--z_dim", type=int, default=ENCODER_DEFAULTS["z_dim"],
+                       help="dimension d of the projected embedding (%(default)s)")
 
     loss = parser.add_argument_group("Loss")
-    loss.add_argument("--patch_sim", type=float, default=200.0, help="weight of the invariance term (200)")
-    loss.add_argument("--tcr", type=float, default=1.0, help="weight of the total coding rate term (1)")
-    loss.add_argument("--eps", type=float, default=0.2, help="distortion ε of the coding rate, > 0 (0.2)")
+    loss.add_argument("--patch_sim", type=float, default=200.0, help="weight of the invariance term (%(default)s)")
+    loss.add_argument("--tcr", type=float, default=1.0, help="weight of the total coding rate term (%(default)s)")
+    loss.add_argument("--eps", type=float, default=0.2, help="distortion ε of the coding rate, > 0 (%(default)s)")
 
     optim = parser.add_argument_group("Optim")
     optim.add_argument("--bs", type=int, default=100,
                        help="images per step, B, over all processes (split evenly among torchrun's ranks); "
-                            "each step sees P·B patches (100)")
-    optim.add_argument("--lr", type=float, default=0.3, help="base learning rate of LARS-wrapped SGD (0.3), "
+                            "each step sees P·B patches (%(default)s)")
+    optim.add_argument("--lr", type=float, default=0.3, help="base learning rate of LARS-wrapped SGD (%(default)s), "
                                                               "cosine-annealed to 0 over every step of the run")
-    optim.add_argument("--wd", type=float, default=1e-4, help="weight decay of ≥2-d weights (1e-4)")
-    optim.add_argument("--lars_eta", type=float, default=0.005, help="LARS trust coefficient η (0.005)")
-    optim.add_argument("--epoch", type=int, default=30, help="epochs; sizes the cosine schedule (official 30)")
+    optim.add_argument("--wd", type=float, default=1e-4, help="weight decay of ≥2-d weights (%(default)s)")
+    optim.add_argument("--lars_eta", type=float, default=0.005, help="LARS trust coefficient η (%(default)s)")
+    optim.add_argument("--epoch", type=int, default=30,
+                       help="epochs; sizes the cosine schedule (official %(default)s)")
     optim.add_argument("--max_steps", type=int, default=None,
                        help="stop after this many steps in all (smoke runs); the schedule keeps its full length")
 
     logging = parser.add_argument_group("Logging")
-    logging.add_argument("--dir", default="EMP-SSL-Training", help="folder under logs/ (official default)")
-    logging.add_argument("--msg", default="NONE", help="suffix of the run folder name (official default NONE)")
+    logging.add_argument("--dir", default="EMP-SSL-Training", help="folder under logs/ (official default %(default)s)")
+    logging.add_argument("--msg", default="NONE", help="suffix of the run folder name (official default %(default)s)")
     logging.add_argument("--output_dir", type=Path, default=None,
                          help="run folder (default: logs/<dir>/patchsim<..>_numpatch<..>_bs<..>_lr<..>_<msg>)")
     logging.add_argument("--resume", action="store_true",
                          help="continue the run in the run folder from its save_models/last.pt")
     logging.add_argument("--log_every", type=int, default=10,
                          help="read the step values (loss, invariance, coding rate) from the device every N steps: "
-                              "the progress bar, the non-finite check and SIGTERM act then; TensorBoard still "
-                              "gets every step (default 10; 1 waits for the GPU at every step)")
+                              "the progress bar, the non-finite check, SIGTERM and Ctrl-C act then; TensorBoard "
+                              "still gets every step (default %(default)s; 1 waits for the GPU at every step)")
     logging.add_argument("--save_every_steps", type=int, default=None,
                          help="also write last.pt every N steps, so a killed run loses at most N steps "
-                              "(default: at the end of every epoch and on SIGTERM only)")
+                              "(default: at the end of every epoch and at a stop only)")
 
     monitor = parser.add_argument_group("Eval")
     monitor.add_argument("--eval_every", type=int, default=0,
                          help="every N epochs, log the weighted kNN top-1 of the test split against the training "
-                              "split as eval/knn_top1 (default 0: never; evaluate.py gives the full protocol)")
+                              "split as eval/knn_top1 (default %(default)s: never; evaluate.py gives the protocol)")
     monitor.add_argument("--eval_patches", type=int, default=4,
-                         help="patches per image in that kNN's bag-of-features (default 4; evaluate.py uses 128)")
+                         help="patches per image in that kNN's bag-of-features, made by --augment "
+                              "(default %(default)s; evaluate.py uses 128)")
     monitor.add_argument("--eval_subset", type=int, default=None,
                          help="that kNN uses a fixed class-balanced subset of this many images of each split "
                               "(default: all)")
 
     running = parser.add_argument_group("Running")
     running.add_argument("--device", default="auto", help="auto (CUDA when present, else CPU), cpu, cuda or cuda:N")
-    running.add_argument("--seed", type=int, default=0, help="seed of weights, data order and augmentation (0)")
+    running.add_argument("--seed", type=int, default=0,
+                         help="seed of weights, data order and augmentation (%(default)s)")
     running.add_argument("--precision", default="fp32", choices=tuple(AMP_DTYPES),
-                         help="fp32 (official) or bf16 autocast for the encoder; loss and coding rate stay float32")
-    running.add_argument("--channels_last", action="store_true", help="channels-last memory layout (faster convs on GPU)")
+                         help="fp32 (official, the default) or bf16 autocast for the encoder; the loss and the "
+                              "coding rate stay float32")
+    running.add_argument("--channels_last", action="store_true",
+                         help="channels-last memory layout (faster convs on GPU)")
     running.add_argument("--compile", action="store_true", help="torch.compile the encoder (off by default)")
     running.add_argument("--deterministic", action="store_true",
                          help="PyTorch's deterministic algorithms: a resumed run is bit-identical to an "
                               "uninterrupted one on the CPU (slower on GPUs)")
     running.add_argument("--skip_nonfinite", type=int, default=0,
                          help="skip up to K steps whose loss is NaN or infinite, applying no update, before "
-                              "stopping the run (default 0: stop at the first)")
+                              "stopping the run (default %(default)s: stop at the first)")
 
     dist_group = parser.add_argument_group("Distributed (under torchrun)")
     dist_group.add_argument("--dist_backend", default="auto", choices=("auto", "nccl", "gloo"),
-                            help="process-group backend (auto: nccl on GPUs, gloo on the CPU)")
+                            help="process-group backend (%(default)s: nccl on GPUs, gloo on the CPU)")
     dist_group.add_argument("--dist_timeout", type=float, default=30.0,
                             help="minutes a process waits for the others (rank 0 downloading data or writing "
-                                 "a checkpoint) before the run stops with an error instead of hanging (30)")
+                                 "a checkpoint) before the run stops with an error instead of hanging (%(default)s)")
     dist_group.add_argument("--sync_bn", action="store_true",
                             help="BatchNorm statistics over the global batch (SyncBatchNorm, GPUs only); off by "
                                  "default: the official nn.DataParallel normalised each GPU's share separately")
@@ -162,17 +173,6 @@ def default_run_dir(args: argparse.Namespace) -> Path:
     """The official run folder name: logs/<dir>/patchsim<w>_numpatch<P>_bs<B>_lr<lr>_<msg>."""
     name = f"patchsim{args.patch_sim:g}_numpatch{args.num_patches}_bs{args.bs}_lr{args.lr:g}_{args.msg}"
     return Path("logs") / args.dir / name
-
-
-def build_batches(args: argparse.Namespace, device: torch.device) -> Batches:
-    """This process's training batches: (P·B/W, C, H, W) patch tensors on the device, made by the
-    --augment path, in the seeded, resumable order of a ResumableSampler split over the ranks (call
-    set_epoch). Only rank 0 downloads CIFAR."""
-    memory_format = torch.channels_last if args.channels_last else torch.contiguous_format
-    spec = TrainData(args.data, args.data_dir, args.augment, args.num_patches, args.bs, args.seed, args.workers,
-                     download=args.download and distributed.is_main(), train_subset=args.train_subset,
-                     skip_bad_images=args.skip_bad_images)
-    return build_train_batches(spec, device, distributed.get_rank(), distributed.get_world_size(), memory_format)
 
 
 def changed_flags(saved: dict[str, Any], args: argparse.Namespace) -> str:
@@ -209,91 +209,91 @@ def prepare_run_dir(run_dir: Path, args: argparse.Namespace) -> None:
                         f"choose another --output_dir") from err
 
 
+def training_patches(args: argparse.Namespace, device: torch.device) -> TrainingPatches:
+    """This process's patches at every step: (P·B/W, C, H, W) on the device, made by --augment, in
+    the seeded, resumable order of a ResumableSampler split over the ranks. Only rank 0 downloads."""
+    dataset = load_split(args.data, args.data_dir, "train", args.train_subset,
+                         download=args.download and distributed.is_main(), skip_bad_images=args.skip_bad_images)
+    if args.train_subset is not None and len(dataset) < args.train_subset:
+        raise UserError(f"--train_subset {args.train_subset} is more than the {len(dataset)} training images: "
+                        f"lower it")
+    sampler = ResumableSampler(len(dataset), args.bs, seed=args.seed, rank=distributed.get_rank(),
+                               world_size=distributed.get_world_size())
+    recipe = PatchRecipe.of(args.data, args.augment, args.num_patches, args.seed)
+    layout = torch.channels_last if args.channels_last else torch.contiguous_format
+    return TrainingPatches(dataset, recipe, sampler, args.workers, device, layout, leave_signals_to_parent)
+
+
 def build_training(args: argparse.Namespace, device: torch.device, steps_per_epoch: int, run_dir: Path) -> Training:
     """The encoder on the device (wrapped for DDP and compiled as asked), the loss, LARS and the
     cosine schedule to 0 over every step of the run, sized from the real data set (the official
     code assumes 50,000 images)."""
-    model = Encoder(args.arch, args.hidden_dim, args.z_dim).to(device)
-    prepare_model(model, device, args.channels_last)
-    net = distributed.wrap(model, device, args.sync_bn)  # DDP over the ranks; model itself in one process
-    net = compile_model(net, device) if args.compile else net  # what trains; shares model's parameters
-    optimizer = LARS(model.parameters(), lr=args.lr, weight_decay=args.wd, eta=args.lars_eta)
+    encoder = Encoder(args.arch, args.hidden_dim, args.z_dim).to(device)
+    prepare_model(encoder, device, args.channels_last)
+    wrapped = distributed.wrap(encoder, device, args.sync_bn)  # DDP over the ranks; the encoder itself in one process
+    wrapped = compile_model(wrapped, device) if args.compile else wrapped  # shares the encoder's parameters
+    optimizer = LARS(encoder.parameters(), lr=args.lr, weight_decay=args.wd, eta=args.lars_eta)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=steps_per_epoch * args.epoch, eta_min=0)
     record = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
-    return Training(model, net, EMPSSLLoss(args.patch_sim, args.tcr, args.eps), optimizer, scheduler,
-                    args.num_patches, AMP_DTYPES[args.precision], steps_per_epoch, run_dir, record)
+    return Training(encoder=encoder, wrapped=wrapped, criterion=EMPSSLLoss(args.patch_sim, args.tcr, args.eps),
+                    optimizer=optimizer, scheduler=scheduler, num_patches=args.num_patches,
+                    amp_dtype=AMP_DTYPES[args.precision], steps_per_epoch=steps_per_epoch, run_dir=run_dir,
+                    args=record)
 
 
 def build_monitor(args: argparse.Namespace, device: torch.device) -> KNNMonitor:
-    """The --eval_every kNN: --eval_patches batched patches per image of each split (or of a
-    class-balanced --eval_subset), made on the device, in the training run's precision."""
+    """The --eval_every kNN: --eval_patches patches per image of each split (or of a class-balanced
+    --eval_subset), made by the run's --augment path on the device, in the run's precision."""
     batches, num_classes = {}, 0
     for split in ("train", "test"):
-        dataset, num_classes = eval_split(args.data, args.data_dir, split, args.eval_subset, args.download)
-        batches[split] = eval_batches(dataset, split, args.data, "batched", args.eval_patches, args.seed, args.bs,
-                                      args.workers, device)
+        dataset = load_split(args.data, args.data_dir, split, args.eval_subset, args.download)
+        recipe = PatchRecipe.of(args.data, args.augment, args.eval_patches, eval_seed(args.seed, split))
+        batches[split] = EvaluationPatches(dataset, recipe, args.bs, args.workers, device, leave_signals_to_parent)
+        num_classes = len(class_names(dataset))
     return KNNMonitor(batches, num_classes, args.eval_patches, device, AMP_DTYPES[args.precision])
 
 
-def log_knn(monitor: KNNMonitor, model: Encoder, writer: SummaryWriter, epoch: int, step: int) -> None:
+def log_knn(monitor: KNNMonitor, training: Training, writer: Any, epoch: int) -> None:
     """The cheap training-time kNN (rank 0): top-1 on the test split, to TensorBoard and the console."""
-    knn_top1 = monitor(model)
-    writer.add_scalar("eval/knn_top1", knn_top1, step)
+    knn_top1 = monitor(training.encoder)
+    writer.add_scalar("eval/knn_top1", knn_top1, training.step)
     print(f"epoch {epoch}: kNN top-1 {knn_top1:.2f} ({monitor.num_patches} patches per image)")
-
-
-def train(args: argparse.Namespace, training: Training, batches: Batches, log: StepLog,
-          monitor: KNNMonitor | None) -> None:
-    """The epochs from training.step on: each ends with <epoch>.pt (last.pt the same file); a
-    stop at --max_steps or on SIGTERM writes last.pt."""
-    steps_per_epoch = training.steps_per_epoch
-    with Preemption() as preemption:
-        for epoch in range(training.step // steps_per_epoch, args.epoch):
-            stop_step = min((epoch + 1) * steps_per_epoch, args.max_steps or steps_per_epoch * args.epoch)
-            if training.step >= stop_step:
-                break
-            batches.set_epoch(epoch, start_step=training.step - epoch * steps_per_epoch)
-            preempted = train_one_epoch(training, batches, log, stop_step, args.save_every_steps, preemption)
-            complete = training.step == (epoch + 1) * steps_per_epoch
-            if complete:
-                training.save_epoch()
-            else:
-                training.save()
-            if preempted:
-                distributed.print_main(f"SIGTERM: stopped at step {training.step}; continue with --resume "
-                                       f"from {training.run_dir}")
-                return
-            distributed.print_main(f"epoch {epoch}: step {training.step}, checkpoint "
-                                   f"{training.run_dir / ckpt.CHECKPOINT_DIR / ckpt.LAST}")
-            if monitor is not None and complete and (epoch + 1) % args.eval_every == 0:
-                distributed.on_main(log_knn, monitor, training.model, log.writer, epoch, training.step)
 
 
 @distributed.entry_point
 def main(args: argparse.Namespace) -> None:
+    from torch.utils.tensorboard import SummaryWriter  # here: importing main.py for its flags stays light
+
     validate_args(args)
     device = distributed.setup(resolve_device(args.device), args.dist_backend, args.dist_timeout, args.sync_bn)
     run_dir = args.output_dir or default_run_dir(args)
-    state = distributed.agree(lambda: resume_state(args, run_dir))  # every rank reads last.pt
+    state = distributed.fail_together(lambda: resume_state(args, run_dir))  # every rank reads last.pt
     seed_everything(args.seed, args.deterministic)
 
-    batches = distributed.main_first(lambda: build_batches(args, device))  # rank 0 downloads, the others wait
+    patches = distributed.main_first(lambda: training_patches(args, device))  # rank 0 downloads, the others wait
     monitor = build_monitor(args, device) if args.eval_every and distributed.is_main() else None
-    training = build_training(args, device, batches.steps_per_epoch, run_dir)
+    training = build_training(args, device, patches.steps_per_epoch, run_dir)
     if state is not None:
         training.load_state_dict(state, run_dir / ckpt.CHECKPOINT_DIR / ckpt.LAST)
 
-    distributed.on_main(prepare_run_dir, run_dir, args)
-    distributed.print_main(banner(args))
-    distributed.print_main(f"run folder: {run_dir}  ({batches.steps_per_epoch} steps per epoch, "
-                           f"{batches.steps_per_epoch * args.epoch} in all, on {device} × "
-                           f"{distributed.get_world_size()} processes)")
-    writer = SummaryWriter(log_dir=str(run_dir)) if distributed.is_main() else None
-    if writer is not None and state is None:  # what the encoder sees: the first step's patches
-        batches.set_epoch(0)
-        log_patch_grids(writer, next(iter(batches)), args.num_patches, args.augment)
-    log = StepLog(writer, args.log_every, NonFiniteGuard(args.skip_nonfinite, device), args.num_patches * args.bs)
-    train(args, training, batches, log, monitor)
+    with Preemption() as preemption:  # from here on, SIGTERM and Ctrl-C stop at a step boundary with last.pt saved
+        distributed.on_main(prepare_run_dir, run_dir, args)
+        distributed.print_main(banner(args))
+        distributed.print_main(f"run folder: {run_dir}  ({patches.steps_per_epoch} steps per epoch, "
+                               f"{patches.steps_per_epoch * args.epoch} in all, on {device} × "
+                               f"{distributed.get_world_size()} processes)")
+        writer = SummaryWriter(log_dir=str(run_dir)) if distributed.is_main() else None
+        if writer is not None and state is None:  # what the encoder sees: the first step's patches
+            patches.set_epoch(0)
+            log_patch_grids(writer, next(iter(patches)), args.num_patches, args.augment)
+        log = StepLog(writer, args.log_every, NonFiniteGuard(args.skip_nonfinite, device), args.num_patches * args.bs)
+
+        def after_epoch(epoch: int) -> None:  # every rank calls on_main, rank 0 alone runs the kNN
+            if args.eval_every and (epoch + 1) % args.eval_every == 0:
+                distributed.on_main(partial(log_knn, monitor, training, writer, epoch))
+
+        fit(training, patches, log, Schedule(args.epoch, args.max_steps, args.save_every_steps), preemption,
+            after_epoch)
     if writer is not None:
         writer.close()
     distributed.print_main(f"done: {run_dir}")

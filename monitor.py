@@ -9,11 +9,11 @@ from probes import KNN_K, KNN_T, knn_accuracy
 
 
 class KNNMonitor:
-    """Weighted kNN top-1 (k 20, T 0.07, as the official protocol) of the test split against the
-    training split, on bags of a few patches that never change between calls (fixed seed).
+    """Weighted kNN top-1 of the test split against the training split (the official protocol's k
+    and T, probes.KNN_K and KNN_T), on bags of a few patches that never change between calls.
 
-    batches: {"train": …, "test": …} evaluation batches (features.eval_batches); the forward runs
-    on `device`, under autocast to `dtype` when given (the training run's precision).
+    batches: {"train": …, "test": …} evaluation patches (dataset.patches.EvaluationPatches, a fixed
+    seed); the forward runs on `device`, under autocast to `dtype` when given (the run's precision).
     """
 
     def __init__(self, batches: dict[str, EvalBatches], num_classes: int, num_patches: int, device: torch.device,

@@ -86,15 +86,37 @@ def linear_correct(weight: torch.Tensor, bias: torch.Tensor, features: torch.Ten
     return torch.stack(counts).sum(0)  # (2,)
 
 
-def sgd_epoch(theta: torch.Tensor, velocity: torch.Tensor, grad: torch.Tensor, features: torch.Tensor,
-              batches: torch.Tensor, targets: torch.Tensor, lr: float, settings: LinearSettings) -> torch.Tensor:
+@dataclass
+class FlatLinear:
+    """A linear classifier Linear(D, C) as one flat float32 vector θ = [W (C, D) row-major | b (C,)],
+    with its SGD momentum v and a gradient buffer g of the same (C·D + C,) shape."""
+
+    theta: torch.Tensor
+    velocity: torch.Tensor
+    grad: torch.Tensor
+    num_classes: int
+
+    @classmethod
+    def of(cls, layer: nn.Linear, device: torch.device) -> FlatLinear:
+        """layer's weights, with a zero momentum (torch.optim.SGD's first step: v = g)."""
+        theta = torch.cat([layer.weight.detach().flatten(), layer.bias.detach()]).to(device)  # (C·D + C,)
+        return cls(theta, torch.zeros_like(theta), torch.empty_like(theta), layer.out_features)
+
+    def split(self, flat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Views of a flat vector as (W (C, D), b (C,))."""
+        c = self.num_classes
+        return flat[:-c].view(c, -1), flat[-c:]
+
+
+def sgd_epoch(linear: FlatLinear, features: torch.Tensor, batches: torch.Tensor, targets: torch.Tensor, lr: float,
+              settings: LinearSettings) -> torch.Tensor:
     """One epoch of SGD on the softmax cross-entropy of a linear classifier, each step written out
     as torch.optim.SGD (momentum m, weight decay wd, no dampening, no Nesterov) takes it after
     autograd's backward, in a few fused tensor operations and without a host read.
 
-    theta, velocity, grad: (C·D + C,) float32, flat [W (C, D) row-major | b (C,)], updated in
-    place (grad is scratch). features (N, D); batches (steps, n) indices into them; targets
-    (steps, n, C) the one-hot labels of those rows. For each batch x (n, D), y (n, C):
+    linear's θ and v are updated in place (g is scratch). features (N, D); batches (steps, n)
+    indices into them; targets (steps, n, C) the one-hot labels of those rows. For each batch
+    x (n, D), y (n, C):
 
         log p = log_softmax(x Wᵀ + b)            loss = −(1/n) Σ y ⊙ log p
         ∂loss/∂logits = (p − y) / n
@@ -104,11 +126,11 @@ def sgd_epoch(theta: torch.Tensor, velocity: torch.Tensor, grad: torch.Tensor, f
     (v starts at 0, so v = g at the first step, as torch.optim.SGD's buffer.) Returns the sum of
     the batch losses, each taken before its batch's update: a 0-d tensor on the device.
     """
-    c, n = targets.shape[-1], batches.shape[1]
-    weight, bias = theta[:-c].view(c, -1), theta[-c:]  # (C, D), (C,)
-    grad_weight, grad_bias = grad[:-c].view(c, -1), grad[-c:]  # (C, D), (C,)
+    n = batches.shape[1]
+    weight, bias = linear.split(linear.theta)  # (C, D), (C,)
+    grad_weight, grad_bias = linear.split(linear.grad)  # (C, D), (C,)
     ones = features.new_ones(n)  # (n,)
-    log_likelihood = features.new_zeros(n, c)  # Σ over the steps of y ⊙ log p
+    log_likelihood = features.new_zeros(n, linear.num_classes)  # Σ over the steps of y ⊙ log p
     for index, y in zip(batches, targets):  # (n,), (n, C)
         x = features.index_select(0, index)  # (n, D)
         log_p = torch.addmm(bias, x, weight.T).log_softmax(1)  # (n, C)
@@ -116,8 +138,8 @@ def sgd_epoch(theta: torch.Tensor, velocity: torch.Tensor, grad: torch.Tensor, f
         error = log_p.exp().sub_(y)  # (n, C) p − y
         torch.addmm(weight, error.T, x, beta=settings.wd, alpha=1 / n, out=grad_weight)
         torch.addmv(bias, error.T, ones, beta=settings.wd, alpha=1 / n, out=grad_bias)
-        velocity.mul_(settings.momentum).add_(grad)
-        theta.add_(velocity, alpha=-lr)
+        linear.velocity.mul_(settings.momentum).add_(linear.grad)
+        linear.theta.add_(linear.velocity, alpha=-lr)
     return log_likelihood.sum().neg() / n
 
 
@@ -143,9 +165,8 @@ def linear_probe(train: Labelled, test: Labelled, num_classes: int, settings: Li
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.manual_seed(seed)
         initial = nn.Linear(train_features.shape[1], num_classes)
-    theta = torch.cat([initial.weight.detach().flatten(), initial.bias.detach()]).to(device)  # (C·D + C,)
-    velocity, grad = torch.zeros_like(theta), torch.empty_like(theta)  # (C·D + C,) each
-    weight, bias = theta[:-num_classes].view(num_classes, -1), theta[-num_classes:]  # (C, D), (C,)
+    linear = FlatLinear.of(initial, device)
+    weight, bias = linear.split(linear.theta)  # (C, D), (C,)
     onehot = F.one_hot(train_labels, num_classes).float()  # (N, C)
     steps = max(1, len(train_labels) // settings.bs)
     history, history_loss = [], []
@@ -154,7 +175,7 @@ def linear_probe(train: Labelled, test: Labelled, num_classes: int, settings: Li
         order = torch.randperm(len(train_labels), generator=generator, device=device)
         batches = order[: steps * settings.bs].view(steps, -1)  # (steps, bs); a short last batch is dropped
         lr = cosine_lr(settings.lr, epoch, settings.epochs)
-        loss_sum = sgd_epoch(theta, velocity, grad, train_features, batches, onehot[batches], lr, settings)
+        loss_sum = sgd_epoch(linear, train_features, batches, onehot[batches], lr, settings)
         correct = linear_correct(weight, bias, test_features, test_labels)  # (2,)
         loss, top1, top5 = torch.cat([loss_sum.double().view(1), correct.double()]).tolist()  # one host read
         result = {"top1": 100.0 * top1 / len(test_labels), "top5": 100.0 * top5 / len(test_labels)}

@@ -1,13 +1,13 @@
-"""Images for EMP-SSL: the data sets, the patch augmentation and the training batches.
+"""Images for EMP-SSL: the data sets, the patch augmentation and where the patches come from.
 
 - :mod:`dataset.catalog`: the data sets by name (:data:`DATASETS`), :func:`build_dataset`,
-  :func:`augmentation_kind` and :func:`class_balanced_subset`;
-- :mod:`dataset.aug`: the official per-patch augmentation (:func:`patch_transform`,
-  :class:`MultiPatch`); :mod:`dataset.batched` and :mod:`dataset.patch_ops`: the same
-  distributions for a whole batch on the device;
-- :mod:`dataset.source`: the training batches of a run, seeded and resumable
-  (:mod:`dataset.sampler`, :mod:`dataset.seeded`); an image folder of equally sized images is
-  decoded into memory once and kept on disk by :mod:`dataset.pixel_cache`;
+  :func:`load_split` (with a fixed class-balanced subset), :func:`augmentation_kind`;
+- :mod:`dataset.aug`: the official per-patch PIL augmentation (:func:`patch_transform`,
+  :class:`MultiPatch`) and its constants; :mod:`dataset.batched` and :mod:`dataset.patch_ops`:
+  the same distributions for a whole batch on the device;
+- :mod:`dataset.patches`: the patches of training steps and of evaluation sweeps, made by either
+  path (:data:`AUGMENTS`), seeded and resumable (:mod:`dataset.sampler`, :mod:`dataset.seeded`);
+- :mod:`dataset.pixels`: a data set's images as one uint8 array, image folders decoded once;
 - :mod:`dataset.synthetic`: :class:`SyntheticShapes`, a generated set with no files;
   :mod:`dataset.images`: decoding files, with a clear message for a broken one.
 
@@ -15,15 +15,24 @@ The names below are re-exported, so ``from dataset import build_dataset`` works.
 """
 
 from dataset.aug import MultiPatch, patch_transform
-from dataset.catalog import DATASETS, augmentation_kind, build_dataset, class_balanced_subset
+from dataset.catalog import (DATASETS, augmentation_kind, build_dataset, class_balanced_subset, class_names,
+                             load_split, unwrap_subsets)
+from dataset.patches import AUGMENTS, EvaluationPatches, PatchRecipe, TrainingPatches
 from dataset.synthetic import SyntheticShapes
 
 __all__ = [
+    "AUGMENTS",
     "DATASETS",
+    "EvaluationPatches",
     "MultiPatch",
+    "PatchRecipe",
     "SyntheticShapes",
+    "TrainingPatches",
     "augmentation_kind",
     "build_dataset",
     "class_balanced_subset",
+    "class_names",
+    "load_split",
     "patch_transform",
+    "unwrap_subsets",
 ]

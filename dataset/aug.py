@@ -36,8 +36,8 @@ class PILGaussianBlur:
     box-blur approximation of a Gaussian (as in the official code), not torchvision's kernel.
     """
 
-    def __init__(self, sigma_min: float = 0.1, sigma_max: float = 2.0) -> None:
-        """Blur radius range in pixels."""
+    def __init__(self, sigma_min: float, sigma_max: float) -> None:
+        """Blur radius range in pixels (the official one: BLUR_SIGMA)."""
         self.sigma_min, self.sigma_max = sigma_min, sigma_max
 
     def __call__(self, img: Image.Image) -> Image.Image:
@@ -53,8 +53,8 @@ class PILGaussianBlur:
 class PILSolarize:
     """PIL ``ImageOps.solarize``: every channel value v ≥ threshold becomes 255 − v."""
 
-    def __init__(self, threshold: int = 128) -> None:
-        """Values at or above ``threshold`` (0..255) are inverted."""
+    def __init__(self, threshold: int) -> None:
+        """Values at or above ``threshold`` (0..255) are inverted (the official one: SOLARIZE_THRESHOLD)."""
         self.threshold = threshold
 
     def __call__(self, img: Image.Image) -> Image.Image:

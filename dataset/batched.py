@@ -247,8 +247,7 @@ def augment_images(images: torch.Tensor, num_patches: int, size: int, ratio: tup
     colors = sample_colors(total, rand)
     mine = rank_patches(num_patches, global_batch or b, first, b, images.device)  # (P·B,)
     c = crops.take(mine)
-    x = ops.resized_crop(images.float() / 255, c.top, c.left, c.height, c.width, c.flip, size,
-                         crop_window(height, width, ratio))  # (P·B, 3, S, S)
+    x = ops.resized_crop(images.float() / 255, c, size, crop_window(height, width, ratio))  # (P·B, 3, S, S)
     return photometric(x, colors.take(mine))
 
 

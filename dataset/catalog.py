@@ -21,7 +21,7 @@ import warnings
 from collections.abc import Callable, Sequence
 
 import numpy as np
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, Subset
 from torchvision import datasets
 
 from dataset.images import drop_unreadable, load_image
@@ -29,6 +29,7 @@ from dataset.synthetic import SyntheticShapes
 from errors import UserError, one_line, speaks
 
 DATASETS = ("cifar10", "cifar100", "imagenet100", "tinyimagenet", "imagefolder", "synthetic")
+DATA_DEFAULTS = {"data": "cifar10", "data_dir": pathlib.Path("data")}  # the official data set, and where it is kept
 _CIFAR = {"cifar10": ("CIFAR-10", datasets.CIFAR10), "cifar100": ("CIFAR-100", datasets.CIFAR100)}
 _LAYOUT = "<data_dir>/train/<class>/*.jpg and <data_dir>/val/<class>/*.jpg (or test/)"
 
@@ -143,6 +144,29 @@ def build_dataset(name: str, data_dir: pathlib.Path, split: str, transform: Call
     if name == "synthetic":
         return SyntheticShapes(train=split == "train", transform=transform)
     return _folder_split(data_dir, split, transform, skip_bad_images)
+
+
+def load_split(name: str, data_dir: pathlib.Path, split: str, subset: int | None = None, download: bool = True,
+               skip_bad_images: bool = False) -> Dataset:
+    """:func:`build_dataset`'s split, or a fixed class-balanced Subset of `subset` of its images (at
+    most all of them; :func:`class_balanced_subset` with seed 0)."""
+    dataset = build_dataset(name, data_dir, split, download=download, skip_bad_images=skip_bad_images)
+    if subset is None:
+        return dataset
+    return Subset(dataset, class_balanced_subset(dataset.targets, min(subset, len(dataset)), seed=0))
+
+
+def unwrap_subsets(dataset: Dataset) -> tuple[Dataset, list[int]]:
+    """(the data set under any Subsets, or the data set itself; the index in it of every item)."""
+    if isinstance(dataset, Subset):
+        base, indices = unwrap_subsets(dataset.dataset)
+        return base, [indices[i] for i in dataset.indices]
+    return dataset, list(range(len(dataset)))  # type: ignore[arg-type]
+
+
+def class_names(dataset: Dataset) -> list[str]:
+    """The class names of a data set, under any Subsets."""
+    return unwrap_subsets(dataset)[0].classes  # type: ignore[attr-defined]
 
 
 def class_balanced_subset(targets: Sequence[int], n: int, seed: int = 0) -> list[int]:

@@ -10,14 +10,31 @@ from torchvision import datasets
 from errors import UserError
 
 
+UNREADABLE = (OSError, SyntaxError, ValueError)  # what PIL raises for a corrupt or non-image file
+
+
+def _unreadable(path: str, err: Exception) -> UserError:
+    """The one-line error for an image file PIL cannot read."""
+    return UserError(f"cannot read the image {path} ({type(err).__name__}: {err}): remove or replace it, "
+                     f"or pass --skip_bad_images")
+
+
 def load_image(path: str) -> Image.Image:
     """Decode an image file to RGB; a corrupt or non-image file raises a UserError naming it."""
     try:
         with open(path, "rb") as f:
             return Image.open(f).convert("RGB")
-    except (OSError, SyntaxError, ValueError) as err:  # PIL's UnidentifiedImageError is an OSError
-        raise UserError(f"cannot read the image {path} ({type(err).__name__}: {err}): remove or replace it, "
-                        f"or pass --skip_bad_images") from err
+    except UNREADABLE as err:  # PIL's UnidentifiedImageError is an OSError
+        raise _unreadable(path, err) from err
+
+
+def image_size(path: str) -> tuple[int, int]:
+    """(width, height) of an image file from its header; an unreadable file raises as load_image."""
+    try:
+        with Image.open(path) as image:
+            return image.size
+    except UNREADABLE as err:
+        raise _unreadable(path, err) from err
 
 
 def _readable(path: str) -> bool:

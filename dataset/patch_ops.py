@@ -22,11 +22,15 @@ from __future__ import annotations
 
 import functools
 import math
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 
 from dataset.aug import BLUR_SIGMA
+
+if TYPE_CHECKING:
+    from dataset.batched import CropParams
 
 LUMA = (0.299, 0.587, 0.114)  # ITU-R 601-2, as PIL's convert("L")
 BLUR_PASSES = 3  # PIL's GaussianBlur: three box-blur passes per axis
@@ -59,10 +63,9 @@ def resample_weights(length: torch.Tensor, window: int, out_size: int) -> torch.
     return weight / weight.sum(-1, keepdim=True)
 
 
-def resized_crop(images: torch.Tensor, top: torch.Tensor, left: torch.Tensor, height: torch.Tensor,
-                 width: torch.Tensor, flip: torch.Tensor, size: int, window: int | None = None) -> torch.Tensor:
+def resized_crop(images: torch.Tensor, crop: CropParams, size: int, window: int | None = None) -> torch.Tensor:
     """Crop boxes of images resized to size×size (PIL bilinear, see :func:`resample_weights`), then
-    flipped horizontally where flip is set: out = W_y · crop · W_xᵀ for every patch.
+    flipped horizontally where crop.flip is set: out = W_y · crop · W_xᵀ for every patch.
 
     The crops are gathered as square windows of side L = ``window``, known on the host (default
     max(H, W)), so the products cost O(L·size) per pixel row; pixels of a window beyond its box
@@ -70,21 +73,21 @@ def resized_crop(images: torch.Tensor, top: torch.Tensor, left: torch.Tensor, he
 
     Args:
         images: (B, C, H, W) float images.
-        top, left, height, width, flip: (P·B,) boxes in patch-major order: patch n crops image n mod B;
-            no side longer than ``window``.
+        crop: boxes (top, left, height, width) and flips, each (P·B,), in patch-major order: patch n
+            crops image n mod B; no side longer than ``window``.
     Returns:
         (P·B, C, size, size) float patches.
     """
     b, c, h, w = images.shape
     window = max(h, w) if window is None else window
     offsets = torch.arange(window, device=images.device)
-    rows = (top.view(-1, 1) + offsets).clamp(max=h - 1)  # (N, L); rows past the box get weight 0
-    cols = (left.view(-1, 1) + offsets).clamp(max=w - 1)  # (N, L)
-    source = torch.arange(len(top), device=images.device) % b  # (N,) image of every patch
+    rows = (crop.top.view(-1, 1) + offsets).clamp(max=h - 1)  # (N, L); rows past the box get weight 0
+    cols = (crop.left.view(-1, 1) + offsets).clamp(max=w - 1)  # (N, L)
+    source = torch.arange(len(crop.top), device=images.device) % b  # (N,) image of every patch
     crops = images[source.view(-1, 1, 1), :, rows.view(-1, window, 1), cols.view(-1, 1, window)]  # (N, L, L, C)
-    wy = resample_weights(height, window, size)  # (N, S, L)
-    wx = resample_weights(width, window, size)  # (N, S, L)
-    wx = torch.where(flip.view(-1, 1, 1), wx.flip(1), wx)  # a flip reverses the output columns
+    wy = resample_weights(crop.height, window, size)  # (N, S, L)
+    wx = resample_weights(crop.width, window, size)  # (N, S, L)
+    wx = torch.where(crop.flip.view(-1, 1, 1), wx.flip(1), wx)  # a flip reverses the output columns
     return torch.einsum("nsh,nhwc,ntw->ncst", wy, crops, wx)  # (N, C, S, S)
 
 
@@ -155,7 +158,7 @@ def grayscale(x: torch.Tensor) -> torch.Tensor:
     return grey(x).expand_as(x).contiguous()
 
 
-def solarize(x: torch.Tensor, threshold: int | torch.Tensor = 128) -> torch.Tensor:
+def solarize(x: torch.Tensor, threshold: int | torch.Tensor) -> torch.Tensor:
     """Invert values v at or above threshold/255: v → 1 − v. A per-patch threshold (N,) above 255
     leaves a patch unchanged. (A lerp with a 0/1 weight gives exactly v or 1 − v; on CPUs it is
     faster than torch.where with a full-size boolean mask.)"""

@@ -1,9 +1,10 @@
-"""Decoded image folders kept on disk, so that a folder's images are decoded once, not once per stage.
+"""The images of a data set as one uint8 array (N, H, W, 3), for the batched augmentation to hold
+on the device: CIFAR's and the synthetic set's arrays as they are, an image folder of equally sized
+images decoded once and kept on disk, so that it is decoded once, not once per stage.
 
-An image folder whose images all have one size lives in memory as one uint8 array (N, H, W, 3)
-(:func:`dataset.source.in_memory_pixels`). Training, each evaluation split and each stage of a
-chain (train, evaluate, the random-init baseline) would decode the same files again; the first
-decode stores the array here and later loads of the same files read it back.
+Training, each evaluation split and each stage of a chain (train, evaluate, the random-init
+baseline) would decode the same files again; the first decode stores the array in a cache folder
+and later loads of the same files read it back.
 
 - Key: SHA-256 of the requested files in their order, each with its absolute path, size in bytes
   and modification time (ns). Touching, adding, removing or reordering a file gives a new key,
@@ -21,16 +22,22 @@ import hashlib
 import os
 import sys
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
+from torch.utils.data import Dataset, Subset
+from torchvision import datasets
 
 from checkpoint import atomic_write
+from dataset.images import image_size
 from errors import speaks
 
 CACHE_ENV = "EMP_SSL_CACHE"
 FORMAT = 1  # bump when the meaning of a cached array changes
+IN_MEMORY_LIMIT = 4 << 30  # bytes of uint8 pixels; a larger image folder is decoded by DataLoader workers
 _reported: set[Path] = set()  # cache folders already reported unwritable by this process
 
 
@@ -90,3 +97,27 @@ def _store(path: Path, pixels: np.ndarray) -> None:
             print(f"warning: cannot write the decoded-image cache in {path.parent} ({err.strerror or err}); "
                   f"decoding without it (set {CACHE_ENV} to a writable folder)", file=sys.stderr)
         _reported.add(path.parent)
+
+
+def in_memory_pixels(dataset: Dataset, workers: int = 1) -> np.ndarray | None:
+    """All images of a data set (or a Subset of one) as uint8 (N, H, W, 3): ``.data`` of CIFAR and
+    the synthetic set, an image folder decoded (or read back from the cache) when its images all
+    have one size and fit in :data:`IN_MEMORY_LIMIT`; None otherwise."""
+    base, indices = (dataset.dataset, list(dataset.indices)) if isinstance(dataset, Subset) else (dataset, None)
+    if isinstance(getattr(base, "data", None), np.ndarray):
+        return base.data if indices is None else base.data[indices]
+    if isinstance(base, datasets.ImageFolder):
+        paths = [Path(base.samples[i][0]) for i in (indices if indices is not None else range(len(base)))]
+        return cached_pixels(paths, partial(_decode, base.loader, paths, workers))
+    return None
+
+
+def _decode(loader: Callable[[str], Image.Image], paths: list[Path], workers: int) -> np.ndarray | None:
+    """The images `paths` decoded by `loader` in `workers` threads to uint8 (n, H, W, 3), or None
+    when their sizes differ or they exceed :data:`IN_MEMORY_LIMIT` (only the headers are read to
+    decide)."""
+    width, height = image_size(str(paths[0]))
+    if len(paths) * width * height * 3 > IN_MEMORY_LIMIT or any(image_size(str(p)) != (width, height) for p in paths):
+        return None
+    with ThreadPoolExecutor(max(1, workers)) as pool:
+        return np.stack(list(pool.map(lambda p: np.asarray(loader(str(p))), paths)))  # (n, H, W, 3)

@@ -14,10 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import math
-import os
 import random
-import signal
-import threading
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -39,6 +36,12 @@ def step_seed(seed: int, epoch: int, step: int) -> int:
     """The seed of the batch-level draws of one training step: :func:`item_seed` of (seed, epoch, step)
     XOR a fixed 63-bit salt, so that step s and image s of an epoch draw from unrelated streams."""
     return item_seed(seed, epoch, step) ^ 0x2545F4914F6CDD1D
+
+
+def eval_seed(seed: int, split: str) -> int:
+    """The seed of the evaluation patches of a split: a stream of its own, unrelated to training's
+    (whose patches of image i in epoch e are keyed by the user seed itself) and to the other split's."""
+    return stream_seed(seed, f"eval-{split}")
 
 
 def stream_seed(seed: int, stream: str) -> int:
@@ -124,33 +127,7 @@ class SeededPatches(Dataset):
 
 def seed_worker(worker_id: int) -> None:
     """DataLoader worker set-up: seed Python's and NumPy's generators from the worker's torch seed
-    (itself derived from the loader's seeded generator), and outlive a cluster's SIGTERM.
-
-    A cluster that preempts a job sends SIGTERM to every process of it. The main process acts on
-    it at its next read of the step values (every --log_every steps) and saves last.pt, so the
-    workers must keep serving batches until then: a SIGTERM from anyone but the main process is
-    ignored. The main process itself stops its workers with SIGTERM when it shuts down (PyTorch's
-    and multiprocessing's terminate), and that one still ends the worker at once.
-    """
+    (itself derived from the loader's seeded generator)."""
     seed = torch.initial_seed() % 2**32
     random.seed(seed)
     np.random.seed(seed)
-    _exit_on_sigterm_from(os.getppid())
-
-
-def _exit_on_sigterm_from(parent: int) -> None:
-    """End this process on a SIGTERM sent by `parent`, ignore any other: SIGTERM is blocked and a
-    thread waits for it with sigwaitinfo, which names the sender. Without sigwaitinfo (macOS) every
-    SIGTERM ends the process quietly (status 0, so PyTorch does not raise before the main process
-    has saved)."""
-    if not hasattr(signal, "sigwaitinfo"):
-        signal.signal(signal.SIGTERM, lambda signum, frame: os._exit(0))
-        return
-    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})  # threads started from here on inherit it
-
-    def wait() -> None:
-        while signal.sigwaitinfo({signal.SIGTERM}).si_pid != parent:
-            pass
-        os._exit(0)
-
-    threading.Thread(target=wait, name="sigterm-from-parent", daemon=True).start()

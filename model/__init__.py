@@ -1,5 +1,5 @@
 """Encoder and backbones of EMP-SSL."""
-from model.encoder import Encoder, strip_module_prefix
+from model.encoder import ENCODER_DEFAULTS, Encoder
 from model.resnet import ARCHS, build_backbone
 
-__all__ = ["ARCHS", "Encoder", "build_backbone", "strip_module_prefix"]
+__all__ = ["ARCHS", "ENCODER_DEFAULTS", "Encoder", "build_backbone"]

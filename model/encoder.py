@@ -7,6 +7,8 @@ import torch.nn.functional as F
 
 from model.resnet import build_backbone
 
+ENCODER_DEFAULTS = {"arch": "resnet18-cifar", "hidden_dim": 4096, "z_dim": 1024}  # the official encoder
+
 
 class Encoder(nn.Module):
     """backbone (N, F) → pre_feature: Linear(F, h) → BN → ReLU, the h-d representation that
@@ -14,7 +16,7 @@ class Encoder(nn.Module):
 
     Parameter names (`backbone.*`, `pre_feature.*`, `projection.*`) match the official encoder,
     so official state dicts load once their `module.` prefix is stripped. The official backbone
-    and widths are main.py's defaults of --arch, --hidden_dim and --z_dim.
+    and widths are :data:`ENCODER_DEFAULTS` (main.py's defaults of --arch, --hidden_dim, --z_dim).
     """
 
     def __init__(self, arch: str, hidden_dim: int, z_dim: int) -> None:
@@ -40,9 +42,3 @@ class Encoder(nn.Module):
         """x (N, 3, H, W) → pre_feature(backbone(x)) (N, hidden_dim), the representation alone:
         what evaluation needs, without running the projection."""
         return self.pre_feature(self.backbone(x))
-
-
-def strip_module_prefix(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Remove the `module.` prefix that nn.DataParallel / DDP put on every key (official
-    checkpoints are such state dicts); other keys are returned unchanged."""
-    return {k.removeprefix("module."): v for k, v in state_dict.items()}

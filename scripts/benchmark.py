@@ -41,7 +41,8 @@ from cli import ArgumentParser, run_cli  # noqa: E402
 from dataset.aug import BLUR_SIGMA  # noqa: E402
 from dataset.batched import patches_per_chunk  # noqa: E402
 from dataset.patch_ops import blur_reach, box_kernel, gaussian_blur  # noqa: E402
-from dataset.source import AUGMENTS, TrainData, build_train_batches  # noqa: E402
+from dataset import AUGMENTS, PatchRecipe, TrainingPatches, load_split  # noqa: E402
+from dataset.sampler import ResumableSampler  # noqa: E402
 from device import resolve_device  # noqa: E402
 from engine import NonFiniteGuard, train_step  # noqa: E402
 from lars import LARS  # noqa: E402
@@ -138,8 +139,9 @@ def consecutive(fn: Callable[[], object], warmup: int, steps: int, device: torch
 def batches(args: argparse.Namespace, augment: str, num_patches: int, batch: int, device: torch.device):
     """An endless iterator over training batches of one --augment path (epochs restart)."""
     layout = torch.channels_last if args.channels_last else torch.contiguous_format
-    spec = TrainData(args.data, args.data_dir, augment, num_patches, batch, 0, args.workers, download=False)
-    source = build_train_batches(spec, device, memory_format=layout)
+    dataset = load_split(args.data, args.data_dir, "train", download=False)
+    recipe = PatchRecipe.of(args.data, augment, num_patches, seed=0)
+    source = TrainingPatches(dataset, recipe, ResumableSampler(len(dataset), batch), args.workers, device, layout)
     epoch = 0
     while True:
         source.set_epoch(epoch)

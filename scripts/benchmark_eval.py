@@ -36,9 +36,9 @@ from torch.utils.data import Dataset, Subset
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root, for `python scripts/…`
 
 from cli import ArgumentParser, require, run_cli  # noqa: E402
-from dataset import DATASETS, build_dataset  # noqa: E402
+from dataset import AUGMENTS, DATASETS, EvaluationPatches, PatchRecipe, build_dataset  # noqa: E402
 from device import resolve_device  # noqa: E402
-from features import EVAL_AUGMENTS, bag_of_features, eval_batches  # noqa: E402
+from features import TEST_PATCHES, bag_of_features  # noqa: E402
 from model import ARCHS, Encoder  # noqa: E402
 from probes import (KNN_K, KNN_T, OFFICIAL_LINEAR, Labelled, LinearSettings, knn_accuracy,  # noqa: E402
                     linear_probe, topk_correct)
@@ -55,7 +55,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     feats = parser.add_argument_group("Extraction")
     feats.add_argument("--arch", default="resnet18-cifar", choices=ARCHS, help="backbone (resnet18-cifar)")
     feats.add_argument("--hidden_dim", type=int, default=4096, help="pre_feature width (4096)")
-    feats.add_argument("--test_patches", type=int, default=128, help="patches per image (official 128)")
+    feats.add_argument("--test_patches", type=int, default=TEST_PATCHES,
+                       help="patches per image (official %(default)s)")
     feats.add_argument("--eval_bs", type=int, default=8, help="images per batch (default 8)")
     feats.add_argument("--forward_bs", type=int, default=512, help="patches per forward pass (default 512)")
     feats.add_argument("--workers", type=int, default=2, help="DataLoader workers of the pil path (2)")
@@ -84,7 +85,8 @@ def extraction(args: argparse.Namespace, images: Dataset, device: torch.device) 
     dtype = AMP_DTYPES[args.precision]
 
     def batches(augment: str, dataset: Dataset = images, patches: int = args.test_patches):
-        return eval_batches(dataset, "test", args.data, augment, patches, 0, args.eval_bs, args.workers, device)
+        recipe = PatchRecipe.of(args.data, augment, patches, seed=0)
+        return EvaluationPatches(dataset, recipe, args.eval_bs, args.workers, device)
 
     def bag(source) -> tuple[torch.Tensor, torch.Tensor]:
         return bag_of_features(model, source, device, args.forward_bs, dtype)
@@ -95,17 +97,17 @@ def extraction(args: argparse.Namespace, images: Dataset, device: torch.device) 
     def extract(augment: str) -> tuple[torch.Tensor, torch.Tensor]:
         return bag(batches(augment))
 
-    for augment in EVAL_AUGMENTS:  # warm-up
+    for augment in AUGMENTS:  # warm-up
         bag(batches(augment, Subset(images, range(1)), 2))
     best: dict[str, float] = {}
     for _ in range(args.repeats):
         seconds = {}
-        for augment in EVAL_AUGMENTS:
+        for augment in AUGMENTS:
             seconds[f"patches {augment}"], made = timed_call(partial(generate, augment), device)
             if augment == "batched":
                 seconds["forward"], _ = timed_call(partial(bag, made), device)
             del made
-        for augment in EVAL_AUGMENTS:
+        for augment in AUGMENTS:
             seconds[f"extraction {augment}"], _ = timed_call(partial(extract, augment), device)
         best = {name: min(s, best.get(name, s)) for name, s in seconds.items()}
     n = len(images)
@@ -189,7 +191,8 @@ def probes(args: argparse.Namespace, device: torch.device) -> dict[str, float]:
     sizes = (args.knn_train, args.knn_test)
     train_x, test_x = (torch.randn(n, args.dim, generator=g).to(device) for n in sizes)  # (N, dim), (M, dim)
     train_y, test_y = (torch.randint(args.classes, (n,), generator=g).to(device) for n in sizes)  # (N,), (M,)
-    knn_s, _ = timed_call(lambda: knn_accuracy((train_x, train_y), (test_x, test_y), args.classes, KNN_K, KNN_T), device)
+    knn_s, _ = timed_call(lambda: knn_accuracy((train_x, train_y), (test_x, test_y), args.classes, KNN_K, KNN_T),
+                          device)
     lin_x, lin_y = train_x[:args.linear_train], train_y[:args.linear_train]
     linear_s, _ = timed_call(lambda: linear_probe((lin_x, lin_y), (test_x, test_y), args.classes,
                                                         replace(OFFICIAL_LINEAR, epochs=args.linear_epochs)), device)

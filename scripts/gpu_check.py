@@ -187,7 +187,7 @@ def check_no_sync(plan: reproduce.Plan, scratch: Path) -> dict[str, Any]:
     args = reproduce.parse(train_entry, plan.train)
     device = resolve_device(args.device)
     seed_everything(args.seed, args.deterministic)
-    batches = train_entry.build_batches(args, device)
+    batches = train_entry.training_patches(args, device)
     training = train_entry.build_training(args, device, batches.steps_per_epoch, scratch)
     guard = NonFiniteGuard(0, device)
     log = StepLog(None, batches.steps_per_epoch + 1, guard, args.num_patches * args.bs)
@@ -195,7 +195,7 @@ def check_no_sync(plan: reproduce.Plan, scratch: Path) -> dict[str, Any]:
     source = iter(batches)
 
     def step() -> None:
-        stats = train_step(training.net, training.criterion, training.optimizer, next(source), args.num_patches,
+        stats = train_step(training.wrapped, training.criterion, training.optimizer, next(source), args.num_patches,
                            training.amp_dtype, guard)
         training.scheduler.step()
         training.step += 1

@@ -114,7 +114,8 @@ def steps_per_epoch(train: argparse.Namespace) -> int:
 
 def eval_data_flags(train: argparse.Namespace) -> list[str]:
     """evaluate.py's data flags for the data a training run read: --data, --data_dir, --download."""
-    return ["--data", train.data, "--data_dir", str(train.data_dir), "--download" if train.download else "--no-download"]
+    download = "--download" if train.download else "--no-download"
+    return ["--data", train.data, "--data_dir", str(train.data_dir), download]
 
 
 def model_flags(train: argparse.Namespace) -> list[str]:
@@ -153,13 +154,15 @@ def make_plan(args: argparse.Namespace) -> Plan:
 
     checkpoint = run_dir / ckpt.CHECKPOINT_DIR / row.checkpoint
     eval_json, baseline_json = checkpoint.with_suffix(".eval.json"), checkpoint.with_suffix(".random_init.eval.json")
-    common = [*eval_data_flags(trained), "--device", device, "--recompute", *(SMOKE_EVAL if args.smoke else OFFICIAL_EVAL)]
+    protocol = SMOKE_EVAL if args.smoke else OFFICIAL_EVAL
+    common = [*eval_data_flags(trained), "--device", device, "--recompute", *protocol]
     evaluate = ["--ckpt", str(checkpoint), *common, "--output", str(eval_json), *shlex.split(args.eval_args)]
     baseline = ["--random_init", *model_flags(trained), *common, "--output", str(baseline_json),
                 *shlex.split(args.eval_args)]
     for argv in (evaluate, baseline):
         parse(eval_entry, argv)
-    return Plan(row, train, evaluate, baseline, checkpoint, eval_json, baseline_json, args.out / f"{name}.json")
+    return Plan(row=row, train=train, evaluate=evaluate, baseline=baseline, checkpoint=checkpoint, eval_json=eval_json,
+                baseline_json=baseline_json, result=args.out / f"{name}.json")
 
 
 def command_line(entry: ModuleType, argv: list[str]) -> str:

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from cli import run_cli
@@ -26,7 +27,7 @@ TINY_RUN = ["--data", "synthetic", "--arch", "resnet10-cifar", "--hidden_dim", "
 
 @pytest.fixture(autouse=True)
 def pixel_cache(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Every test keeps decoded image folders (dataset/pixel_cache.py) in a fresh folder of its own,
+    """Every test keeps decoded image folders (dataset/pixels.py) in a fresh folder of its own,
     never in the real home and never in its tmp_path; subprocesses inherit it."""
     folder = tmp_path_factory.mktemp("pixel-cache")
     monkeypatch.setenv("EMP_SSL_CACHE", str(folder))
@@ -130,3 +131,13 @@ def write_cifar_batches(root: Path, train_per_class: int, test_per_class: int) -
     with open(folder / "batches.meta", "wb") as f:
         pickle.dump({"label_names": [f"class_{i}" for i in range(10)]}, f)
     return root
+
+
+def clusters(n: int, num_classes: int = 10, dim: int = 32, noise: float = 0.1,
+             seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """n points around num_classes random unit centres, (n, dim) features and (n,) labels."""
+    g = torch.Generator().manual_seed(seed)
+    centres = torch.nn.functional.normalize(torch.randn(num_classes, dim, generator=torch.Generator().manual_seed(99)),
+                                            dim=1)  # (C, dim), the same for every split
+    labels = torch.randint(num_classes, (n,), generator=g)
+    return centres[labels] + noise * torch.randn(n, dim, generator=g), labels

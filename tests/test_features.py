@@ -9,11 +9,11 @@ import torch
 from PIL import Image
 from torch.utils.data import Subset
 
-from dataset import MultiPatch, SyntheticShapes, build_dataset, patch_transform
-from dataset.seeded import SeededPatches
+from dataset import (AUGMENTS, EvaluationPatches, MultiPatch, PatchRecipe, SyntheticShapes, build_dataset, load_split,
+                     patch_transform)
+from dataset.seeded import SeededPatches, eval_seed
 from errors import UserError
-from features import (EVAL_AUGMENTS, DevicePatches, bag_of_features, cache_path, cached_features, eval_batches,
-                      eval_split, patch_loader)
+from features import bag_of_features, cache_path, cached_features
 from model import Encoder
 from monitor import KNNMonitor
 from probes import KNN_K, KNN_T, knn_accuracy
@@ -36,6 +36,11 @@ def model() -> Encoder:
     return encoder.eval()
 
 
+def pil_patches(images, num_patches: int, seed: int, eval_bs: int) -> EvaluationPatches:
+    """The official PIL patches of the synthetic images, drawn from the stream `seed` itself."""
+    return EvaluationPatches(images, PatchRecipe.of("synthetic", "pil", num_patches, seed), eval_bs, 0, CPU)
+
+
 def pre_feature(model: Encoder, x: torch.Tensor) -> torch.Tensor:
     with torch.no_grad():
         return model(x)[1]
@@ -43,7 +48,7 @@ def pre_feature(model: Encoder, x: torch.Tensor) -> torch.Tensor:
 
 class TestBagOfFeatures:
     def test_one_patch_is_the_encoders_pre_feature_of_that_patch(self, images, model) -> None:
-        features, labels = bag_of_features(model, patch_loader(images, "synthetic", 1, 7, 4, 0), torch.device("cpu"))
+        features, labels = bag_of_features(model, pil_patches(images, 1, 7, 4), torch.device("cpu"))
         patches = SeededPatches(images, MultiPatch(patch_transform("cifar", 32), 1), seed=7)
         expected = torch.cat([pre_feature(model, patches[i][0][0][None]) for i in range(len(images))])  # (10, 16)
         torch.testing.assert_close(features, expected, rtol=1e-4, atol=1e-5)
@@ -54,15 +59,15 @@ class TestBagOfFeatures:
         expected = torch.stack([pre_feature(model, torch.stack(patches[i][0])).mean(0)
                                 for i in range(len(images))])  # (10, 16)
         for eval_bs, forward_bs in ((10, 4096), (3, 1), (4, 9)):
-            loader = patch_loader(images, "synthetic", 5, 3, eval_bs, 0)
+            loader = pil_patches(images, 5, 3, eval_bs)
             features, _ = bag_of_features(model, loader, torch.device("cpu"), forward_bs=forward_bs)
             torch.testing.assert_close(features, expected, rtol=1e-4, atol=1e-5)
-        different_seed, _ = bag_of_features(model, patch_loader(images, "synthetic", 5, 4, 10, 0), torch.device("cpu"))
+        different_seed, _ = bag_of_features(model, pil_patches(images, 5, 4, 10), torch.device("cpu"))
         assert not torch.allclose(different_seed, expected)
 
     def test_accepts_a_stacked_patch_tensor_and_keeps_the_models_mode(self, images, model) -> None:
-        batches = list(patch_loader(images, "synthetic", 3, 0, 5, 0))
-        stacked = [(torch.stack(views), y) for views, y in batches]  # (P, B, C, H, W)
+        stacked = list(pil_patches(images, 3, 0, 5))  # (P, B, C, H, W) tensors
+        batches = [(list(views), y) for views, y in stacked]  # lists of P tensors (B, C, H, W)
         model.train()
         before = {k: v.clone() for k, v in model.state_dict().items()}
         try:
@@ -82,7 +87,7 @@ class TestNoProjection:
         calls = []
         hook = model.projection.register_forward_hook(lambda module, inputs, output: calls.append(1))
         try:
-            batches = patch_loader(images, "synthetic", 2, 0, 5, 0)
+            batches = pil_patches(images, 2, 0, 5)
             features, _ = bag_of_features(model, batches, CPU)
             top1 = KNNMonitor({"train": batches, "test": batches}, 10, 2, CPU, None)(model)
             model(torch.randn(2, 3, 32, 32))
@@ -97,7 +102,7 @@ class TestChannelsLast:
         layouts = []
         hook = model.backbone.register_forward_pre_hook(
             lambda module, inputs: layouts.append(inputs[0].is_contiguous(memory_format=torch.channels_last)))
-        batches = list(patch_loader(images, "synthetic", 2, 0, 5, 0))
+        batches = list(pil_patches(images, 2, 0, 5))
         try:
             plain, _ = bag_of_features(model, batches, CPU)
             fast, _ = bag_of_features(model.to(memory_format=torch.channels_last), batches, CPU,
@@ -115,8 +120,9 @@ def all_patches(batches) -> torch.Tensor:
 
 
 def make(dataset, augment: str, split: str = "test", eval_bs: int = 20, num_patches: int = 3):
-    """The evaluation batches of `dataset` (synthetic), 3 patches per image, seed 0, on the CPU."""
-    return eval_batches(dataset, split, "synthetic", augment, num_patches, 0, eval_bs, 0, CPU)
+    """The evaluation patches of a split of `dataset` (synthetic), 3 patches per image, seed 0, on the CPU."""
+    return EvaluationPatches(dataset, PatchRecipe.of("synthetic", augment, num_patches, eval_seed(0, split)), eval_bs,
+                             0, CPU)
 
 
 def write_folder(root: Path, sizes: list[tuple[int, int]]) -> None:
@@ -130,7 +136,7 @@ def write_folder(root: Path, sizes: list[tuple[int, int]]) -> None:
 
 
 class TestEvalPatches:
-    @pytest.mark.parametrize("augment", EVAL_AUGMENTS)
+    @pytest.mark.parametrize("augment", AUGMENTS)
     def test_an_images_patches_and_feature_ignore_batch_size_and_subset(self, images, model, augment: str) -> None:
         picked = [2, 5, 7, 9]
         whole = make(images, augment, eval_bs=10)
@@ -143,8 +149,8 @@ class TestEvalPatches:
 
     def test_batched_path_holds_the_images_on_the_device_and_matches_the_official_ranges(self, images) -> None:
         batches = make(images, "batched", eval_bs=4)
-        assert isinstance(batches, DevicePatches) and batches.loader is None
-        assert batches.images.shape == (10, 3, 32, 32) and batches.images.dtype == torch.uint8
+        assert batches.images is not None and batches.loader is None
+        assert batches.images.images.shape == (10, 3, 32, 32) and batches.images.images.dtype == torch.uint8
         views, labels = next(iter(batches))
         assert views.shape == (3, 4, 3, 32, 32) and views.dtype == torch.float32 and len(batches) == 3
         assert -1 <= views.min() and views.max() <= 1 and labels.tolist() == images.targets[:4]
@@ -152,14 +158,15 @@ class TestEvalPatches:
     def test_mixed_size_folder_cuts_crops_in_workers_and_keeps_the_keying(self, tmp_path: Path) -> None:
         write_folder(tmp_path, [(32, 32), (40, 36), (48, 48)])
         folder = build_dataset("imagefolder", tmp_path, "test")  # 6 images of 3 sizes
-        whole = eval_batches(folder, "test", "imagefolder", "batched", 3, 0, 6, 0, CPU)
-        assert isinstance(whole, DevicePatches) and whole.images is None  # crops cut in workers
-        part = eval_batches(Subset(folder, [1, 4, 5]), "test", "imagefolder", "batched", 3, 0, 2, 0, CPU)
+        recipe = PatchRecipe.of("imagefolder", "batched", 3, eval_seed(0, "test"))
+        whole = EvaluationPatches(folder, recipe, 6, 0, CPU)
+        assert whole.images is None and whole.loader is not None  # crops cut in workers
+        part = EvaluationPatches(Subset(folder, [1, 4, 5]), recipe, 2, 0, CPU)
         x = all_patches(whole)
         assert x.shape == (3, 6, 3, 32, 32) and -1 <= x.min() and x.max() <= 1
         assert torch.equal(all_patches(part), x[:, [1, 4, 5]])
 
-    @pytest.mark.parametrize("augment", EVAL_AUGMENTS)
+    @pytest.mark.parametrize("augment", AUGMENTS)
     def test_each_split_has_its_own_stream(self, images, augment: str) -> None:
         as_train, as_test = all_patches(make(images, augment, "train")), all_patches(make(images, augment, "test"))
         differs = (as_train - as_test).flatten(2).abs().amax(2) > 0  # (P, N)
@@ -191,11 +198,12 @@ class TestPathParity:
     def test_knn_and_mean_feature_agree(self) -> None:
         torch.manual_seed(0)
         model = Encoder("resnet10-cifar", hidden_dim=64, z_dim=8).eval()
-        splits = {split: eval_split("synthetic", Path("unused"), split, 200)[0] for split in ("train", "test")}
+        splits = {split: load_split("synthetic", Path("unused"), split, 200) for split in ("train", "test")}
 
         def run(augment: str, seed: int) -> tuple[float, torch.Tensor]:
-            feats = {split: bag_of_features(model, eval_batches(data, split, "synthetic", augment, 4, seed, 50, 0,
-                                                                CPU), CPU) for split, data in splits.items()}
+            feats = {split: bag_of_features(model, EvaluationPatches(
+                data, PatchRecipe.of("synthetic", augment, 4, eval_seed(seed, split)), 50, 0, CPU), CPU)
+                for split, data in splits.items()}
             top1 = knn_accuracy(feats["train"], feats["test"], 10, KNN_K, KNN_T)["top1"]
             return top1, torch.cat([feats["train"][0], feats["test"][0]]).mean(0)  # (64,)
 

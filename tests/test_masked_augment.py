@@ -63,8 +63,8 @@ class TestMaskedEqualsIndexSets:
         assert window == max(c.height.max(), c.width.max())  # the bound is met, no wider
         c = sample_crops(64, height, width, ratio, generator)
         data_window = int(max(c.height.max(), c.width.max()))  # today's window, read from the boxes
-        box = (images, c.top, c.left, c.height, c.width, c.flip, 24)
-        torch.testing.assert_close(ops.resized_crop(*box, window), ops.resized_crop(*box, data_window),
+        torch.testing.assert_close(ops.resized_crop(images, c, 24, window),
+                                   ops.resized_crop(images, c, 24, data_window),
                                    atol=1e-6, rtol=0)
 
     def test_crop_window_holds_the_fallback(self) -> None:

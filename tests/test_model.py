@@ -4,7 +4,8 @@ import torch
 import torch.nn as nn
 from torchvision.models import resnet18
 
-from model import ARCHS, Encoder, strip_module_prefix
+from checkpoint import strip_module_prefix
+from model import ARCHS, Encoder
 
 
 class OfficialLayoutEncoder(nn.Module):

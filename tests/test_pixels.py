@@ -1,4 +1,4 @@
-"""The on-disk cache of decoded image folders (dataset/pixel_cache.py) behind in_memory_pixels."""
+"""The on-disk cache of decoded image folders (dataset/pixels.py) behind in_memory_pixels."""
 from __future__ import annotations
 
 import os
@@ -10,8 +10,7 @@ from conftest import write_image_folder
 from torch.utils.data import Subset
 
 from dataset import build_dataset
-from dataset.pixel_cache import cache_folder, files_key
-from dataset.source import in_memory_pixels
+from dataset.pixels import cache_folder, files_key, in_memory_pixels
 
 
 def counted_folder(root: Path, calls: list[str]):

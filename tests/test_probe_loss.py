@@ -8,8 +8,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from conftest import clusters
 from probes import OFFICIAL_LINEAR, linear_probe
-from test_probes import clusters
 
 
 class TestLinearProbeLoss:

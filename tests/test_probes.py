@@ -10,17 +10,8 @@ import torch
 import probes
 from probes import (KNN_K, KNN_T, OFFICIAL_LINEAR, LinearSettings, knn_accuracy, knn_scores, linear_probe,
                     topk_correct)
+from conftest import clusters
 from scripts.benchmark_eval import reference_linear_probe
-
-
-def clusters(n: int, num_classes: int = 10, dim: int = 32, noise: float = 0.1,
-             seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-    """n points around num_classes random unit centres, (n, dim) features and (n,) labels."""
-    g = torch.Generator().manual_seed(seed)
-    centres = torch.nn.functional.normalize(torch.randn(num_classes, dim, generator=torch.Generator().manual_seed(99)),
-                                            dim=1)  # (C, dim), the same for every split
-    labels = torch.randint(num_classes, (n,), generator=g)
-    return centres[labels] + noise * torch.randn(n, dim, generator=g), labels
 
 
 class TestKNN:
@@ -87,7 +78,7 @@ class TestLinearProbe:
         sgd_epoch = probes.sgd_epoch
 
         def record(*args):
-            seen.append((args[-2], args[4].shape))  # (lr, batches (steps, bs))
+            seen.append((args[-2], args[2].shape))  # (lr, batches (steps, bs))
             return sgd_epoch(*args)
 
         monkeypatch.setattr(probes, "sgd_epoch", record)

@@ -1,0 +1,224 @@
+"""Patches of a data set, for the steps of training and for an evaluation sweep, on the device.
+
+:data:`AUGMENTS` is the one table of the ways patches are made (``--augment`` of main.py and
+evaluate.py); a :class:`PatchRecipe` says which one, for which data set, how many per image and
+from which random stream. The images come from one of two places:
+
+- :class:`DeviceImages`: with ``batched``, 32×32-kind data sets whose images fit in memory (CIFAR,
+  the synthetic set, an image folder of equally sized images) live on the device as one uint8
+  tensor (N, 3, H, W), and every patch of a batch is made at once (dataset/batched.py);
+- :func:`patch_loader`: DataLoader workers decode each image and cut its P patches, seeded per
+  image (:class:`dataset.seeded.SeededPatches`): the whole official PIL pipeline (``pil``), or with
+  ``batched`` (ImageNet-100, Tiny ImageNet, folders of mixed sizes) the crops only, as uint8, whose
+  photometric half then runs batched on the device.
+
+:class:`TrainingPatches` gives this rank's patches at every step of an epoch, in the seeded,
+resumable order of a :class:`ResumableSampler`, with the batch-level draws seeded by (seed, epoch,
+step) and drawn for the whole global batch on every rank (each keeps its slice, so an image's
+patches do not depend on the number of ranks; they do on the device type). :class:`EvaluationPatches`
+gives every image of a split in order, its draws keyed by (seed, the image's index in the full
+split). Patches are patch-major, as the official ``torch.cat(views)``: (P·B, …) views as (P, B, …).
+"""
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from functools import partial
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler, Subset
+from torchvision import transforms as T
+
+from dataset.aug import CROP_RATIO, MultiPatch, crop_transform, patch_transform
+from dataset.batched import Randomness, augment_crops, augment_images
+from dataset.catalog import augmentation_kind, unwrap_subsets
+from dataset.pixels import in_memory_pixels
+from dataset.sampler import ResumableSampler
+from dataset.seeded import KeyedUniform, SeededPatches, seed_worker, step_seed
+from errors import UserError
+
+AUGMENTS = {  # --augment: how patches are made; adding an operation means one function per path and one parity test
+    "batched": "all patches of a batch at once by batched tensor operations on the device, from exactly the official "
+               "distributions (made for GPUs, and faster on CPUs too)",
+    "pil": "the official per-patch PIL pipeline in DataLoader workers (the reference the batched path is tested "
+           "against)",
+}
+DEFAULT_AUGMENT = "batched"
+WorkerInit = Callable[[int], None]  # run by every DataLoader worker as it starts (preemption.leave_signals_to_parent)
+
+
+@dataclass(frozen=True)
+class PatchRecipe:
+    """How patches are made: the data set's augmentation kind ("cifar" or "imagenet") and patch size,
+    the --augment path, P patches per image, and the seed of their random stream."""
+
+    kind: str
+    size: int
+    augment: str
+    num_patches: int
+    seed: int
+
+    @classmethod
+    def of(cls, data: str, augment: str, num_patches: int, seed: int) -> PatchRecipe:
+        """The recipe of --data, --augment and P patches from the stream `seed`."""
+        if augment not in AUGMENTS:
+            raise UserError(f"unknown --augment {augment!r}: choose from {', '.join(AUGMENTS)}")
+        kind, size = augmentation_kind(data)
+        return cls(kind, size, augment, num_patches, seed)
+
+    def worker_transform(self) -> T.Compose:
+        """What DataLoader workers do to each patch of an image: the whole PIL pipeline (pil), or the
+        crop, resize and flip only, ending in uint8 (batched: the rest runs on the device)."""
+        return patch_transform(self.kind, self.size) if self.augment == "pil" else crop_transform(self.kind, self.size)
+
+    def seeded(self, dataset: Dataset) -> SeededPatches:
+        """dataset[i] → ([P patches of image i], label), drawn from a stream keyed by (seed, epoch, i)."""
+        return SeededPatches(dataset, MultiPatch(self.worker_transform(), self.num_patches), self.seed)
+
+
+class DeviceImages:
+    """Images held on the device as uint8 (N, 3, H, W), and their patches by the batched augmentation."""
+
+    def __init__(self, pixels: np.ndarray, recipe: PatchRecipe, device: torch.device) -> None:
+        """pixels: (N, H, W, 3) uint8, possibly read-only (it is copied, never written)."""
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", "The given NumPy array is not writable")
+            pixels_nhwc = torch.from_numpy(pixels)  # (N, H, W, 3), shares the array's memory
+        self.images = pixels_nhwc.permute(0, 3, 1, 2).contiguous().to(device)  # (N, 3, H, W), a copy
+        self.recipe = recipe
+
+    @classmethod
+    def hold(cls, dataset: Dataset, recipe: PatchRecipe, workers: int, device: torch.device) -> DeviceImages | None:
+        """The images of dataset on the device when the recipe is batched, the data set 32×32-kind and
+        its pixels fit in memory (dataset/pixels.py; `workers` threads decode a folder); else None."""
+        if recipe.augment != "batched" or recipe.kind != "cifar":
+            return None
+        pixels = in_memory_pixels(dataset, workers)
+        return None if pixels is None else cls(pixels, recipe, device)
+
+    def patches(self, index: torch.Tensor | slice, randomness: Randomness, global_batch: int | None = None,
+                first: int = 0) -> torch.Tensor:
+        """The P patches (P·B, 3, S, S) of the B images index ((B,) or a slice), drawn as slice
+        first … first + B − 1 of a global batch (see :func:`dataset.batched.augment_images`)."""
+        recipe = self.recipe
+        return augment_images(self.images[index], recipe.num_patches, recipe.size, CROP_RATIO[recipe.kind],
+                              randomness, global_batch, first)
+
+
+def patch_loader(patches: Dataset, batch: int, sampler: Sampler | None, workers: int, device: torch.device,
+                 worker_init: WorkerInit | None = None) -> DataLoader:
+    """Batches ([P tensors (B, 3, S, S)], labels (B,)) of a :meth:`PatchRecipe.seeded` data set, cut
+    by `workers` processes, in the sampler's order (incomplete last batch dropped) or, without
+    one, in order; each worker seeds Python and NumPy, then runs worker_init, as it starts."""
+    return DataLoader(patches, batch_size=batch, sampler=sampler, drop_last=sampler is not None,
+                      num_workers=workers, pin_memory=device.type == "cuda", persistent_workers=workers > 0,
+                      worker_init_fn=partial(_start_worker, worker_init=worker_init),
+                      generator=torch.Generator().manual_seed(0))  # own generator: the caller's stream is untouched
+
+
+def _start_worker(worker_id: int, worker_init: WorkerInit | None) -> None:
+    """A DataLoader worker's set-up: seed_worker, then the caller's worker_init."""
+    seed_worker(worker_id)
+    if worker_init is not None:
+        worker_init(worker_id)
+
+
+def finish(views: list[torch.Tensor], recipe: PatchRecipe, device: torch.device, randomness: Randomness,
+           global_batch: int | None = None, first: int = 0) -> torch.Tensor:
+    """A loader batch's P views (B, 3, S, S) joined patch-major on the device, (P·B, 3, S, S); uint8
+    crops get the photometric half there, drawn as slice first … first + B − 1 of a global batch
+    (see :func:`dataset.batched.augment_crops`)."""
+    x = torch.cat([v.to(device, non_blocking=True) for v in views])  # (P·B, 3, S, S)
+    if x.dtype != torch.uint8:  # finished by PIL in the workers
+        return x
+    return augment_crops(x, randomness, recipe.num_patches, global_batch, first)
+
+
+class TrainingPatches:
+    """This rank's patches at every step of an epoch: (P·B/W, 3, S, S) float32 in [−1, 1],
+    patch-major, on the device in memory_format.
+
+    Made from :class:`DeviceImages` when the recipe allows, else from a :func:`patch_loader` over
+    the sampler. Call :meth:`set_epoch` before each epoch (a resumed run skips the steps done).
+    """
+
+    def __init__(self, dataset: Dataset, recipe: PatchRecipe, sampler: ResumableSampler, workers: int,
+                 device: torch.device, memory_format: torch.memory_format = torch.contiguous_format,
+                 worker_init: WorkerInit | None = None) -> None:
+        images = len(dataset)  # type: ignore[arg-type]
+        if images < sampler.global_batch:
+            raise UserError(f"the training set has {images} images, fewer than --bs {sampler.global_batch}: lower --bs")
+        self.recipe, self.sampler, self.device, self.memory_format = recipe, sampler, device, memory_format
+        self.images = DeviceImages.hold(dataset, recipe, workers, device)
+        self.loader = None if self.images is not None else patch_loader(
+            recipe.seeded(dataset), sampler.local_batch, sampler, workers, device, worker_init)
+        self.generator = torch.Generator(device=device)
+        self.epoch, self.start_step = 0, 0
+
+    @property
+    def steps_per_epoch(self) -> int:
+        """Complete global batches in one epoch."""
+        return self.sampler.steps_per_epoch
+
+    def set_epoch(self, epoch: int, start_step: int = 0) -> None:
+        """Select the epoch and skip its first start_step steps (a resumed run)."""
+        self.epoch, self.start_step = epoch, start_step
+        self.sampler.set_epoch(epoch, start_step)
+
+    def __len__(self) -> int:
+        """Steps left in the epoch."""
+        return self.steps_per_epoch - self.start_step
+
+    def _generator(self, step: int) -> torch.Generator:
+        """The device generator of one step's batch-level draws, seeded by (seed, epoch, step)."""
+        return self.generator.manual_seed(step_seed(self.recipe.seed, self.epoch, step))
+
+    def __iter__(self) -> Iterator[torch.Tensor]:
+        share = {"global_batch": self.sampler.global_batch, "first": self.sampler.rank * self.sampler.local_batch}
+        if self.images is not None:
+            order = self.sampler.perm.to(self.device)  # (N,) the epoch's order, copied once: steps slice it there
+            for step in range(self.start_step, self.steps_per_epoch):
+                x = self.images.patches(self.sampler.batch_indices(step, order), self._generator(step), **share)
+                yield x.contiguous(memory_format=self.memory_format)  # (P·B/W, 3, S, S)
+        else:
+            for step, (views, _) in enumerate(self.loader, start=self.start_step):
+                x = finish(views, self.recipe, self.device, self._generator(step), **share)
+                yield x.contiguous(memory_format=self.memory_format)  # (P·B/W, 3, S, S)
+
+
+class EvaluationPatches:
+    """Every image of a split (or of a Subset of it) in order, `batch` at a time: ((P, B, 3, S, S)
+    float32 patches on the device, labels (B,)).
+
+    The patches of an image depend only on (recipe.seed, its index in the full split): not on the
+    batch, its other images, a subset, or the worker count. :class:`DeviceImages` draw from a
+    :class:`KeyedUniform` over those indices; loader patches are seeded per image by the same index.
+    """
+
+    def __init__(self, dataset: Dataset, recipe: PatchRecipe, batch: int, workers: int, device: torch.device,
+                 worker_init: WorkerInit | None = None) -> None:
+        base, indices = unwrap_subsets(dataset)
+        self.keys = torch.tensor(indices, device=device)  # (N,) indices in the full split
+        self.labels = torch.as_tensor(base.targets)[indices]  # (N,)
+        self.recipe, self.batch, self.device = recipe, batch, device
+        self.images = DeviceImages.hold(Subset(base, indices), recipe, workers, device)
+        self.loader = None if self.images is not None else patch_loader(
+            Subset(recipe.seeded(base), indices), batch, None, workers, device, worker_init)
+
+    def __len__(self) -> int:
+        return -(-len(self.keys) // self.batch)
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        p, starts = self.recipe.num_patches, range(0, len(self.keys), self.batch)
+        if self.images is not None:
+            for start in starts:
+                end = start + self.batch
+                x = self.images.patches(slice(start, end), KeyedUniform(self.recipe.seed, self.keys[start:end], p))
+                yield x.view(p, -1, *x.shape[1:]), self.labels[start:end]  # (P, B, 3, S, S)
+        else:
+            for start, (views, labels) in zip(starts, self.loader):
+                keys = self.keys[start:start + len(labels)]  # (B,)
+                x = finish(views, self.recipe, self.device, KeyedUniform(self.recipe.seed, keys, p))
+                yield x.view(p, -1, *x.shape[1:]), labels  # (P, B, 3, S, S)
