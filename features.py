@@ -28,7 +28,7 @@ from checkpoint import atomic_write
 from dataset import augmentation_kind
 from model import Encoder
 
-EvalBatches = Iterable[tuple[torch.Tensor | Sequence[torch.Tensor], torch.Tensor]]
+PatchBatches = Iterable[tuple[torch.Tensor | Sequence[torch.Tensor], torch.Tensor]]  # (patches, labels (B,))
 CACHE_VERSION = 2  # bump when the meaning of a cached feature changes (2: augment paths, own eval stream)
 PATCH_STREAM = "eval-<split>, keyed by the index in the full split"  # recorded in cache keys
 FORWARD_BS = 2048  # patches per forward pass (evaluate.py's --forward_bs)
@@ -67,7 +67,7 @@ class Transformed(Dataset):
 
 
 @torch.no_grad()
-def bag_of_features(model: Encoder, batches: EvalBatches, device: torch.device, forward_bs: int = FORWARD_BS,
+def bag_of_features(model: Encoder, batches: PatchBatches, device: torch.device, forward_bs: int = FORWARD_BS,
                     dtype: torch.dtype | None = None, desc: str | None = None,
                     memory_format: torch.memory_format = torch.contiguous_format) -> tuple[torch.Tensor, torch.Tensor]:
     """Mean pre_feature over the P patches of every image: (features (N, hidden) float32, labels (N,)),

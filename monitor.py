@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch
 
-from features import EvalBatches, bag_of_features
+from features import PatchBatches, bag_of_features
 from model import Encoder
 from probes import KNN_K, KNN_T, knn_accuracy
 
@@ -16,7 +16,7 @@ class KNNMonitor:
     seed); the forward runs on `device`, under autocast to `dtype` when given (the run's precision).
     """
 
-    def __init__(self, batches: dict[str, EvalBatches], num_classes: int, num_patches: int, device: torch.device,
+    def __init__(self, batches: dict[str, PatchBatches], num_classes: int, num_patches: int, device: torch.device,
                  dtype: torch.dtype | None) -> None:
         self.batches, self.num_classes, self.num_patches = batches, num_classes, num_patches
         self.device, self.dtype = device, dtype

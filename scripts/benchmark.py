@@ -42,13 +42,14 @@ from dataset.aug import BLUR_SIGMA  # noqa: E402
 from dataset.batched import patches_per_chunk  # noqa: E402
 from dataset.patch_ops import blur_reach, box_kernel, gaussian_blur  # noqa: E402
 from dataset import AUGMENTS, PatchRecipe, TrainingPatches, load_split  # noqa: E402
+from dataset.catalog import DATA_DEFAULTS  # noqa: E402
 from dataset.sampler import ResumableSampler  # noqa: E402
 from device import resolve_device  # noqa: E402
 from engine import NonFiniteGuard, train_step  # noqa: E402
 from lars import LARS  # noqa: E402
 from loss import EMPSSLLoss, total_coding_rate  # noqa: E402
 from main import get_args_parser as training_flags  # noqa: E402
-from model import Encoder  # noqa: E402
+from model import ENCODER_DEFAULTS, Encoder  # noqa: E402
 from speed import AMP_DTYPES, compile_model, prepare_model  # noqa: E402
 
 T = TypeVar("T")
@@ -64,17 +65,18 @@ def get_args_parser() -> argparse.ArgumentParser:
                         help="a few seconds on the CPU at toy sizes (the chain of scripts/gpu_check.sh --tiny)")
     parser.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
-    parser.add_argument("--workers", type=int, default=0, help="DataLoader workers of the pil path (0)")
+    parser.add_argument("--workers", type=int, default=0, help="DataLoader workers of the pil path (%(default)s)")
     parser.add_argument("--data", default="synthetic", choices=("synthetic", "cifar10", "imagefolder"),
                         help="training images (synthetic: the built-in 32×32 set, CIFAR-sized)")
-    parser.add_argument("--data_dir", type=Path, default=Path("data"), help="folder of --data cifar10/imagefolder")
-    parser.add_argument("--steps", type=int, default=50, help="timed consecutive training steps per path (50)")
+    parser.add_argument("--data_dir", type=Path, default=DATA_DEFAULTS["data_dir"],
+                        help="folder of --data cifar10/imagefolder (%(default)s)")
+    parser.add_argument("--steps", type=int, default=50, help="timed consecutive training steps per path (%(default)s)")
     parser.add_argument("--warmup", type=int, default=5,
-                        help="untimed steps before them (worker start-up, cuDNN autotuning, compilation) (5)")
-    parser.add_argument("--precision", default="fp32", choices=tuple(AMP_DTYPES), help="encoder precision (fp32)")
+                        help="untimed steps before them (worker start-up, cuDNN autotuning, compilation) (%(default)s)")
+    parser.add_argument("--precision", default="fp32", choices=tuple(AMP_DTYPES), help="encoder precision (%(default)s)")
     parser.add_argument("--channels_last", action="store_true", help="channels-last layout in (3)")
     parser.add_argument("--compile", action="store_true", help="torch.compile the encoder in (3)")
-    parser.add_argument("--out", type=Path, default=Path("benchmark.json"), help="JSON output (benchmark.json)")
+    parser.add_argument("--out", type=Path, default=Path("benchmark.json"), help="JSON output (%(default)s)")
     return parser
 
 
@@ -87,7 +89,7 @@ def sizes(args: argparse.Namespace) -> dict:
                 "train": dict(arch="resnet10-cifar", hidden_dim=64, z_dim=32, batch=8, num_patches=4,
                               steps=args.steps, warmup=args.warmup),
                 "blur": {"batch": 8, "size": 32, "repeats": 3}}
-    model = dict(arch="resnet18-cifar", hidden_dim=4096, z_dim=1024) if args.full else \
+    model = dict(ENCODER_DEFAULTS) if args.full else \
         dict(arch="resnet10-cifar", hidden_dim=1024, z_dim=256)
     return {"patchgen": {"batch": 100, "num_patches": 20, "repeats": 20 if args.full else 5, "warmup": 2},
             "tcr": {"batch": 100, "dim": 1024, "num_patches": [20, 200], "loop_groups": 20},

@@ -37,9 +37,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository r
 
 from cli import ArgumentParser, require, run_cli  # noqa: E402
 from dataset import AUGMENTS, DATASETS, EvaluationPatches, PatchRecipe, build_dataset  # noqa: E402
+from dataset.catalog import DATA_DEFAULTS  # noqa: E402
 from device import resolve_device  # noqa: E402
 from features import TEST_PATCHES, bag_of_features  # noqa: E402
-from model import ARCHS, Encoder  # noqa: E402
+from model import ARCHS, ENCODER_DEFAULTS, Encoder  # noqa: E402
 from probes import (KNN_K, KNN_T, OFFICIAL_LINEAR, Labelled, LinearSettings, knn_accuracy,  # noqa: E402
                     linear_probe, topk_correct)
 from scripts.benchmark import timed_call  # noqa: E402
@@ -49,29 +50,29 @@ from speed import AMP_DTYPES  # noqa: E402
 def get_args_parser() -> argparse.ArgumentParser:
     parser = ArgumentParser("EMP-SSL evaluation benchmark", description=__doc__.split("\n\n")[0])
     data = parser.add_argument_group("Data")
-    data.add_argument("--data", default="synthetic", choices=DATASETS, help="data set (default synthetic)")
-    data.add_argument("--data_dir", type=Path, default=Path("data"), help="its folder (default data)")
-    data.add_argument("--images", type=int, default=16, help="test images to extract (default 16, CPU-sized)")
+    data.add_argument("--data", default="synthetic", choices=DATASETS, help="data set (default %(default)s)")
+    data.add_argument("--data_dir", type=Path, default=DATA_DEFAULTS["data_dir"], help="its folder (default %(default)s)")
+    data.add_argument("--images", type=int, default=16, help="test images to extract (default %(default)s, CPU-sized)")
     feats = parser.add_argument_group("Extraction")
-    feats.add_argument("--arch", default="resnet18-cifar", choices=ARCHS, help="backbone (resnet18-cifar)")
-    feats.add_argument("--hidden_dim", type=int, default=4096, help="pre_feature width (4096)")
+    feats.add_argument("--arch", default=ENCODER_DEFAULTS["arch"], choices=ARCHS, help="backbone (%(default)s)")
+    feats.add_argument("--hidden_dim", type=int, default=ENCODER_DEFAULTS["hidden_dim"], help="pre_feature width (%(default)s)")
     feats.add_argument("--test_patches", type=int, default=TEST_PATCHES,
                        help="patches per image (official %(default)s)")
-    feats.add_argument("--eval_bs", type=int, default=8, help="images per batch (default 8)")
-    feats.add_argument("--forward_bs", type=int, default=512, help="patches per forward pass (default 512)")
-    feats.add_argument("--workers", type=int, default=2, help="DataLoader workers of the pil path (2)")
+    feats.add_argument("--eval_bs", type=int, default=8, help="images per batch (default %(default)s)")
+    feats.add_argument("--forward_bs", type=int, default=512, help="patches per forward pass (default %(default)s)")
+    feats.add_argument("--workers", type=int, default=2, help="DataLoader workers of the pil path (%(default)s)")
     feats.add_argument("--precision", default="fp32", choices=tuple(AMP_DTYPES),
-                       help="forward precision (default fp32, as evaluate.py)")
+                       help="forward precision (default %(default)s, as evaluate.py)")
     feats.add_argument("--repeats", type=int, default=2,
-                       help="rounds of the extraction timings; each figure is the best round (default 2)")
+                       help="rounds of the extraction timings; each figure is the best round (default %(default)s)")
     probes = parser.add_argument_group("Probes")
-    probes.add_argument("--dim", type=int, default=4096, help="feature width of the probes (4096)")
-    probes.add_argument("--classes", type=int, default=10, help="classes (10)")
+    probes.add_argument("--dim", type=int, default=4096, help="feature width of the probes (%(default)s)")
+    probes.add_argument("--classes", type=int, default=10, help="classes (%(default)s)")
     probes.add_argument("--knn_train", type=int, default=10000,
-                        help="kNN memory size (default 10,000; official 50,000)")
-    probes.add_argument("--knn_test", type=int, default=2000, help="kNN queries (default 2,000; official 10,000)")
-    probes.add_argument("--linear_train", type=int, default=10000, help="linear-probe training features (10,000)")
-    probes.add_argument("--linear_epochs", type=int, default=2, help="epochs timed (default 2; official 100)")
+                        help="kNN memory size (default %(default)s; official 50,000)")
+    probes.add_argument("--knn_test", type=int, default=2000, help="kNN queries (default %(default)s; official 10,000)")
+    probes.add_argument("--linear_train", type=int, default=10000, help="linear-probe training features (%(default)s)")
+    probes.add_argument("--linear_epochs", type=int, default=2, help="epochs timed (default %(default)s; official 100)")
     parser.add_argument("--device", default="auto", help="auto (CUDA when present, else CPU), cpu, cuda or cuda:N")
     return parser
 

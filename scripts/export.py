@@ -32,7 +32,7 @@ from checkpoint import atomic_write  # noqa: E402
 from cli import ArgumentParser, run_cli  # noqa: E402
 from errors import UserError  # noqa: E402
 from hubconf import RESNET18_ARCHS, emp_ssl_resnet18  # noqa: E402
-from model import Encoder  # noqa: E402
+from model import ENCODER_DEFAULTS, Encoder  # noqa: E402
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -40,7 +40,8 @@ def get_args_parser() -> argparse.ArgumentParser:
                             "state dict plus the pre_feature head (format: see the module docstring).")
     parser.add_argument("--ckpt", type=Path, required=True, help="our checkpoint, or an official state dict")
     parser.add_argument("--arch", default=None, choices=RESNET18_ARCHS,
-                        help="backbone (default: the checkpoint's; an official state dict: resnet18-cifar)")
+                        help="backbone (default: the checkpoint's; an official state dict: "
+                             f"{ENCODER_DEFAULTS['arch']})")
     parser.add_argument("--out", type=Path, required=True, help="file to write")
     return parser
 

@@ -40,6 +40,7 @@ import checkpoint as ckpt  # noqa: E402
 import evaluate as eval_entry  # noqa: E402
 import main as train_entry  # noqa: E402
 from dataset import build_dataset  # noqa: E402
+from dataset.catalog import DATA_DEFAULTS  # noqa: E402
 from device import resolve_device  # noqa: E402
 from cli import ArgumentParser, run_cli  # noqa: E402
 from errors import UserError  # noqa: E402
@@ -56,13 +57,14 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser = ArgumentParser("EMP-SSL reproduction", description="Train and evaluate one row of the paper's "
                             f"results table. Rows: {', '.join(ROWS)}.")
     parser.add_argument("row", help="the row to reproduce (see scripts/rows.py)")
-    parser.add_argument("--data_dir", type=Path, default=Path("data"), help="folder of the data set (default: data)")
+    parser.add_argument("--data_dir", type=Path, default=DATA_DEFAULTS["data_dir"],
+                        help="folder of the data set (default: %(default)s)")
     parser.add_argument("--device", default="auto", help="auto (CUDA when present, else CPU), cpu, cuda or cuda:N")
     parser.add_argument("--train_args", default="", help="extra main.py flags, e.g. the fast path: "
                         "\"--augment batched --precision bf16 --channels_last\"; they come last, so they win")
     parser.add_argument("--eval_args", default="", help="extra evaluate.py flags, e.g. \"--forward_bs 4096\"; the data "
                         "flags default to the training's")
-    parser.add_argument("--out", type=Path, default=Path("results"), help="folder of the result file (results)")
+    parser.add_argument("--out", type=Path, default=Path("results"), help="folder of the result file (%(default)s)")
     parser.add_argument("--run_dir", type=Path, default=None,
                         help="training run folder (default: logs/reproduce/<row>, or <row>-smoke); a run already "
                              "there is continued (a finished one only evaluated), so pass a new one to train afresh")
