@@ -240,13 +240,19 @@ class StepLog:
 
 @dataclass(frozen=True)
 class Schedule:
-    """How long a run trains and how often it saves: epochs of the cosine schedule, an earlier stop
-    after max_steps steps in all (None: none), last.pt every save_every steps (None: at epoch ends
-    and stops only)."""
+    """How long a run trains and how often it saves: epochs of the cosine schedule; an earlier stop
+    after its first train_epochs epochs or after max_steps steps in all (None: none); last.pt every
+    save_every steps (None: at epoch ends and stops only)."""
 
     epochs: int
+    train_epochs: int | None = None
     max_steps: int | None = None
     save_every: int | None = None
+
+    def end(self, steps_per_epoch: int) -> int:
+        """The step training stops at: the schedule's last, or an earlier stop."""
+        ends = [steps_per_epoch * (self.train_epochs or self.epochs), self.max_steps or steps_per_epoch * self.epochs]
+        return min(ends)
 
 
 def fit(training: Training, batches: Any, log: StepLog, schedule: Schedule, preemption: Preemption,
@@ -260,7 +266,7 @@ def fit(training: Training, batches: Any, log: StepLog, schedule: Schedule, pree
     set_epoch(epoch, start_step) and steps_per_epoch.
     """
     steps_per_epoch = training.steps_per_epoch
-    end = min(schedule.max_steps or steps_per_epoch * schedule.epochs, steps_per_epoch * schedule.epochs)
+    end = schedule.end(steps_per_epoch)
     for epoch in range(training.step // steps_per_epoch, schedule.epochs):
         stop_step = min((epoch + 1) * steps_per_epoch, end)
         if training.step >= stop_step:

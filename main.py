@@ -88,6 +88,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     optim.add_argument("--lars_eta", type=float, default=0.005, help="LARS trust coefficient η (%(default)s)")
     optim.add_argument("--epoch", type=int, default=30,
                        help="epochs; sizes the cosine schedule (official %(default)s)")
+    optim.add_argument("--train_epochs", type=int, default=None,
+                       help="train only the first N epochs of the --epoch schedule, which keeps its length (the "
+                            "official one-epoch protocol: --epoch 2 --train_epochs 1)")
     optim.add_argument("--max_steps", type=int, default=None,
                        help="stop after this many steps in all (smoke runs); the schedule keeps its full length")
 
@@ -156,6 +159,8 @@ def validate_args(args: argparse.Namespace) -> None:
         (args.epoch >= 1, "--epoch must be at least 1"),
         (args.lr > 0, "--lr must be positive"),
         (args.max_steps is None or args.max_steps >= 1, "--max_steps must be at least 1"),
+        (args.train_epochs is None or 1 <= args.train_epochs <= args.epoch,
+         "--train_epochs must be between 1 and --epoch (it stops the schedule early)"),
         (args.workers >= 0, "--workers must be 0 or more"),
         (args.save_every_steps is None or args.save_every_steps >= 1, "--save_every_steps must be at least 1"),
         (args.skip_nonfinite >= 0, "--skip_nonfinite must be 0 or more"),
@@ -292,8 +297,8 @@ def main(args: argparse.Namespace) -> None:
             if args.eval_every and (epoch + 1) % args.eval_every == 0:
                 distributed.on_main(partial(log_knn, monitor, training, writer, epoch))
 
-        fit(training, patches, log, Schedule(args.epoch, args.max_steps, args.save_every_steps), preemption,
-            after_epoch)
+        schedule = Schedule(args.epoch, args.train_epochs, args.max_steps, args.save_every_steps)
+        fit(training, patches, log, schedule, preemption, after_epoch)
     if writer is not None:
         writer.close()
     distributed.print_main(f"done: {run_dir}")

@@ -39,12 +39,11 @@ sys.path.insert(0, str(ROOT))
 import checkpoint as ckpt  # noqa: E402
 import evaluate as eval_entry  # noqa: E402
 import main as train_entry  # noqa: E402
-from dataset import build_dataset  # noqa: E402
 from dataset.catalog import DATA_DEFAULTS  # noqa: E402
 from device import resolve_device  # noqa: E402
 from cli import ArgumentParser, run_cli  # noqa: E402
 from errors import UserError  # noqa: E402
-from scripts.rows import OFFICIAL_EVAL, PUBLISHED_LABEL, ROWS, TRAIN_IMAGES, Row  # noqa: E402
+from scripts.rows import OFFICIAL_EVAL, PUBLISHED_LABEL, ROWS, Row  # noqa: E402
 
 # --smoke: the row's schedule and checkpoint at a size that runs anywhere in seconds (one step per epoch).
 SMOKE_TRAIN = {"data": "synthetic", "arch": "resnet10-cifar", "hidden_dim": 64, "z_dim": 32, "num_patches": 4,
@@ -106,14 +105,6 @@ def flags(values: dict[str, object]) -> list[str]:
     return [item for key, value in values.items() for item in (f"--{key}", str(value))]
 
 
-def steps_per_epoch(train: argparse.Namespace) -> int:
-    """Complete batches in one epoch of the training set that main.py will use."""
-    images = train.train_subset or TRAIN_IMAGES.get(train.data)
-    if images is None:
-        images = len(build_dataset(train.data, train.data_dir, "train", download=False))
-    return images // train.bs
-
-
 def eval_data_flags(train: argparse.Namespace) -> list[str]:
     """evaluate.py's data flags for the data a training run read: --data, --data_dir, --download."""
     download = "--download" if train.download else "--no-download"
@@ -148,9 +139,7 @@ def make_plan(args: argparse.Namespace) -> Plan:
     device = "cpu" if args.smoke else args.device
     settings = {**row.settings(), **(SMOKE_TRAIN if args.smoke else {})}
     fixed = flags(settings) + ["--data_dir", str(args.data_dir), "--device", device, "--output_dir", str(run_dir)]
-    extra = shlex.split(args.train_args)
-    steps = steps_per_epoch(parse(train_entry, fixed + extra)) if row.stops_early else None
-    train = fixed + row.schedule_flags(steps) + extra
+    train = fixed + row.schedule_flags() + shlex.split(args.train_args)
     train += continuation(parse(train_entry, train), run_dir)
     trained = parse(train_entry, train)
 

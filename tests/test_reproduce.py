@@ -21,18 +21,21 @@ PAPER = {
     "cifar10-1ep-30sched": ("cifar10", "resnet18-cifar", 20, 30, 1, 80.6),
     "cifar10-10ep": ("cifar10", "resnet18-cifar", 20, 10, 10, 90.7),
     "cifar10-30ep": ("cifar10", "resnet18-cifar", 20, 30, 30, 93.1),
+    "cifar10-200p-1ep-30sched": ("cifar10", "resnet18-cifar", 200, 30, 1, 82.6),
     "cifar100-1ep": ("cifar100", "resnet18-cifar", 20, 2, 1, 58.5),
     "cifar100-1ep-30sched": ("cifar100", "resnet18-cifar", 20, 30, 1, 55.1),
     "cifar100-10ep": ("cifar100", "resnet18-cifar", 20, 10, 10, 67.8),
     "cifar100-30ep": ("cifar100", "resnet18-cifar", 20, 30, 30, 72.4),
+    "cifar100-200p-1ep-30sched": ("cifar100", "resnet18-cifar", 200, 30, 1, 57.7),
     "cifar10-200p-10ep": ("cifar10", "resnet18-cifar", 200, 10, 10, 91.5),
     "cifar10-200p-30ep": ("cifar10", "resnet18-cifar", 200, 30, 30, 93.4),
     "cifar100-200p-10ep": ("cifar100", "resnet18-cifar", 200, 10, 10, 70.1),
     "cifar100-200p-30ep": ("cifar100", "resnet18-cifar", 200, 30, 30, 73.3),
     "tinyimagenet-200p-10ep": ("tinyimagenet", "resnet18-tinyimagenet", 200, 10, 10, 51.5),
     "imagenet100-200p-10ep": ("imagenet100", "resnet18-imagenet", 200, 10, 10, 78.9),
+    "tinyimagenet-1ep": ("tinyimagenet", "resnet18-tinyimagenet", 20, 2, 1, 38.1),
+    "imagenet100-1ep": ("imagenet100", "resnet18-imagenet", 20, 2, 1, 58.5),
 }
-CIFAR_STEPS_PER_EPOCH = 500  # 50,000 training images in batches of 100
 
 # Every key of a result file, written here rather than taken from scripts/rows.py.
 PERCENT_KEYS = ["published_linear_top1", "linear_top1_final", "linear_top1_best_over_test_epochs", "knn_top1",
@@ -64,7 +67,7 @@ class TestRows:
         train = main.get_args_parser().parse_args(train_argv)
         assert (train.data, train.arch, train.num_patches, train.bs, train.lr) == (data, arch, patches, 100, 0.3)
         assert train.epoch == schedule and (train.patch_sim, train.tcr, train.eps) == (200, 1, 0.2)
-        assert train.max_steps == (trained * CIFAR_STEPS_PER_EPOCH if trained < schedule else None)
+        assert train.train_epochs == (trained if trained < schedule else None) and train.max_steps is None
         for argv, random_init in ((eval_argv, False), (baseline_argv, True)):
             ev = evaluate.get_args_parser().parse_args(argv)
             checkpoint = None if random_init else train.output_dir / "save_models" / f"{trained - 1}.pt"
@@ -91,7 +94,7 @@ class TestRows:
         train_argv, eval_argv, _ = dry_run(cli, "cifar10-1ep", "--train_args", "--augment batched --train_subset 1000",
                                            "--eval_args", "--forward_bs 512")
         train = main.get_args_parser().parse_args(train_argv)
-        assert train.augment == "batched" and train.max_steps == 10  # one epoch of 1,000 images
+        assert train.augment == "batched" and train.train_subset == 1000 and train.train_epochs == 1
         assert evaluate.get_args_parser().parse_args(eval_argv).forward_bs == 512
         assert_one_line_error(cli("scripts.reproduce", "cifar10-1ep", "--dry_run", "--train_args", "--nope 1"),
                               "main.py", "--nope")
@@ -103,8 +106,8 @@ class TestRows:
 class TestOneEpochProtocol:
     def test_checkpoint_equals_the_first_epoch_of_an_uninterrupted_two_epoch_run(self, cli, tmp_path: Path) -> None:
         tiny = [*TINY_RUN, "--train_subset", "32", "--deterministic"]  # 32 images in batches of 16: 2 steps
-        protocol = ROWS["cifar10-1ep"].schedule_flags(steps_per_epoch=2)
-        assert protocol == ["--epoch", "2", "--max_steps", "2"]
+        protocol = ROWS["cifar10-1ep"].schedule_flags()
+        assert protocol == ["--epoch", "2", "--train_epochs", "1"]
         states = {}
         for name, flags in {"protocol": protocol, "uninterrupted": ["--epoch", "2"]}.items():
             result = cli("main", *tiny, "--output_dir", str(tmp_path / name), *flags)
@@ -135,7 +138,7 @@ class TestSmoke:
         assert (record["data"], record["schedule_epochs"], record["trained_epochs"]) == ("synthetic", 2, 1)
         assert record["gpu"] == "cpu" and record["torch"] == torch.__version__ and record["git_commit"]
         assert record["checkpoint"].endswith("save_models/0.pt") and (tmp_path / record["checkpoint"]).is_file()
-        assert "--epoch 2 --max_steps 1" in record["commands"][0] and "--random_init" in record["commands"][2]
+        assert "--epoch 2 --train_epochs 1" in record["commands"][0] and "--random_init" in record["commands"][2]
         assert record["test_patches"] == 2 and "epoch 1 of a 2-epoch" in record["protocol"]
         assert record["protocol"].startswith("4 patches") and record["num_patches"] == 4 and not record["resumed"]
 

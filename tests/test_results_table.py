@@ -51,7 +51,7 @@ class TestTable:
         result = cli("scripts.results_table", "--all_rows", str(write(tmp_path, "a.json", RESULT)))
         assert result.returncode == 0, result.stderr
         rows = [cells(line) for line in result.stdout.splitlines()[2:] if line.startswith("|")]
-        assert len(rows) == 14 and rows[0][0] == "`cifar10-1ep`" and rows[0][3] == "83.0"
+        assert len(rows) == 18 and rows[0][0] == "`cifar10-1ep`" and rows[0][3] == "83.0"
         unmeasured = {row[0]: row for row in rows[1:]}
         assert unmeasured["`imagenet100-200p-10ep`"][2:4] == ["78.9", "not yet measured"]
         assert all(row[3] == "not yet measured" for row in rows[1:])
