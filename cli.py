@@ -50,6 +50,10 @@ def run_cli(main: Callable[[argparse.Namespace], None], parser: argparse.Argumen
         main(args)
     except UserError as err:
         print(f"error: {one_line(err)}", file=sys.stderr)
+        if err.exit_at_once:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(2)
         sys.exit(2)
     except KeyboardInterrupt:
         print("\nerror: interrupted (Ctrl-C); files are written whole or not at all, so what was saved is intact",

@@ -24,6 +24,8 @@ from __future__ import annotations
 
 import functools
 import os
+import threading
+import time
 from collections.abc import Callable
 from datetime import timedelta
 from typing import NamedTuple, TypeVar
@@ -121,9 +123,91 @@ def setup(device: torch.device, backend: str, timeout_minutes: float, sync_bn: b
         raise UserError("--sync_bn needs GPUs (PyTorch's SyncBatchNorm runs on CUDA only): drop it on the CPU")
     if device.type == "cuda":
         torch.cuda.set_device(device)
-    dist.init_process_group(backend, timeout=timedelta(minutes=timeout_minutes),
-                            device_id=device if device.type == "cuda" else None)
+    timeout = timedelta(minutes=timeout_minutes)
+    dist.init_process_group(backend, timeout=timeout, device_id=device if device.type == "cuda" else None,
+                            **_attempt_store(launch, timeout))
+    _start_heartbeat(launch.rank)
     return device
+
+
+def _attempt_store(launch: Launch, timeout: timedelta) -> dict:
+    """init_process_group's store, rank and world size: the launch's key-value store (torchrun's
+    agent store, or one that rank 0 hosts without torchrun) under a prefix of this attempt, so that
+    the workers torchrun restarts (--max_restarts) never read the addresses of the ones that died;
+    {} (the env:// default) when no MASTER_ADDR and MASTER_PORT say where the store is."""
+    env = os.environ
+    if "MASTER_ADDR" not in env or "MASTER_PORT" not in env:
+        return {}
+    host = env.get("TORCHELASTIC_USE_AGENT_STORE") != "True" and launch.rank == 0
+    store = dist.TCPStore(env["MASTER_ADDR"], int(env["MASTER_PORT"]), launch.world_size, is_master=host,
+                          timeout=timeout)
+    attempt = env.get("TORCHELASTIC_RESTART_COUNT", "0")
+    return {"store": dist.PrefixStore(f"emp-ssl/attempt-{attempt}/", store), "rank": launch.rank,
+            "world_size": launch.world_size}
+
+
+HEARTBEAT_S = 0.5  # how often every rank says it is alive
+WATCH_S = 3.0  # how long a survivor watches the heartbeats before naming the ranks that stopped
+
+
+def _heartbeat_store() -> dist.Store | None:
+    """A client of the launch's key-value store (torchrun's, or rank 0's without it), or None."""
+    env = os.environ
+    if "MASTER_ADDR" not in env or "MASTER_PORT" not in env:
+        return None
+    return dist.TCPStore(env["MASTER_ADDR"], int(env["MASTER_PORT"]), is_master=False,
+                         timeout=timedelta(seconds=WATCH_S))
+
+
+def _start_heartbeat(rank: int) -> None:
+    """A daemon thread that adds 1 to the counter emp-ssl/alive/<rank> every HEARTBEAT_S, with its
+    own connection to the store; it stops with the process."""
+    store = _heartbeat_store()
+    if store is None:
+        return
+
+    def beat() -> None:
+        while True:
+            try:
+                store.add(f"emp-ssl/alive/{rank}", 1)
+            except RuntimeError:  # the store is gone (its host stopped): nothing left to tell
+                return
+            time.sleep(HEARTBEAT_S)
+
+    threading.Thread(target=beat, name="emp-ssl-heartbeat", daemon=True).start()
+
+
+def stopped_ranks() -> list[int]:
+    """The ranks whose heartbeat did not move over WATCH_S seconds: the ones that stopped (killed,
+    out of memory, an error). A store that cannot be reached names rank 0, its host outside torchrun."""
+    store = _heartbeat_store()
+    if store is None:
+        return []
+    keys = [f"emp-ssl/alive/{rank}" for rank in range(get_world_size())]
+    try:
+        before = [store.add(key, 0) for key in keys]  # add 0: read a counter, 0 if it never beat
+        time.sleep(WATCH_S)
+        after = [store.add(key, 0) for key in keys]
+    except RuntimeError:
+        return [0]
+    return [rank for rank, (a, b) in enumerate(zip(before, after)) if a == b]
+
+
+class PeerStopped(UserError):
+    """Another rank stopped: every surviving rank says so in one line (the others may be gone), and
+    ends at once: leaving a process group with a dead member can block or abort."""
+
+    exit_at_once = True
+
+
+def peer_stopped(err: BaseException, stopped: list[int] | None = None) -> PeerStopped:
+    """The one line for a collective that failed or timed out: which ranks stopped (default: watched
+    now, :func:`stopped_ranks`), and what to do."""
+    stopped = [rank for rank in (stopped_ranks() if stopped is None else stopped) if rank != get_rank()]
+    who = (f"rank{'s' * (len(stopped) > 1)} {', '.join(map(str, stopped))} stopped" if stopped else
+           "another rank did not answer within --dist_timeout")
+    return PeerStopped(f"{who} ({one_line(err, sentence=True)}): see its output; this rank stops too. A torchrun "
+                       f"restart (--max_restarts) resumes from last.pt")
 
 
 def cleanup() -> None:
@@ -136,19 +220,29 @@ def entry_point(main: Callable[..., None]) -> Callable[..., None]:
     """Wrap an entry point's main(args): leave the process group at exit, and let one process
     report a UserError. Before the group forms every rank refuses alike, so local rank 0 of each
     machine reports; afterwards rank 0 reports (:func:`fail_together` brings other ranks' messages to it).
-    Every other process exits with status 2 and says nothing."""
+    Every other process exits with status 2 and says nothing. When a collective fails because ranks
+    stopped (killed, out of memory, an error), every surviving rank says which in one line
+    (:class:`PeerStopped`) and exits with status 2, within --dist_timeout."""
 
     @functools.wraps(main)
     def run(*args: object) -> None:
         try:
             main(*args)
+        except PeerStopped:
+            raise  # every survivor says so (the rank that would report may be the one that stopped)
         except UserError:
             reporter = is_main() if is_initialized() else launch_from_env().local_rank == 0
+            cleanup()
             if reporter:
                 raise
             raise SystemExit(2) from None
-        finally:
+        except RuntimeError as err:  # a collective (the gather, DDP's all-reduce, a read) that lost a rank
+            stopped = stopped_ranks() if is_initialized() else []
+            if stopped:
+                raise peer_stopped(err, stopped) from err
             cleanup()
+            raise
+        cleanup()
 
     return run
 
@@ -171,8 +265,7 @@ def fail_together(step: Callable[[], T]) -> T:
     try:
         dist.all_gather_object(messages, message)
     except RuntimeError as err:  # gloo and NCCL raise RuntimeError subclasses for lost or silent peers
-        raise UserError(f"another process of this run stopped or did not answer within --dist_timeout "
-                        f"({one_line(err, sentence=True)}): see its output") from err
+        raise peer_stopped(err) from err
     failed = [(rank, text) for rank, text in enumerate(messages) if text is not None]
     if failed:
         rank, text = failed[0]
@@ -238,6 +331,16 @@ def gather_with_grad(x: torch.Tensor, dim: int = 0) -> torch.Tensor:
     if not is_initialized():
         return x
     return _GatherWithGrad.apply(x, dim)
+
+
+def max_over_ranks(value: int) -> int:
+    """The largest of every rank's value (value itself in one process). Collective."""
+    if not is_initialized():
+        return value
+    device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
+    packed = torch.tensor([value], device=device)
+    dist.all_reduce(packed, op=dist.ReduceOp.MAX)
+    return int(packed.item())
 
 
 def mean_over_ranks(values: torch.Tensor, flag: bool = False) -> tuple[list, bool]:

@@ -15,6 +15,7 @@ import random
 import sys
 import time
 from collections.abc import Callable, Iterable
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -119,7 +120,8 @@ class Training:
 
     encoder is the module whose state dict is saved; wrapped is the encoder as it runs the forward
     (its DistributedDataParallel or compiled wrapper, sharing its parameters, or encoder itself).
-    step counts the optimizer steps taken, over all epochs.
+    chunks is the number of slices a step's batch is run in (--patch_chunks). step counts the
+    optimizer steps taken, over all epochs.
     """
 
     encoder: nn.Module
@@ -132,6 +134,7 @@ class Training:
     steps_per_epoch: int
     run_dir: Path
     args: dict[str, Any]
+    chunks: int = 1
     step: int = 0
 
     @property
@@ -163,31 +166,78 @@ class Training:
 
 
 def train_step(model: nn.Module, criterion: nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor,
-               num_patches: int, amp_dtype: torch.dtype | None = None,
-               guard: NonFiniteGuard | None = None) -> dict[str, torch.Tensor]:
+               num_patches: int, amp_dtype: torch.dtype | None = None, guard: NonFiniteGuard | None = None,
+               chunks: int = 1) -> dict[str, torch.Tensor]:
     """One EMP-SSL step on x (P·B, C, H, W): P patches of this rank's B images on the device,
     patch-major (patch p of every image together), with no read of a device value by the host.
 
     amp_dtype (e.g. torch.bfloat16) runs the encoder under autocast; the loss is float32. The
     criterion takes z (P, B, d) and the gathered z of every rank (P, W·B, d) and returns
     (loss, {name: detached value}); EMP-SSL's takes the coding rate over the global batch and the
-    invariance over this rank's images. Any optimizer works. With a guard, a step whose loss is
-    not finite changes nothing (weights, BatchNorm statistics, optimizer state; see
-    :class:`NonFiniteGuard`); a NaN anywhere reaches every rank's rate through the gather, so all
-    ranks skip alike. Returns {"loss": …, **the criterion's values}, detached, on the device. The
-    caller steps the learning-rate schedule.
+    invariance over this rank's images. Any optimizer works. With chunks K > 1 the encoder runs on
+    K slices of the batch (:func:`backward_by_slices`: the whole batch's loss and gradient, each
+    slice normalised by its own BatchNorm statistics, activation memory about 1/K). With a guard,
+    a step whose loss is not finite changes nothing (weights, BatchNorm statistics, optimizer
+    state; see :class:`NonFiniteGuard`); a NaN anywhere reaches every rank's rate through the
+    gather, so all ranks skip alike. Returns {"loss": …, **the criterion's values}, detached, on
+    the device. The caller steps the learning-rate schedule.
     """
     kept = guard.keep(model, optimizer) if guard is not None else []
-    with torch.autocast(x.device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-        z, _ = model(x)  # (P·B, d) on the unit sphere
-    z = z.float().view(num_patches, -1, z.shape[-1])  # (P, B, d)
-    loss, parts = criterion(z, z_for_rate=gather_with_grad(z, dim=1))  # gathered: (P, W·B, d), rank-major
     optimizer.zero_grad(set_to_none=True)
-    loss.backward()
+    if chunks == 1:
+        with torch.autocast(x.device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+            z, _ = model(x)  # (P·B, d) on the unit sphere
+        z = z.float().view(num_patches, -1, z.shape[-1])  # (P, B, d)
+        loss, parts = criterion(z, z_for_rate=gather_with_grad(z, dim=1))  # gathered: (P, W·B, d), rank-major
+        loss.backward()
+    else:
+        loss, parts = backward_by_slices(model, criterion, x, num_patches, amp_dtype, chunks)
     optimizer.step()
     if guard is not None:
         guard.restore(kept, optimizer, guard.allow(loss.detach()))
     return {"loss": loss.detach(), **parts}
+
+
+def backward_by_slices(model: nn.Module, criterion: nn.Module, x: torch.Tensor, num_patches: int,
+                       amp_dtype: torch.dtype | None, chunks: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """The loss of the whole batch x (P·B, C, H, W) and its parameter gradients (accumulated in
+    .grad), the encoder run on `chunks` slices of x so that only one slice's activations are kept.
+
+    x is cut as nn.DataParallel cut it over K GPUs (x.chunk(K): contiguous blocks of the patch-major
+    batch), and each slice is normalised by its own BatchNorm statistics, exactly what the official
+    code computed on K GPUs. With z_k the embeddings of slice k:
+      1. every z_k without a graph, z = cat(z_k) (P, B, d); the loss L(z) and g = ∂L/∂z by autograd
+         (through the cross-rank gather, so g holds every rank's share);
+      2. each slice again with a graph, and backward(g_k): Σ_k g_kᵀ ∂z_k/∂θ = ∂L/∂θ.
+    Two forward passes and one backward per slice. BatchNorm running statistics (what evaluation
+    uses) follow DataParallel's rule: the first pass leaves no trace, and of the second only the
+    first slice's update is kept (DataParallel kept the update of its replica on device 0). Under
+    DistributedDataParallel the gradients are all-reduced once, with the last slice's backward.
+    """
+    slices = x.chunk(chunks)  # (≈ P·B/K, C, H, W) each
+    buffers = list(model.buffers())
+    before = [b.clone() for b in buffers]
+    with torch.no_grad(), torch.autocast(x.device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+        z = torch.cat([model(part)[0].float() for part in slices])  # (P·B, d)
+    for buffer, value in zip(buffers, before):
+        buffer.copy_(value)
+    z = z.view(num_patches, -1, z.shape[-1]).requires_grad_()  # (P, B, d)
+    loss, parts = criterion(z, z_for_rate=gather_with_grad(z, dim=1))  # gathered: (P, W·B, d), rank-major
+    loss.backward()
+    grads = z.grad.view(-1, z.shape[-1]).split([len(part) for part in slices])  # (≈ P·B/K, d) each
+    no_sync = getattr(model, "no_sync", nullcontext)  # DDP: all-reduce with the last slice only
+    first = before
+    for k, (part, grad) in enumerate(zip(slices, grads)):
+        with no_sync() if k < len(slices) - 1 else nullcontext():
+            with torch.autocast(x.device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+                z_part, _ = model(part)  # (≈ P·B/K, d)
+            z_part.float().backward(grad)
+        if k == 0:
+            first = [b.clone() for b in buffers]
+    with torch.no_grad():
+        for buffer, value in zip(buffers, first):
+            buffer.copy_(value)
+    return loss, parts
 
 
 class StepLog:
@@ -305,7 +355,7 @@ def train_one_epoch(training: Training, batches: Iterable[torch.Tensor], log: St
     for x in log.bar:
         lr = training.optimizer.param_groups[0]["lr"]
         stats = train_step(training.wrapped, training.criterion, training.optimizer, x, training.num_patches,
-                           training.amp_dtype, log.guard)
+                           training.amp_dtype, log.guard, training.chunks)
         training.scheduler.step()
         training.step += 1
         log.add(training.step, lr, stats)

@@ -12,7 +12,10 @@ import re
 
 
 class UserError(Exception):
-    """Bad input: the message says what is wrong and what to do, in one line."""
+    """Bad input: the message says what is wrong and what to do, in one line. exit_at_once: after
+    its line the process ends without running clean-up (what remains could block or abort)."""
+
+    exit_at_once = False
 
 
 def speaks() -> bool:

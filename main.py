@@ -13,6 +13,7 @@ backward, the optimizer under the non-finite guard) → engine.fit (the epochs, 
 from __future__ import annotations
 
 import argparse
+import os
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -32,6 +33,7 @@ from engine import NonFiniteGuard, Schedule, StepLog, Training, fit, seed_everyt
 from errors import UserError
 from lars import LARS
 from loss import EMPSSLLoss
+from memory_plan import MemoryPlan, choose_chunks, plan_memory
 from model import ARCHS, ENCODER_DEFAULTS, Encoder
 from monitor import KNNMonitor
 from pictures import log_patch_grids
@@ -40,7 +42,14 @@ from speed import AMP_DTYPES, compile_model, prepare_model
 
 # Flags that define what a run computes: a resumed run must keep them.
 RUN_DEFINING = ("data", "train_subset", "num_patches", "augment", "arch", "hidden_dim", "z_dim", "patch_sim",
-                "tcr", "eps", "bs", "lr", "wd", "lars_eta", "epoch", "seed", "precision")
+                "tcr", "eps", "bs", "lr", "wd", "lars_eta", "epoch", "seed", "precision", "patch_chunks")
+
+
+def chunks_flag(text: str) -> str:
+    """--patch_chunks: "auto" or a positive integer (kept as text: "auto" is recorded as asked)."""
+    if text != "auto" and not (text.isdigit() and int(text) >= 1):
+        raise argparse.ArgumentTypeError(f"expected auto or a positive integer, got {text!r}")
+    return text
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -124,6 +133,12 @@ def get_args_parser() -> argparse.ArgumentParser:
     running.add_argument("--device", default="auto", help="auto (CUDA when present, else CPU), cpu, cuda or cuda:N")
     running.add_argument("--seed", type=int, default=0,
                          help="seed of weights, data order and augmentation (%(default)s)")
+    running.add_argument("--patch_chunks", type=chunks_flag, default="1",
+                         help="run each step's batch in K slices along the patch axis: the loss and gradient of "
+                              "the whole batch, activation memory about 1/K, each slice normalised by its own "
+                              "BatchNorm statistics as on K GPUs under the official nn.DataParallel (docs/multi-gpu.md); "
+                              "auto: the smallest K that fits, from a measurement before the first step "
+                              "(default %(default)s: the plain step)")
     running.add_argument("--precision", default="fp32", choices=tuple(AMP_DTYPES),
                          help="fp32 (official, the default) or bf16 autocast for the encoder; the loss and the "
                               "coding rate stay float32")
@@ -140,9 +155,10 @@ def get_args_parser() -> argparse.ArgumentParser:
     dist_group = parser.add_argument_group("Distributed (under torchrun)")
     dist_group.add_argument("--dist_backend", default="auto", choices=("auto", "nccl", "gloo"),
                             help="process-group backend (%(default)s: nccl on GPUs, gloo on the CPU)")
-    dist_group.add_argument("--dist_timeout", type=float, default=30.0,
-                            help="minutes a process waits for the others (rank 0 downloading data or writing "
-                                 "a checkpoint) before the run stops with an error instead of hanging (%(default)s)")
+    dist_group.add_argument("--dist_timeout", type=float, default=10.0,
+                            help="minutes a process waits for the others (rank 0 downloading data or writing a "
+                                 "checkpoint, a rank that died or hangs) before it stops with one line instead of "
+                                 "hanging (%(default)s)")
     dist_group.add_argument("--sync_bn", action="store_true",
                             help="BatchNorm statistics over the global batch (SyncBatchNorm, GPUs only); off by "
                                  "default: the official nn.DataParallel normalised each GPU's share separately")
@@ -188,8 +204,14 @@ def changed_flags(saved: dict[str, Any], args: argparse.Namespace) -> str:
 
 
 def resume_state(args: argparse.Namespace, run_dir: Path) -> dict[str, Any] | None:
-    """The checkpoint to resume from, or None for a new run; refuse to overwrite an existing run."""
+    """The checkpoint to resume from, or None for a new run; refuse to overwrite an existing run.
+    A run that torchrun restarts after a failure (--max_restarts) resumes from its last.pt as if
+    --resume had been given."""
     last = run_dir / ckpt.CHECKPOINT_DIR / ckpt.LAST
+    restart = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0"))
+    if restart and not args.resume and last.exists():
+        distributed.print_main(f"torchrun restart {restart}: resuming from {last}")
+        args.resume = True
     if not args.resume:
         if ckpt.existing_checkpoints(run_dir):
             raise UserError(f"{run_dir} already holds checkpoints: pass --resume to continue that run, "
@@ -246,6 +268,17 @@ def build_training(args: argparse.Namespace, device: torch.device, steps_per_epo
                     args=record)
 
 
+def plan_chunks(args: argparse.Namespace, training: Training, device: torch.device) -> tuple[MemoryPlan, int]:
+    """(the memory plan of this rank's step, K for --patch_chunks), measured on a random slice of the
+    real shape before the first step (memory_plan.py)."""
+    size = PatchRecipe.of(args.data, args.augment, args.num_patches, args.seed).size
+    layout = torch.channels_last if args.channels_last else torch.contiguous_format
+    sample = torch.randn(args.bs // distributed.get_world_size(), 3, size, size, device=device)  # (B/W, 3, S, S)
+    plan = plan_memory(training.encoder, 1, sample.contiguous(memory_format=layout), args.num_patches,
+                       AMP_DTYPES[args.precision])
+    return plan, choose_chunks(args.patch_chunks, plan)
+
+
 def build_monitor(args: argparse.Namespace, device: torch.device) -> KNNMonitor:
     """The --eval_every kNN: --eval_patches patches per image of each split (or of a class-balanced
     --eval_subset), made by the run's --augment path on the device, in the run's precision."""
@@ -278,12 +311,15 @@ def main(args: argparse.Namespace) -> None:
     patches = distributed.main_first(lambda: training_patches(args, device))  # rank 0 downloads, the others wait
     monitor = build_monitor(args, device) if args.eval_every and distributed.is_main() else None
     training = build_training(args, device, patches.steps_per_epoch, run_dir)
+    plan, chunks = distributed.fail_together(lambda: plan_chunks(args, training, device))  # before anything is written
+    training.chunks = distributed.max_over_ranks(chunks)  # the same K on every rank
     if state is not None:
         training.load_state_dict(state, run_dir / ckpt.CHECKPOINT_DIR / ckpt.LAST)
 
     with Preemption() as preemption:  # from here on, SIGTERM and Ctrl-C stop at a step boundary with last.pt saved
         distributed.on_main(prepare_run_dir, run_dir, args)
         distributed.print_main(banner(args))
+        distributed.print_main(f"memory: {plan.describe(training.chunks)}")
         distributed.print_main(f"run folder: {run_dir}  ({patches.steps_per_epoch} steps per epoch, "
                                f"{patches.steps_per_epoch * args.epoch} in all, on {device} × "
                                f"{distributed.get_world_size()} processes)")

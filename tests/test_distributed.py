@@ -7,6 +7,7 @@ import os
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -158,13 +159,14 @@ class TestTwoRanks:
         assert [r["main_first"] for r in two_ranks] == ["wrote", "rank 0 was here"]
 
     def test_a_dead_rank_becomes_one_error_on_rank_0(self, two_ranks: list[dict]) -> None:
-        assert "another process of this run stopped" in two_ranks[0]["dead_peer_error"]
+        assert two_ranks[0]["dead_peer_error"].startswith("rank 1 stopped (")
 
 
-def torchrun(*argv: str, cwd: Path) -> subprocess.CompletedProcess:
-    """`torchrun --nproc_per_node 2 main.py argv…` on 127.0.0.1."""
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(WORLD),
-               "--master_addr", "127.0.0.1", "--master_port", str(free_port()), str(ROOT / "main.py"), *argv]
+def torchrun(*argv: str, cwd: Path, script: Path = ROOT / "main.py", restarts: int = 0) -> subprocess.CompletedProcess:
+    """`torchrun --nproc_per_node 2 --max_restarts R script argv…` on 127.0.0.1."""
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(WORLD), "--max_restarts",
+               str(restarts), "--rdzv_backend", "c10d", "--rdzv_endpoint", f"127.0.0.1:{free_port()}",
+               "--monitor_interval", "0.5", str(script), *argv]
     return subprocess.run(command, cwd=cwd, capture_output=True, text=True, timeout=300)
 
 
@@ -224,3 +226,62 @@ class TestBadInputUnderTorchrun:
         launched(0)
         rest = [f for f in TINY_RUN if f not in ("--device", "cpu")]
         assert_one_line_error(cli("main", *rest, "--output_dir", "run", *flags), fragment)
+
+
+KILL_RANK_1_AT_STEP_3 = """
+import os, signal, sys
+sys.path.insert(0, {root!r})
+import engine
+saved = engine.Training.save
+
+def save(self, name="last.pt"):
+    path = saved(self, name)
+    if self.step == 3 and os.environ["RANK"] == "1" and os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") == "0":
+        os.kill(os.getpid(), signal.SIGKILL)  # rank 1 dies mid-epoch, right after last.pt of step 3
+    return path
+
+engine.Training.save = save
+import main
+from cli import run_cli
+run_cli(main.main, main.get_args_parser())
+"""
+
+
+class TestARankThatDies:
+    def test_the_other_rank_says_which_one_in_one_line_and_exits(self, tmp_path: Path) -> None:
+        """Two processes without torchrun; rank 1 is killed mid-epoch. Rank 0's next collective
+        fails and it exits within seconds (well inside --dist_timeout) naming rank 1, no traceback."""
+        run, port = tmp_path / "run", str(free_port())
+        flags = [*TINY_RUN, "--epoch", "100", "--save_every_steps", "1", "--dist_timeout", "2", "--output_dir", str(run)]
+        procs = []
+        for rank in range(WORLD):
+            env = {**os.environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": port, "RANK": str(rank),
+                   "LOCAL_RANK": str(rank), "WORLD_SIZE": str(WORLD), "LOCAL_WORLD_SIZE": str(WORLD)}
+            procs.append(subprocess.Popen([sys.executable, str(ROOT / "main.py"), *flags], cwd=tmp_path, env=env,
+                                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+        deadline = time.monotonic() + 120
+        while not (run / "save_models" / "last.pt").exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        procs[1].kill()
+        killed_at = time.monotonic()
+        _, stderr = procs[0].communicate(timeout=90)
+        procs[1].communicate()
+        assert procs[0].returncode == 2 and time.monotonic() - killed_at < 60, stderr
+        assert "Traceback" not in stderr
+        assert stderr.strip().splitlines()[-1].startswith("error: rank 1 stopped ("), stderr[-2000:]
+
+    def test_a_torchrun_restart_resumes_and_ends_with_the_uninterrupted_weights(self, tmp_path: Path) -> None:
+        flags = [*TINY_RUN, "--epoch", "2", "--save_every_steps", "1", "--deterministic", "--dist_timeout", "2"]
+        straight = torchrun(*flags, "--output_dir", str(tmp_path / "straight"), cwd=tmp_path)
+        assert straight.returncode == 0, straight.stderr[-3000:]
+        script = tmp_path / "kill_rank_1.py"
+        script.write_text(KILL_RANK_1_AT_STEP_3.format(root=str(ROOT)))
+        restarted = torchrun(*flags, "--output_dir", str(tmp_path / "restarted"), cwd=tmp_path, script=script,
+                             restarts=1)
+        assert restarted.returncode == 0, restarted.stderr[-3000:]
+        assert "torchrun restart 1: resuming from" in restarted.stdout
+        ours, reference = (torch.load(tmp_path / name / "save_models" / "last.pt", weights_only=False)
+                           for name in ("restarted", "straight"))
+        assert ours["step"] == reference["step"] == 8
+        for key, value in reference["model"].items():
+            assert torch.equal(ours["model"][key], value), key
