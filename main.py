@@ -136,7 +136,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     running.add_argument("--patch_chunks", type=chunks_flag, default="1",
                          help="run each step's batch in K slices along the patch axis: the loss and gradient of "
                               "the whole batch, activation memory about 1/K, each slice normalised by its own "
-                              "BatchNorm statistics as on K GPUs under the official nn.DataParallel (docs/multi-gpu.md); "
+                              "BatchNorm statistics as on K GPUs under the official nn.DataParallel "
+                              "(docs/multi-gpu.md); "
                               "auto: the smallest K that fits, from a measurement before the first step "
                               "(default %(default)s: the plain step)")
     running.add_argument("--precision", default="fp32", choices=tuple(AMP_DTYPES),

@@ -27,6 +27,7 @@ import itertools
 import json
 import platform
 import statistics
+import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -73,7 +74,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--steps", type=int, default=50, help="timed consecutive training steps per path (%(default)s)")
     parser.add_argument("--warmup", type=int, default=5,
                         help="untimed steps before them (worker start-up, cuDNN autotuning, compilation) (%(default)s)")
-    parser.add_argument("--precision", default="fp32", choices=tuple(AMP_DTYPES), help="encoder precision (%(default)s)")
+    parser.add_argument("--precision", default="fp32", choices=tuple(AMP_DTYPES),
+                        help="encoder precision (%(default)s)")
     parser.add_argument("--channels_last", action="store_true", help="channels-last layout in (3)")
     parser.add_argument("--compile", action="store_true", help="torch.compile the encoder in (3)")
     parser.add_argument("--out", type=Path, default=Path("benchmark.json"), help="JSON output (%(default)s)")
@@ -88,14 +90,17 @@ def sizes(args: argparse.Namespace) -> dict:
                 "tcr": {"batch": 8, "dim": 32, "num_patches": [4], "loop_groups": 4},
                 "train": dict(arch="resnet10-cifar", hidden_dim=64, z_dim=32, batch=8, num_patches=4,
                               steps=args.steps, warmup=args.warmup),
-                "blur": {"batch": 8, "size": 32, "repeats": 3}}
+                "blur": {"batch": 8, "size": 32, "repeats": 3},
+                "chunks": dict(arch="resnet10-cifar", hidden_dim=64, z_dim=32, batch=4, num_patches=20, chunks=[1, 5])}
     model = dict(ENCODER_DEFAULTS) if args.full else \
         dict(arch="resnet10-cifar", hidden_dim=1024, z_dim=256)
     return {"patchgen": {"batch": 100, "num_patches": 20, "repeats": 20 if args.full else 5, "warmup": 2},
             "tcr": {"batch": 100, "dim": 1024, "num_patches": [20, 200], "loop_groups": 20},
             "train": {**model, "batch": 100 if args.full else 50, "num_patches": 20 if args.full else 8,
                       "steps": args.steps, "warmup": args.warmup},
-            "blur": {"batch": 64, "size": 224, "repeats": 20 if args.full else 5}}
+            "blur": {"batch": 64, "size": 224, "repeats": 20 if args.full else 5},
+            "chunks": {**dict(ENCODER_DEFAULTS), "batch": 100 if args.full else 8, "num_patches": 200,
+                       "chunks": [1, 10]}}
 
 
 def timed(fns: dict[str, Callable[[], object]], repeats: int, device: torch.device) -> dict[str, float]:
@@ -292,6 +297,53 @@ def bench_blur(cfg: dict, device: torch.device) -> dict:
     return out
 
 
+CHUNK_CHILD = """
+import json, resource, sys, time
+sys.path.insert(0, {root!r})
+import torch
+from engine import NonFiniteGuard, train_step
+from lars import LARS
+from loss import EMPSSLLoss
+from model import Encoder
+cfg, device = json.loads({cfg!r}), torch.device({device!r})
+torch.manual_seed(0)
+model = Encoder(cfg["arch"], cfg["hidden_dim"], cfg["z_dim"]).to(device)
+optimizer = LARS(model.parameters(), lr=0.3, weight_decay=1e-4, eta=0.005)
+x = torch.randn(cfg["num_patches"] * cfg["batch"], 3, 32, 32, device=device)  # (P·B, 3, 32, 32)
+
+def step():
+    train_step(model, EMPSSLLoss(200.0, 1.0, 0.2), optimizer, x, cfg["num_patches"], None,
+               NonFiniteGuard(0, device), cfg["k"])
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+cuda = device.type == "cuda"
+before = torch.cuda.max_memory_allocated(device) if cuda else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+step()  # the first step: its peak memory (and the optimizer's and the guard's first allocations)
+peak = torch.cuda.max_memory_allocated(device) if cuda else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+start = time.perf_counter()
+step()
+print(json.dumps({{"peak_bytes": peak - before, "seconds": time.perf_counter() - start}}))
+"""
+
+
+def bench_chunks(cfg: dict, device: torch.device) -> dict:
+    """(5) One step of P·B patches run whole (K = 1) and in K slices (--patch_chunks): the memory it
+    adds at its peak (peak CUDA memory; on the CPU the growth of the process's peak resident set) and
+    the seconds of a second step, each K in a fresh process so that no allocator cache carries over."""
+    out: dict = {}
+    for k in cfg["chunks"]:
+        code = CHUNK_CHILD.format(root=str(Path(__file__).resolve().parents[1]), cfg=json.dumps({**cfg, "k": k}),
+                                  device=str(device))
+        done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+        out[f"K={k}"] = json.loads(done.stdout.strip().splitlines()[-1])
+    first, last = (out[f"K={k}"] for k in (cfg["chunks"][0], cfg["chunks"][-1]))
+    # a toy step may not raise the process's peak resident set at all: then there is no ratio
+    out["memory_ratio"] = last["peak_bytes"] / first["peak_bytes"] if first["peak_bytes"] > 0 else None
+    out["time_ratio"] = last["seconds"] / first["seconds"]
+    return out
+
+
 def machine(device: torch.device) -> dict:
     """What ran the benchmark."""
     cpu = platform.processor() or platform.machine()
@@ -331,6 +383,14 @@ def table(result: dict) -> str:
                 f"(in one call: {blur['one_call']['ratio']:.2f}×; max difference {blur['max_abs_difference']:.1e}) | "
                 f"{blur['chunks']['matrix_patches_per_s']:,.0f} | {blur['chunks']['ours_patches_per_s']:,.0f} | "
                 f"{blur['chunks']['ratio']:.1f}× |")
+    chunks, chunk_cfg = result["chunks"], result["config"]["chunks"]
+    whole, sliced = chunks[f"K={chunk_cfg['chunks'][0]}"], chunks[f"K={chunk_cfg['chunks'][-1]}"]
+    rows.append(f"| (5) one step of {chunk_cfg['num_patches']} patches × {chunk_cfg['batch']} images "
+                f"({chunk_cfg['arch']}), K = {chunk_cfg['chunks'][0]} / K = {chunk_cfg['chunks'][-1]}: peak memory "
+                f"added, MiB | {whole['peak_bytes'] / 2**20:,.0f} | {sliced['peak_bytes'] / 2**20:,.0f} | "
+                f"{'-' if chunks['memory_ratio'] is None else format(chunks['memory_ratio'], '.2f') + '×'} |")
+    rows.append(f"| (5) the same: seconds per step | {whole['seconds']:.2f} | {sliced['seconds']:.2f} | "
+                f"{chunks['time_ratio']:.2f}× |")
     return "\n".join(rows)
 
 
@@ -353,6 +413,8 @@ def main(args: argparse.Namespace) -> None:
     print(f"(3) training: {result['train']}")
     result["blur"] = bench_blur(cfg["blur"], device)
     print(f"(4) blur: {result['blur']}")
+    result["chunks"] = bench_chunks(cfg["chunks"], device)
+    print(f"(5) patch chunks: {result['chunks']}")
     args.out.write_text(json.dumps(result, indent=2) + "\n")
     if args.data == "synthetic":
         print("data: the built-in synthetic set (32×32, CIFAR-sized); epoch times assume CIFAR-10's 50,000 images")

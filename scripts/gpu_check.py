@@ -6,6 +6,8 @@ wall-clock seconds and, when it failed, its one-line error. The file is rewritte
 stage, and a failed stage does not stop the stages that do not need it:
 
 1. versions: the GPU, its memory, the driver, torch, CUDA, cuDNN and the commit.
+1b. memory_plan: the --patch_chunks plan of the CIFAR rows' steps (20 and 200 patches of 100 images,
+   resnet18-cifar, float32 and bf16): the memory a step needs whole, and the K auto takes here.
 2. no_sync: one step of the fast path (batched patches from images held on the device, bf16,
    channels_last, LARS under the non-finite guard) after a warm-up, run under CUDA's sync debug
    mode "error" (on the CPU: the operators that would make a GPU wait, counted).
@@ -71,6 +73,9 @@ from device import resolve_device  # noqa: E402
 from engine import NonFiniteGuard, StepLog, seed_everything, train_step  # noqa: E402
 from errors import UserError, one_line  # noqa: E402
 from host_sync import HostSyncs, refuse_syncs  # noqa: E402
+from memory_plan import plan_memory  # noqa: E402
+from model import Encoder  # noqa: E402
+from speed import AMP_DTYPES  # noqa: E402
 from scripts import benchmark, reproduce  # noqa: E402
 
 ROW = "cifar10-1ep"
@@ -219,6 +224,25 @@ def check_no_sync(plan: reproduce.Plan, scratch: Path) -> dict[str, Any]:
     return {"device": torch.cuda.get_device_name(device), "method": 'CUDA sync debug mode "error"', "syncs": syncs}
 
 
+def memory_plans(tiny: bool) -> dict[str, Any]:
+    """The --patch_chunks plan of the CIFAR rows' steps on this device (20 and 200 patches of 100
+    images, resnet18-cifar, float32 and bf16): the memory a step needs whole and the K auto takes."""
+    device = resolve_device("cpu" if tiny else "auto")
+    arch, images, widths = ("resnet10-cifar", 16, (64, 32)) if tiny else ("resnet18-cifar", 100, (4096, 1024))
+    torch.manual_seed(0)
+    encoder = Encoder(arch, *widths).to(device)
+    sample = torch.randn(images, 3, 32, 32, device=device)  # (B, 3, 32, 32)
+    plans = {}
+    for precision, amp in AMP_DTYPES.items():
+        for patches in (4, 20) if tiny else (20, 200):
+            plan = plan_memory(encoder, 1, sample, patches, amp)
+            k = plan.smallest_fit()
+            plans[f"{patches} patches, {precision}"] = {"gib_at_k1": plan.need(1) / 2**30,
+                                                         "free_gib": plan.available / 2**30, "auto_k": k,
+                                                         "line": plan.describe(k or plan.patches)}
+    return {"arch": arch, "images": images, "plans": plans}
+
+
 def training_curve(run_dir: Path) -> dict[str, Any]:
     """Every step's loss and the steady throughput, read back from the run's TensorBoard events."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -334,6 +358,9 @@ def stage_summary(name: str, stage: dict[str, Any]) -> str:
                 f"CUDA {stage['cuda'] or '-'}, cuDNN {stage['cudnn'] or '-'}")
     if name == "no_sync":
         return f"{len(stage['syncs'])} synchronising calls in one step ({stage['method']})"
+    if name == "memory_plan":
+        return "; ".join(f"{key}: ~{p['gib_at_k1']:,.1f} GiB whole, K = {p['auto_k']}"
+                         for key, p in stage["plans"].items())
     if name == "training":
         return (f"{ROW} on {stage['data']} {stage['data_dir']}: {stage['steps']} steps, "
                 f"{stage['s_per_epoch']:,.1f} s/epoch, {stage['images_per_s']:,.0f} images/s, "
@@ -383,7 +410,8 @@ def main(args: argparse.Namespace) -> None:
     with logged(attempt / "gpu_check.log"):
         print(f"attempt: {attempt} (small outputs), {work} (checkpoints, caches)", flush=True)
         plan = make_plan(args, work, attempt)
-        stages = {"versions": versions, "no_sync": lambda: check_no_sync(plan, work / "no_sync"),
+        stages = {"versions": versions, "memory_plan": lambda: memory_plans(args.tiny),
+                  "no_sync": lambda: check_no_sync(plan, work / "no_sync"),
                   "training": lambda: run_training(plan),
                   "evaluation": lambda: run_evaluation(plan.evaluate, plan.eval_json),
                   "baseline": lambda: run_evaluation(plan.baseline, plan.baseline_json),

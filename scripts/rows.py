@@ -55,8 +55,10 @@ class Row:
                 f"{self.checkpoint}")
 
     def settings(self) -> dict[str, object]:
-        """main.py flags (without dashes) that define the row's model and optimisation."""
-        return {"data": self.data, "arch": self.arch, "num_patches": self.num_patches, "bs": self.bs, "lr": self.lr}
+        """main.py flags (without dashes) that define the row's model and optimisation; every row runs
+        with --patch_chunks auto, which keeps the plain step (K = 1) wherever it fits in memory."""
+        return {"data": self.data, "arch": self.arch, "num_patches": self.num_patches, "bs": self.bs, "lr": self.lr,
+                "patch_chunks": "auto"}
 
     @property
     def stops_early(self) -> bool:

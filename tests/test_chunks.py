@@ -81,7 +81,8 @@ class TestSlicedStep:
         model, x = setup()
         optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
         train_step(model, EMPSSLLoss(200.0, 1.0, 0.2), optimizer, x, P, chunks=2)
-        before = [t.clone() for t in [*model.state_dict().values(), *(s["momentum_buffer"] for s in optimizer.state.values())]]
+        momentum = [s["momentum_buffer"] for s in optimizer.state.values()]
+        before = [t.clone() for t in [*model.state_dict().values(), *momentum]]
         nan = x.clone()
         nan[0, 0, 0, 0] = float("nan")
         stats = train_step(model, EMPSSLLoss(200.0, 1.0, 0.2), optimizer, nan, P, guard=NonFiniteGuard(1, x.device),

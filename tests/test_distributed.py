@@ -252,7 +252,8 @@ class TestARankThatDies:
         """Two processes without torchrun; rank 1 is killed mid-epoch. Rank 0's next collective
         fails and it exits within seconds (well inside --dist_timeout) naming rank 1, no traceback."""
         run, port = tmp_path / "run", str(free_port())
-        flags = [*TINY_RUN, "--epoch", "100", "--save_every_steps", "1", "--dist_timeout", "2", "--output_dir", str(run)]
+        flags = [*TINY_RUN, "--epoch", "100", "--save_every_steps", "1", "--dist_timeout", "2",
+                 "--output_dir", str(run)]
         procs = []
         for rank in range(WORLD):
             env = {**os.environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": port, "RANK": str(rank),

@@ -11,11 +11,13 @@ from conftest import ROOT, assert_one_line_error, write_shapes_folder
 
 from scripts import gpu_check
 
-STAGES = ["versions", "no_sync", "training", "evaluation", "baseline", "benchmark"]
+STAGES = ["versions", "memory_plan", "no_sync", "training", "evaluation", "baseline", "benchmark"]
 EVALUATION = {"knn_top1": 30.0, "linear_top1_final": 40.0, "linear_top1_best_over_test_epochs": 41.0,
               "test_patches": 4, "precision": "bf16", "channels_last": True, "parts_seconds": {"linear": 1.0}}
 STUB_RESULTS = {  # what each stage returns, in the shape of the real ones
     "versions": {"gpu": None, "driver": None, "torch": "2", "cuda": None, "cudnn": None},
+    "memory_plan": {"arch": "resnet10-cifar", "images": 16,
+                    "plans": {"4 patches, fp32": {"gib_at_k1": 0.1, "auto_k": 1}}},
     "no_sync": {"syncs": [], "method": "counted"},
     "evaluation": EVALUATION, "baseline": {**EVALUATION, "knn_top1": 20.0},
     "benchmark": {"train": {p: {"s_per_cifar10_epoch": 1.0, "model_share": 0.5} for p in ("batched", "pil")}},
@@ -41,6 +43,7 @@ class TestTinyChainOnJpegFiles:
         assert (stages["training"]["data"], stages["training"]["data_dir"]) == ("imagefolder", str(data))
         assert stages["training"]["steps"] == 50 and stages["training"]["loss_finite"]
         assert stages["no_sync"]["syncs"] == []
+        assert {p["auto_k"] for p in stages["memory_plan"]["plans"].values()} == {1}  # toy steps fit whole
         for name in ("evaluation", "baseline"):
             assert (stages[name]["precision"], stages[name]["channels_last"], stages[name]["test_patches"]) == \
                    ("bf16", True, 8)
@@ -75,7 +78,7 @@ class TestStages:
                 return STUB_RESULTS[name]
             return run
 
-        for name, function in (("versions", "versions"), ("no_sync", "check_no_sync"),
+        for name, function in (("versions", "versions"), ("memory_plan", "memory_plans"), ("no_sync", "check_no_sync"),
                                ("training", "run_training"), ("benchmark", "run_benchmark")):
             monkeypatch.setattr(gpu_check, function, stage(name))
         monkeypatch.setattr(gpu_check, "run_evaluation", lambda argv, output: stage(
@@ -87,7 +90,7 @@ class TestStages:
         assert seen == STAGES and list(record["stages"]) == STAGES
         assert record["stages"]["training"] == {"status": "failed", "error": "RuntimeError: CUDA out of memory.",
                                                 "seconds": record["stages"]["training"]["seconds"]}
-        assert [record["stages"][name]["status"] for name in STAGES] == ["ok", "ok", "failed", "ok", "ok", "ok"]
+        assert [record["stages"][name]["status"] for name in STAGES] == ["ok", "ok", "ok", "failed", "ok", "ok", "ok"]
         assert record["verdict"][0] == {"check": "loss finite at every training step", "verdict": "FAIL",
                                         "measured": "training did not finish"}
 
