@@ -18,6 +18,8 @@ import sys
 import threading
 from typing import Any
 
+from errors import speaks
+
 
 class Preemption:
     """While entered, remembers a SIGTERM or the first Ctrl-C in :attr:`requested` (its name in
@@ -36,7 +38,7 @@ class Preemption:
         if signum == signal.SIGINT and self.requested:
             raise KeyboardInterrupt
         self.requested, self.signal_name = True, signal.Signals(signum).name
-        if signum == signal.SIGINT:
+        if signum == signal.SIGINT and speaks():  # one process per machine says so
             print("\nCtrl-C: stopping at the next read of the step values, then saving last.pt "
                   "(Ctrl-C again quits at once, without saving)", file=sys.stderr, flush=True)
 
