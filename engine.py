@@ -219,8 +219,7 @@ def backward_by_slices(model: nn.Module, criterion: nn.Module, x: torch.Tensor, 
     before = [b.clone() for b in buffers]
     with torch.no_grad(), torch.autocast(x.device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
         z = torch.cat([model(part)[0].float() for part in slices])  # (P·B, d)
-    for buffer, value in zip(buffers, before):
-        buffer.copy_(value)
+    torch._foreach_copy_(buffers, before)  # the first pass leaves no trace in the running statistics
     z = z.view(num_patches, -1, z.shape[-1]).requires_grad_()  # (P, B, d)
     loss, parts = criterion(z, z_for_rate=gather_with_grad(z, dim=1))  # gathered: (P, W·B, d), rank-major
     loss.backward()
@@ -234,9 +233,7 @@ def backward_by_slices(model: nn.Module, criterion: nn.Module, x: torch.Tensor, 
             z_part.float().backward(grad)
         if k == 0:
             first = [b.clone() for b in buffers]
-    with torch.no_grad():
-        for buffer, value in zip(buffers, first):
-            buffer.copy_(value)
+    torch._foreach_copy_(buffers, first)  # of the second, only the first slice's update
     return loss, parts
 
 

@@ -48,7 +48,7 @@ from model import ARCHS, ENCODER_DEFAULTS, Encoder
 from pictures import log_embedding
 from preemption import leave_signals_to_parent
 from probes import KNN_K, KNN_T, OFFICIAL_LINEAR, LinearSettings, knn_accuracy, linear_probe
-from speed import AMP_DTYPES, prepare_model
+from speed import AMP_DTYPES, memory_format, prepare_model
 
 # Flags that default to the checkpoint's training args, else to these official defaults.
 FROM_CHECKPOINT = {**DATA_DEFAULTS, **ENCODER_DEFAULTS, "augment": DEFAULT_AUGMENT}
@@ -194,7 +194,7 @@ def split_features(args: argparse.Namespace, model: Encoder, device: torch.devic
         recipe = PatchRecipe.of(args.data, args.augment, args.test_patches, eval_seed(args.seed, split))
         batches = EvaluationPatches(dataset, recipe, args.eval_bs, args.workers, device, leave_signals_to_parent)
     dtype = AMP_DTYPES[args.precision]
-    layout = torch.channels_last if args.channels_last else torch.contiguous_format
+    layout = memory_format(args.channels_last)
     return bag_of_features(model, batches, device, args.forward_bs, dtype, f"{split} features", layout)
 
 

@@ -23,7 +23,8 @@ import torch
 import checkpoint as ckpt
 import distributed
 from cli import ArgumentParser, banner, default_workers, require, run_cli
-from dataset import AUGMENTS, DATASETS, EvaluationPatches, PatchRecipe, TrainingPatches, class_names, load_split
+from dataset import (AUGMENTS, DATASETS, EvaluationPatches, PatchRecipe, TrainingPatches, augmentation_kind,
+                     class_names, load_split)
 from dataset.catalog import DATA_DEFAULTS
 from dataset.patches import DEFAULT_AUGMENT
 from dataset.sampler import ResumableSampler
@@ -38,7 +39,7 @@ from model import ARCHS, ENCODER_DEFAULTS, Encoder
 from monitor import KNNMonitor
 from pictures import log_patch_grids
 from preemption import Preemption, leave_signals_to_parent
-from speed import AMP_DTYPES, compile_model, prepare_model
+from speed import AMP_DTYPES, compile_model, memory_format, prepare_model
 
 # Flags that define what a run computes: a resumed run must keep them.
 RUN_DEFINING = ("data", "train_subset", "num_patches", "augment", "arch", "hidden_dim", "z_dim", "patch_sim",
@@ -248,7 +249,7 @@ def training_patches(args: argparse.Namespace, device: torch.device) -> Training
     sampler = ResumableSampler(len(dataset), args.bs, seed=args.seed, rank=distributed.get_rank(),
                                world_size=distributed.get_world_size())
     recipe = PatchRecipe.of(args.data, args.augment, args.num_patches, args.seed)
-    layout = torch.channels_last if args.channels_last else torch.contiguous_format
+    layout = memory_format(args.channels_last)
     return TrainingPatches(dataset, recipe, sampler, args.workers, device, layout, leave_signals_to_parent)
 
 
@@ -272,8 +273,8 @@ def build_training(args: argparse.Namespace, device: torch.device, steps_per_epo
 def plan_chunks(args: argparse.Namespace, training: Training, device: torch.device) -> tuple[MemoryPlan, int]:
     """(the memory plan of this rank's step, K for --patch_chunks), measured on a random slice of the
     real shape before the first step (memory_plan.py)."""
-    size = PatchRecipe.of(args.data, args.augment, args.num_patches, args.seed).size
-    layout = torch.channels_last if args.channels_last else torch.contiguous_format
+    _, size = augmentation_kind(args.data)
+    layout = memory_format(args.channels_last)
     sample = torch.randn(args.bs // distributed.get_world_size(), 3, size, size, device=device)  # (B/W, 3, S, S)
     plan = plan_memory(training.encoder, 1, sample.contiguous(memory_format=layout), args.num_patches,
                        AMP_DTYPES[args.precision])

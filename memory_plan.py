@@ -96,9 +96,7 @@ def activation_bytes(model: nn.Module, x: torch.Tensor, amp_dtype: torch.dtype |
         peak, measured = sum(saved.values()), False
         del z
     model.zero_grad(set_to_none=True)
-    with torch.no_grad():
-        for buffer, value in zip(model.buffers(), buffers):
-            buffer.copy_(value)
+    torch._foreach_copy_(list(model.buffers()), buffers)
     return max(peak, 0) / len(x), measured
 
 

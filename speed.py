@@ -33,6 +33,11 @@ def compiler_missing(device: torch.device) -> str | None:
     return "no C++ compiler (g++ or clang++) was found, and the CPU backend needs one"
 
 
+def memory_format(channels_last: bool) -> torch.memory_format:
+    """The layout of --channels_last: channels-last, else contiguous (NCHW)."""
+    return torch.channels_last if channels_last else torch.contiguous_format
+
+
 def prepare_model(model: nn.Module, device: torch.device, channels_last: bool) -> None:
     """Allow TF32 in cuDNN convolutions (PyTorch's default) and, if asked, apply the channels-last
     layout (in place; before any DistributedDataParallel wrapper is built around the model). The

@@ -51,7 +51,7 @@ from lars import LARS  # noqa: E402
 from loss import EMPSSLLoss, total_coding_rate  # noqa: E402
 from main import get_args_parser as training_flags  # noqa: E402
 from model import ENCODER_DEFAULTS, Encoder  # noqa: E402
-from speed import AMP_DTYPES, compile_model, prepare_model  # noqa: E402
+from speed import AMP_DTYPES, compile_model, memory_format, prepare_model  # noqa: E402
 
 T = TypeVar("T")
 CIFAR10_TRAIN = 50_000  # images in one CIFAR-10 epoch, for seconds per epoch
@@ -145,7 +145,7 @@ def consecutive(fn: Callable[[], object], warmup: int, steps: int, device: torch
 
 def batches(args: argparse.Namespace, augment: str, num_patches: int, batch: int, device: torch.device):
     """An endless iterator over training batches of one --augment path (epochs restart)."""
-    layout = torch.channels_last if args.channels_last else torch.contiguous_format
+    layout = memory_format(args.channels_last)
     dataset = load_split(args.data, args.data_dir, "train", download=False)
     recipe = PatchRecipe.of(args.data, augment, num_patches, seed=0)
     source = TrainingPatches(dataset, recipe, ResumableSampler(len(dataset), batch), args.workers, device, layout)
