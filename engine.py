@@ -25,10 +25,10 @@ import torch
 import torch.nn as nn
 from tqdm import tqdm
 
-import checkpoint as ckpt
-from distributed import gather_with_grad, is_main, mean_over_ranks, on_main, print_main
-from errors import UserError
-from preemption import Preemption
+from plumbing import checkpoint as ckpt
+from plumbing.distributed import gather_with_grad, is_main, mean_over_ranks, on_main, print_main
+from plumbing.errors import UserError
+from plumbing.preemption import Preemption
 
 if TYPE_CHECKING:
     from torch.utils.tensorboard import SummaryWriter

@@ -33,22 +33,30 @@ import torch
 import torchvision.transforms.functional as TF
 from torch.utils.data import Dataset
 
-import checkpoint as ckpt
-from cli import ArgumentParser, banner, default_workers, require, run_cli
 from dataset import AUGMENTS, DATASETS, EvaluationPatches, PatchRecipe, class_names, load_split
 from dataset.catalog import DATA_DEFAULTS
 from dataset.patches import DEFAULT_AUGMENT
 from dataset.seeded import eval_seed
-from device import resolve_device
-from errors import UserError
-from features import (FORWARD_BS, PATCH_STREAM, TEST_PATCHES, bag_of_features, cache_path, cached_features,
-                      file_digest, full_view_loader)
+from features import (
+    FORWARD_BS,
+    PATCH_STREAM,
+    TEST_PATCHES,
+    bag_of_features,
+    cache_path,
+    cached_features,
+    file_digest,
+    full_view_loader,
+)
 from loss import cuda_matmul_precision
 from model import ARCHS, ENCODER_DEFAULTS, Encoder
-from pictures import log_embedding
-from preemption import leave_signals_to_parent
+from plumbing import checkpoint as ckpt
+from plumbing.cli import ArgumentParser, banner, default_workers, require, run_cli
+from plumbing.device import resolve_device
+from plumbing.errors import UserError
+from plumbing.pictures import log_embedding
+from plumbing.preemption import leave_signals_to_parent
+from plumbing.speed import AMP_DTYPES, memory_format, prepare_model
 from probes import KNN_K, KNN_T, OFFICIAL_LINEAR, LinearSettings, knn_accuracy, linear_probe
-from speed import AMP_DTYPES, memory_format, prepare_model
 
 # Flags that default to the checkpoint's training args, else to these official defaults.
 FROM_CHECKPOINT = {**DATA_DEFAULTS, **ENCODER_DEFAULTS, "augment": DEFAULT_AUGMENT}

@@ -1,5 +1,5 @@
 """Bag-of-features extraction (the official evaluation's representation), the single full view,
-and the feature cache on disk.
+the feature cache on disk, and the training-time kNN of --eval_every (:class:`KNNMonitor`).
 
 The feature of an image is the mean of the encoder's pre_feature over P patches drawn with the
 training augmentation: f(x) = 1/P Σ_p pre_feature(aug_p(x)), a (hidden_dim,) float32 vector.
@@ -24,9 +24,10 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision import transforms as T
 from tqdm import tqdm
 
-from checkpoint import atomic_write
 from dataset import augmentation_kind
 from model import Encoder
+from plumbing.checkpoint import atomic_write
+from probes import KNN_K, KNN_T, knn_accuracy
 
 PatchBatches = Iterable[tuple[torch.Tensor | Sequence[torch.Tensor], torch.Tensor]]  # (patches, labels (B,))
 CACHE_VERSION = 2  # bump when the meaning of a cached feature changes (2: augment paths, own eval stream)
@@ -135,3 +136,27 @@ def cached_features(path: Path, key: dict[str, Any], compute: Callable[[], tuple
         print(f"warning: could not cache features at {path} ({err.strerror or err}); continuing without",
               file=sys.stderr)
     return (features, labels), False
+
+
+class KNNMonitor:
+    """Weighted kNN top-1 of the test split against the training split (the official protocol's k
+    and T, probes.KNN_K and KNN_T), on bags of a few patches that never change between calls.
+
+    batches: {"train": …, "test": …} evaluation patches (dataset.patches.EvaluationPatches, a fixed
+    seed); the forward runs on `device`, under autocast to `dtype` when given (the run's precision).
+    """
+
+    def __init__(self, batches: dict[str, PatchBatches], num_classes: int, num_patches: int, device: torch.device,
+                 dtype: torch.dtype | None) -> None:
+        self.batches, self.num_classes, self.num_patches = batches, num_classes, num_patches
+        self.device, self.dtype = device, dtype
+
+    def __call__(self, model: Encoder) -> float:
+        """kNN top-1 (percent) of the model's current bag-of-features (pre_feature only: the
+        projection does not run)."""
+        train_f, train_y = bag_of_features(model, self.batches["train"], self.device, dtype=self.dtype,
+                                           desc="kNN memory")
+        test_f, test_y = bag_of_features(model, self.batches["test"], self.device, dtype=self.dtype, desc="kNN test")
+        on = self.device
+        return knn_accuracy((train_f.to(on), train_y.to(on)), (test_f.to(on), test_y.to(on)), self.num_classes,
+                            KNN_K, KNN_T)["top1"]

@@ -16,7 +16,6 @@ from collections.abc import Callable, Iterable
 
 import torch
 
-
 MOMENTUM, NESTEROV = 0.9, True  # the official SGD momentum, with Nesterov (constants, not flags)
 
 

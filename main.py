@@ -20,26 +20,30 @@ from typing import Any
 
 import torch
 
-import checkpoint as ckpt
-import distributed
-from cli import ArgumentParser, banner, default_workers, require, run_cli
-from dataset import (AUGMENTS, DATASETS, EvaluationPatches, PatchRecipe, TrainingPatches, augmentation_kind,
-                     class_names, load_split)
+from build import (
+    build_criterion,
+    build_encoder,
+    build_monitor,
+    build_optimizer,
+    build_scheduler,
+    patch_shape,
+    training_patches,
+)
+from dataset import AUGMENTS, DATASETS
 from dataset.catalog import DATA_DEFAULTS
 from dataset.patches import DEFAULT_AUGMENT
-from dataset.sampler import ResumableSampler
-from dataset.seeded import eval_seed
-from device import resolve_device
 from engine import NonFiniteGuard, Schedule, StepLog, Training, fit, seed_everything
-from errors import UserError
-from lars import LARS
-from loss import EMPSSLLoss
-from memory_plan import MemoryPlan, choose_chunks, plan_memory
-from model import ARCHS, ENCODER_DEFAULTS, Encoder
-from monitor import KNNMonitor
-from pictures import log_patch_grids
-from preemption import Preemption, leave_signals_to_parent
-from speed import AMP_DTYPES, compile_model, memory_format, prepare_model
+from features import KNNMonitor
+from model import ARCHS, ENCODER_DEFAULTS
+from plumbing import checkpoint as ckpt
+from plumbing import distributed
+from plumbing.cli import ArgumentParser, banner, default_workers, require, run_cli
+from plumbing.device import resolve_device
+from plumbing.errors import UserError
+from plumbing.memory_plan import MemoryPlan, choose_chunks, plan_memory
+from plumbing.pictures import log_patch_grids
+from plumbing.preemption import Preemption
+from plumbing.speed import AMP_DTYPES, compile_model, memory_format
 
 # Flags that define what a run computes: a resumed run must keep them.
 RUN_DEFINING = ("data", "train_subset", "num_patches", "augment", "arch", "hidden_dim", "z_dim", "patch_sim",
@@ -238,59 +242,29 @@ def prepare_run_dir(run_dir: Path, args: argparse.Namespace) -> None:
                         f"choose another --output_dir") from err
 
 
-def training_patches(args: argparse.Namespace, device: torch.device) -> TrainingPatches:
-    """This process's patches at every step: (P·B/W, C, H, W) on the device, made by --augment, in
-    the seeded, resumable order of a ResumableSampler split over the ranks. Only rank 0 downloads."""
-    dataset = load_split(args.data, args.data_dir, "train", args.train_subset,
-                         download=args.download and distributed.is_main(), skip_bad_images=args.skip_bad_images)
-    if args.train_subset is not None and len(dataset) < args.train_subset:
-        raise UserError(f"--train_subset {args.train_subset} is more than the {len(dataset)} training images: "
-                        f"lower it")
-    sampler = ResumableSampler(len(dataset), args.bs, seed=args.seed, rank=distributed.get_rank(),
-                               world_size=distributed.get_world_size())
-    recipe = PatchRecipe.of(args.data, args.augment, args.num_patches, args.seed)
-    layout = memory_format(args.channels_last)
-    return TrainingPatches(dataset, recipe, sampler, args.workers, device, layout, leave_signals_to_parent)
-
-
 def build_training(args: argparse.Namespace, device: torch.device, steps_per_epoch: int, run_dir: Path) -> Training:
-    """The encoder on the device (wrapped for DDP and compiled as asked), the loss, LARS and the
-    cosine schedule to 0 over every step of the run, sized from the real data set (the official
-    code assumes 50,000 images)."""
-    encoder = Encoder(args.arch, args.hidden_dim, args.z_dim).to(device)
-    prepare_model(encoder, device, args.channels_last)
+    """The encoder on the device (wrapped for DDP and compiled as asked), the loss, the optimiser
+    and the cosine schedule to 0 over every step of the run, sized from the real data set (the
+    official code assumes 50,000 images); the parts come from build.py."""
+    encoder = build_encoder(args, device)
     wrapped = distributed.wrap(encoder, device, args.sync_bn)  # DDP over the ranks; the encoder itself in one process
     wrapped = compile_model(wrapped, device) if args.compile else wrapped  # shares the encoder's parameters
-    optimizer = LARS(encoder.parameters(), lr=args.lr, weight_decay=args.wd, eta=args.lars_eta)
-    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=steps_per_epoch * args.epoch, eta_min=0)
+    optimizer = build_optimizer(encoder, args)
     record = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
-    return Training(encoder=encoder, wrapped=wrapped, criterion=EMPSSLLoss(args.patch_sim, args.tcr, args.eps),
-                    optimizer=optimizer, scheduler=scheduler, num_patches=args.num_patches,
+    return Training(encoder=encoder, wrapped=wrapped, criterion=build_criterion(args), optimizer=optimizer,
+                    scheduler=build_scheduler(optimizer, steps_per_epoch * args.epoch), num_patches=args.num_patches,
                     amp_dtype=AMP_DTYPES[args.precision], steps_per_epoch=steps_per_epoch, run_dir=run_dir,
                     args=record)
 
 
 def plan_chunks(args: argparse.Namespace, training: Training, device: torch.device) -> tuple[MemoryPlan, int]:
     """(the memory plan of this rank's step, K for --patch_chunks), measured on a random slice of the
-    real shape before the first step (memory_plan.py)."""
-    _, size = augmentation_kind(args.data)
+    real shape before the first step (plumbing/memory_plan.py)."""
     layout = memory_format(args.channels_last)
-    sample = torch.randn(args.bs // distributed.get_world_size(), 3, size, size, device=device)  # (B/W, 3, S, S)
+    sample = torch.randn(args.bs // distributed.get_world_size(), *patch_shape(args), device=device)  # (B/W, 3, S, S)
     plan = plan_memory(training.encoder, 1, sample.contiguous(memory_format=layout), args.num_patches,
                        AMP_DTYPES[args.precision])
     return plan, choose_chunks(args.patch_chunks, plan)
-
-
-def build_monitor(args: argparse.Namespace, device: torch.device) -> KNNMonitor:
-    """The --eval_every kNN: --eval_patches patches per image of each split (or of a class-balanced
-    --eval_subset), made by the run's --augment path on the device, in the run's precision."""
-    batches, num_classes = {}, 0
-    for split in ("train", "test"):
-        dataset = load_split(args.data, args.data_dir, split, args.eval_subset, args.download)
-        recipe = PatchRecipe.of(args.data, args.augment, args.eval_patches, eval_seed(args.seed, split))
-        batches[split] = EvaluationPatches(dataset, recipe, args.bs, args.workers, device, leave_signals_to_parent)
-        num_classes = len(class_names(dataset))
-    return KNNMonitor(batches, num_classes, args.eval_patches, device, AMP_DTYPES[args.precision])
 
 
 def log_knn(monitor: KNNMonitor, training: Training, writer: Any, epoch: int) -> None:
@@ -302,7 +276,7 @@ def log_knn(monitor: KNNMonitor, training: Training, writer: Any, epoch: int) ->
 
 @distributed.entry_point
 def main(args: argparse.Namespace) -> None:
-    from torch.utils.tensorboard import SummaryWriter  # here: importing main.py for its flags stays light
+    from torch.utils.tensorboard import SummaryWriter  # here: importing main.py for its flags loads no TensorBoard
 
     validate_args(args)
     device = distributed.setup(resolve_device(args.device), args.dist_backend, args.dist_timeout, args.sync_bn)

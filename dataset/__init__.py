@@ -15,8 +15,15 @@ The names below are re-exported, so ``from dataset import build_dataset`` works.
 """
 
 from dataset.aug import MultiPatch, patch_transform
-from dataset.catalog import (DATASETS, augmentation_kind, build_dataset, class_balanced_subset, class_names,
-                             load_split, unwrap_subsets)
+from dataset.catalog import (
+                             DATASETS,
+                             augmentation_kind,
+                             build_dataset,
+                             class_balanced_subset,
+                             class_names,
+                             load_split,
+                             unwrap_subsets,
+)
 from dataset.patches import AUGMENTS, EvaluationPatches, PatchRecipe, TrainingPatches
 from dataset.synthetic import SyntheticShapes
 

@@ -27,8 +27,7 @@ from collections.abc import Callable
 import torch
 
 from dataset import patch_ops as ops
-from dataset.aug import (BLUR_SIGMA, CROP_SCALE, JITTER, P_BLUR, P_FLIP, P_GRAY, P_JITTER, P_SOLARIZE,
-                         SOLARIZE_THRESHOLD)
+from dataset.aug import BLUR_SIGMA, CROP_SCALE, JITTER, P_BLUR, P_FLIP, P_GRAY, P_JITTER, P_SOLARIZE, SOLARIZE_THRESHOLD
 
 CROP_TRIES = 10  # torchvision's RandomResizedCrop tries 10 boxes before its central fallback
 CPU_CHUNK_BYTES = 4 << 20  # on a CPU the photometric steps go by chunks of patches of about this size

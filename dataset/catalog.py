@@ -26,7 +26,7 @@ from torchvision import datasets
 
 from dataset.images import drop_unreadable, load_image
 from dataset.synthetic import SyntheticShapes
-from errors import UserError, one_line, speaks
+from plumbing.errors import UserError, one_line, speaks
 
 DATASETS = ("cifar10", "cifar100", "imagenet100", "tinyimagenet", "imagefolder", "synthetic")
 DATA_DEFAULTS = {"data": "cifar10", "data_dir": pathlib.Path("data")}  # the official data set, and where it is kept

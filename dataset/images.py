@@ -7,8 +7,7 @@ from concurrent.futures import ThreadPoolExecutor
 from PIL import Image
 from torchvision import datasets
 
-from errors import UserError
-
+from plumbing.errors import UserError
 
 UNREADABLE = (OSError, SyntaxError, ValueError)  # what PIL raises for a corrupt or non-image file
 

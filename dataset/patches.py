@@ -37,7 +37,7 @@ from dataset.catalog import augmentation_kind, unwrap_subsets
 from dataset.pixels import in_memory_pixels
 from dataset.sampler import ResumableSampler
 from dataset.seeded import KeyedUniform, SeededPatches, seed_worker, step_seed
-from errors import UserError
+from plumbing.errors import UserError
 
 AUGMENTS = {  # --augment: how patches are made; adding an operation means one function per path and one parity test
     "batched": "all patches of a batch at once by batched tensor operations on the device, from exactly the official "

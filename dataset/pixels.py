@@ -31,9 +31,9 @@ from PIL import Image
 from torch.utils.data import Dataset, Subset
 from torchvision import datasets
 
-from checkpoint import atomic_write
 from dataset.images import image_size
-from errors import speaks
+from plumbing.checkpoint import atomic_write
+from plumbing.errors import speaks
 
 CACHE_ENV = "EMP_SSL_CACHE"
 FORMAT = 1  # bump when the meaning of a cached array changes

@@ -9,7 +9,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torchvision.models import resnet18
 
-ARCHS = ("resnet18-cifar", "resnet18-imagenet", "resnet18-tinyimagenet", "resnet10-cifar")
+RESNET18_ARCHS = ("resnet18-cifar", "resnet18-imagenet", "resnet18-tinyimagenet")  # torchvision's resnet18, fc = Identity
+ARCHS = (*RESNET18_ARCHS, "resnet10-cifar")
 
 
 class BasicBlock(nn.Module):

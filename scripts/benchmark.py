@@ -38,20 +38,20 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from cli import ArgumentParser, run_cli  # noqa: E402
+from dataset import AUGMENTS, PatchRecipe, TrainingPatches, load_split  # noqa: E402
 from dataset.aug import BLUR_SIGMA  # noqa: E402
 from dataset.batched import patches_per_chunk  # noqa: E402
-from dataset.patch_ops import blur_reach, box_kernel, gaussian_blur  # noqa: E402
-from dataset import AUGMENTS, PatchRecipe, TrainingPatches, load_split  # noqa: E402
 from dataset.catalog import DATA_DEFAULTS  # noqa: E402
+from dataset.patch_ops import blur_reach, box_kernel, gaussian_blur  # noqa: E402
 from dataset.sampler import ResumableSampler  # noqa: E402
-from device import resolve_device  # noqa: E402
 from engine import NonFiniteGuard, train_step  # noqa: E402
 from lars import LARS  # noqa: E402
 from loss import EMPSSLLoss, total_coding_rate  # noqa: E402
 from main import get_args_parser as training_flags  # noqa: E402
 from model import ENCODER_DEFAULTS, Encoder  # noqa: E402
-from speed import AMP_DTYPES, compile_model, memory_format, prepare_model  # noqa: E402
+from plumbing.cli import ArgumentParser, run_cli  # noqa: E402
+from plumbing.device import resolve_device  # noqa: E402
+from plumbing.speed import AMP_DTYPES, compile_model, memory_format, prepare_model  # noqa: E402
 
 T = TypeVar("T")
 CIFAR10_TRAIN = 50_000  # images in one CIFAR-10 epoch, for seconds per epoch

@@ -35,16 +35,15 @@ from torch.utils.data import Dataset, Subset
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root, for `python scripts/…`
 
-from cli import ArgumentParser, require, run_cli  # noqa: E402
 from dataset import AUGMENTS, DATASETS, EvaluationPatches, PatchRecipe, build_dataset  # noqa: E402
 from dataset.catalog import DATA_DEFAULTS  # noqa: E402
-from device import resolve_device  # noqa: E402
 from features import TEST_PATCHES, bag_of_features  # noqa: E402
 from model import ARCHS, ENCODER_DEFAULTS, Encoder  # noqa: E402
-from probes import (KNN_K, KNN_T, OFFICIAL_LINEAR, Labelled, LinearSettings, knn_accuracy,  # noqa: E402
-                    linear_probe, topk_correct)
+from plumbing.cli import ArgumentParser, require, run_cli  # noqa: E402
+from plumbing.device import resolve_device  # noqa: E402
+from plumbing.speed import AMP_DTYPES  # noqa: E402
+from probes import KNN_K, KNN_T, OFFICIAL_LINEAR, Labelled, LinearSettings, knn_accuracy, linear_probe, topk_correct  # noqa: E402
 from scripts.benchmark import timed_call  # noqa: E402
-from speed import AMP_DTYPES  # noqa: E402
 
 
 def get_args_parser() -> argparse.ArgumentParser:

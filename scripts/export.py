@@ -28,11 +28,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from checkpoint import atomic_write  # noqa: E402
-from cli import ArgumentParser, run_cli  # noqa: E402
-from errors import UserError  # noqa: E402
-from hubconf import RESNET18_ARCHS, emp_ssl_resnet18  # noqa: E402
-from model import ENCODER_DEFAULTS, Encoder  # noqa: E402
+from hubconf import emp_ssl_resnet18  # noqa: E402
+from model import ENCODER_DEFAULTS, RESNET18_ARCHS, Encoder  # noqa: E402
+from plumbing.checkpoint import atomic_write  # noqa: E402
+from plumbing.cli import ArgumentParser, run_cli  # noqa: E402
+from plumbing.errors import UserError  # noqa: E402
 
 
 def get_args_parser() -> argparse.ArgumentParser:

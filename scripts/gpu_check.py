@@ -67,15 +67,15 @@ sys.path.insert(0, str(ROOT))
 
 import evaluate as eval_entry  # noqa: E402
 import main as train_entry  # noqa: E402
-from checkpoint import atomic_write, git_commit  # noqa: E402
-from cli import ArgumentParser, run_cli  # noqa: E402
-from device import resolve_device  # noqa: E402
 from engine import NonFiniteGuard, StepLog, seed_everything, train_step  # noqa: E402
-from errors import UserError, one_line  # noqa: E402
-from host_sync import HostSyncs, refuse_syncs  # noqa: E402
-from memory_plan import plan_memory  # noqa: E402
 from model import Encoder  # noqa: E402
-from speed import AMP_DTYPES  # noqa: E402
+from plumbing.checkpoint import atomic_write, git_commit  # noqa: E402
+from plumbing.cli import ArgumentParser, run_cli  # noqa: E402
+from plumbing.device import resolve_device  # noqa: E402
+from plumbing.errors import UserError, one_line  # noqa: E402
+from plumbing.host_sync import HostSyncs, refuse_syncs  # noqa: E402
+from plumbing.memory_plan import plan_memory  # noqa: E402
+from plumbing.speed import AMP_DTYPES  # noqa: E402
 from scripts import benchmark, reproduce  # noqa: E402
 
 ROW = "cifar10-1ep"

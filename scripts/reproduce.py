@@ -36,13 +36,13 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-import checkpoint as ckpt  # noqa: E402
 import evaluate as eval_entry  # noqa: E402
 import main as train_entry  # noqa: E402
 from dataset.catalog import DATA_DEFAULTS  # noqa: E402
-from device import resolve_device  # noqa: E402
-from cli import ArgumentParser, run_cli  # noqa: E402
-from errors import UserError  # noqa: E402
+from plumbing import checkpoint as ckpt  # noqa: E402
+from plumbing.cli import ArgumentParser, run_cli  # noqa: E402
+from plumbing.device import resolve_device  # noqa: E402
+from plumbing.errors import UserError  # noqa: E402
 from scripts.rows import OFFICIAL_EVAL, PUBLISHED_LABEL, ROWS, Row  # noqa: E402
 
 # --smoke: the row's schedule and checkpoint at a size that runs anywhere in seconds (one step per epoch).

@@ -18,8 +18,8 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from cli import ArgumentParser, run_cli  # noqa: E402
-from errors import UserError  # noqa: E402
+from plumbing.cli import ArgumentParser, run_cli  # noqa: E402
+from plumbing.errors import UserError  # noqa: E402
 from scripts.rows import RESULT_FIELDS, ROWS, field_problem  # noqa: E402
 
 HEADER = ["Row", "Protocol", "Published¹", "Ours, final epoch", "Ours, best over test epochs²", "Final − published",

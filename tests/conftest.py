@@ -15,8 +15,8 @@ import pytest
 import torch
 from PIL import Image
 
-from cli import run_cli
 from dataset.synthetic import generate
+from plumbing.cli import run_cli
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from conftest import TINY_RUN, assert_one_line_error, run_script, write_image_folder
+
 from dataset import build_dataset
-from errors import UserError, one_line
+from plumbing.errors import UserError, one_line
 
 FOLDER_RUN = ["--data", "imagefolder", "--arch", "resnet10-cifar", "--hidden_dim", "32", "--z_dim", "16",
               "--num_patches", "2", "--device", "cpu", "--epoch", "1"]

@@ -14,7 +14,7 @@ from torchvision.transforms import InterpolationMode, RandomResizedCrop
 from dataset import patch_ops as ops
 from dataset.batched import augment_crops, augment_images, sample_colors, sample_crops
 from dataset.synthetic import SyntheticShapes
-from host_sync import HostSyncs
+from plumbing.host_sync import HostSyncs
 
 N_DRAWS = 20_000
 

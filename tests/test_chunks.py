@@ -5,14 +5,14 @@ from pathlib import Path
 
 import pytest
 import torch
-
-import checkpoint as ckpt
 from conftest import TINY_RUN, assert_one_line_error
+
 from engine import NonFiniteGuard, train_step
-from errors import UserError
 from loss import EMPSSLLoss
-from memory_plan import GIB, MARGIN, MemoryPlan, activation_bytes, choose_chunks, plan_memory
 from model import Encoder
+from plumbing import checkpoint as ckpt
+from plumbing.errors import UserError
+from plumbing.memory_plan import GIB, MARGIN, MemoryPlan, activation_bytes, choose_chunks, plan_memory
 
 P, B = 4, 6  # patches, images: 24 patches per step
 
@@ -145,7 +145,7 @@ class TestMemoryPlan:
         torch.manual_seed(0)
         plan = plan_memory(Encoder("resnet10-cifar", 64, 32), 1, torch.randn(16, 3, 32, 32), 4, None)  # TINY_RUN's
         between = (plan.need(1) + plan.need(2)) / 2 / MARGIN  # K = 1 does not fit, K = 2 does
-        monkeypatch.setattr("memory_plan.available_bytes", lambda device: (between, "this GPU"))
+        monkeypatch.setattr("plumbing.memory_plan.available_bytes", lambda device: (between, "this GPU"))
         result = cli("main", *run, "--patch_chunks", "auto", "--output_dir", str(tmp_path / "auto"))
         assert result.returncode == 0, result.stderr
         assert "4 patches × 16 images = 64 per step" in result.stdout and "this GPU has" in result.stdout

@@ -6,12 +6,12 @@ import urllib.error
 import numpy as np
 import pytest
 import torch
+from conftest import write_image_folder
 from PIL import Image
 from torch.utils.data import DataLoader
 from torchvision import datasets
 from torchvision import transforms as T
 
-from conftest import write_image_folder
 from dataset import (
     DATASETS,
     MultiPatch,
@@ -22,7 +22,7 @@ from dataset import (
     patch_transform,
 )
 from dataset.aug import PILGaussianBlur, PILSolarize
-from errors import UserError
+from plumbing.errors import UserError
 
 
 def _gradient_image(size: int = 32) -> Image.Image:

@@ -13,13 +13,13 @@ from pathlib import Path
 import pytest
 import torch
 import torch.multiprocessing as mp
-
-import distributed
 from conftest import ROOT, TINY_RUN, assert_one_line_error
+
 from engine import train_step
-from errors import UserError
 from loss import EMPSSLLoss
 from model import Encoder
+from plumbing import distributed
+from plumbing.errors import UserError
 
 P, B, WORLD = 4, 8, 2  # patches, global batch, ranks
 
@@ -242,7 +242,7 @@ def save(self, name="last.pt"):
 
 engine.Training.save = save
 import main
-from cli import run_cli
+from plumbing.cli import run_cli
 run_cli(main.main, main.get_args_parser())
 """
 

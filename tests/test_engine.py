@@ -7,19 +7,19 @@ from pathlib import Path
 
 import pytest
 import torch
-
-import checkpoint as ckpt
-import main as main_module
 from conftest import TINY_RUN, assert_one_line_error
-from device import resolve_device
+
+import main as main_module
 from dataset import PatchRecipe, SyntheticShapes, TrainingPatches
 from dataset.sampler import ResumableSampler
 from engine import NonFiniteGuard, train_step
-from host_sync import HostSyncs
 from lars import LARS
 from loss import EMPSSLLoss
 from model import Encoder
-from speed import compiler_missing, compile_model
+from plumbing import checkpoint as ckpt
+from plumbing.device import resolve_device
+from plumbing.host_sync import HostSyncs
+from plumbing.speed import compile_model, compiler_missing
 
 P, B = 3, 8
 
@@ -150,7 +150,7 @@ class TestRunLevel:
     @pytest.fixture
     def nan_at(self, monkeypatch: pytest.MonkeyPatch):
         def poison(*bad: int) -> None:
-            monkeypatch.setattr(main_module, "EMPSSLLoss", lambda *args: PoisonAt(*bad))
+            monkeypatch.setattr(main_module, "build_criterion", lambda args: PoisonAt(*bad))
         return poison
 
     def test_nan_read_later_still_stops_naming_its_step_and_saves_nothing(self, cli, tmp_path: Path, nan_at) -> None:
@@ -218,10 +218,10 @@ class TestGpuBookkeeping:
 
     def test_auto_warns_when_a_gpu_is_present_but_unusable(self, monkeypatch, capsys) -> None:
         monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-        monkeypatch.setattr("device.nvidia_gpu_present", lambda: True)
+        monkeypatch.setattr("plumbing.device.nvidia_gpu_present", lambda: True)
         assert resolve_device("auto") == torch.device("cpu")
         assert "NVIDIA GPU is present" in capsys.readouterr().err
-        monkeypatch.setattr("device.nvidia_gpu_present", lambda: False)
+        monkeypatch.setattr("plumbing.device.nvidia_gpu_present", lambda: False)
         resolve_device("auto")
         assert capsys.readouterr().err == ""
 

@@ -11,8 +11,8 @@ from conftest import TINY_RUN, assert_one_line_error
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 import evaluate
-from checkpoint import save_checkpoint
 from model import Encoder
+from plumbing.checkpoint import save_checkpoint
 
 ARCH = {"arch": "resnet10-cifar", "hidden_dim": 16, "z_dim": 8}
 ARCH_FLAGS = ["--arch", "resnet10-cifar", "--hidden_dim", "16", "--z_dim", "8"]

@@ -8,10 +8,10 @@ import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from torchvision.transforms import functional as TF
 
-from checkpoint import save_checkpoint
 from dataset import SyntheticShapes
 from features import bag_of_features, full_view_loader
 from model import Encoder
+from plumbing.checkpoint import save_checkpoint
 
 ARCH = {"arch": "resnet10-cifar", "hidden_dim": 16, "z_dim": 8}
 QUICK = ["--train_subset", "20", "--test_subset", "10", "--workers", "0", "--device", "cpu"]

@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -10,8 +12,8 @@ import torch.nn as nn
 import torchvision
 from conftest import ROOT, assert_one_line_error
 
-from checkpoint import save_checkpoint
 from model import Encoder
+from plumbing.checkpoint import save_checkpoint
 
 HIDDEN, Z = 32, 16
 
@@ -99,3 +101,30 @@ class TestHub:
         assert z.shape == (3, Z) and feature.shape == (3, HIDDEN)
         torch.testing.assert_close(z, reference[0], rtol=0, atol=0)
         torch.testing.assert_close(feature, reference[1], rtol=0, atol=0)
+
+    def test_hub_leaves_a_callers_same_named_modules_alone(self, tmp_path: Path) -> None:
+        """A process that has its own `model`, `checkpoint`, `errors` and `utils` gets our encoder from
+        torch.hub and keeps its modules: the same objects before and after, and `import model` after
+        the load still gives its own. Run in a fresh interpreter, as a user's script would."""
+        torch.save(trained_like("resnet18-cifar", seed=4).state_dict(), tmp_path / "official.pt")
+        own = tmp_path / "user"
+        own.mkdir()
+        for name in ("model", "checkpoint", "errors", "utils"):
+            (own / f"{name}.py").write_text(f"WHO = 'the user\\'s {name}'\n")
+        script = own / "use_hub.py"
+        script.write_text(
+            "import sys, torch\n"
+            "import model, checkpoint, errors, utils\n"
+            "mine = {m.__name__: m for m in (model, checkpoint, errors, utils)}\n"
+            f"net = torch.hub.load({str(ROOT)!r}, 'emp_ssl_resnet18', source='local', "
+            f"checkpoint={str(tmp_path / 'official.pt')!r})\n"
+            "assert type(net).__name__ == 'Encoder' and type(net).__module__ == 'model.encoder'\n"
+            "assert all(sys.modules[name] is module for name, module in mine.items())\n"
+            "assert not [n for n in sys.modules if n.startswith(('model.', 'plumbing'))], sorted(sys.modules)\n"
+            "import model as again\n"
+            "assert again.WHO == \"the user's model\"\n"
+            "z, feature = net(torch.randn(2, 3, 32, 32))\n"
+            "print('ok', tuple(z.shape), tuple(feature.shape))\n")
+        done = subprocess.run([sys.executable, str(script)], cwd=own, capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, done.stderr
+        assert done.stdout.strip() == f"ok (2, {Z}) (2, {HIDDEN})"

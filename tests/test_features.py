@@ -9,13 +9,20 @@ import torch
 from PIL import Image
 from torch.utils.data import Subset
 
-from dataset import (AUGMENTS, EvaluationPatches, MultiPatch, PatchRecipe, SyntheticShapes, build_dataset, load_split,
-                     patch_transform)
+from dataset import (
+    AUGMENTS,
+    EvaluationPatches,
+    MultiPatch,
+    PatchRecipe,
+    SyntheticShapes,
+    build_dataset,
+    load_split,
+    patch_transform,
+)
 from dataset.seeded import SeededPatches, eval_seed
-from errors import UserError
-from features import bag_of_features, cache_path, cached_features
+from features import KNNMonitor, bag_of_features, cache_path, cached_features
 from model import Encoder
-from monitor import KNNMonitor
+from plumbing.errors import UserError
 from probes import KNN_K, KNN_T, knn_accuracy
 
 CPU = torch.device("cpu")

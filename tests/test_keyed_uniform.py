@@ -9,7 +9,7 @@ import torch
 
 from dataset.batched import sample_colors, sample_crops
 from dataset.seeded import KeyedUniform, mix32, stream_seed
-from host_sync import HostSyncs
+from plumbing.host_sync import HostSyncs
 
 IMAGES, PATCHES, DRAWS = 1000, 16, 16  # 256,000 values: the bounds below are 4-5 standard errors
 

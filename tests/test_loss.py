@@ -11,7 +11,7 @@ from engine import train_step
 from lars import LARS
 from loss import EMPSSLLoss, cuda_matmul_precision, invariance, total_coding_rate
 from model import Encoder
-from speed import prepare_model
+from plumbing.speed import prepare_model
 
 
 def direct_rate(z: torch.Tensor, eps: float) -> torch.Tensor:

@@ -9,11 +9,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import TINY_RUN, assert_one_line_error, run_script, write_image_folder
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from torchvision import datasets
 
-import checkpoint
-from conftest import TINY_RUN, assert_one_line_error, run_script, write_image_folder
+from plumbing import checkpoint
 
 # TINY_RUN without its data: 2 epochs, 2 patches, a narrow resnet10 on one CPU core.
 SCHEDULE_RUN = ["--arch", "resnet10-cifar", "--hidden_dim", "32", "--z_dim", "16", "--num_patches", "2",

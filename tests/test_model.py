@@ -4,8 +4,8 @@ import torch
 import torch.nn as nn
 from torchvision.models import resnet18
 
-from checkpoint import strip_module_prefix
 from model import ARCHS, Encoder
+from plumbing.checkpoint import strip_module_prefix
 
 
 class OfficialLayoutEncoder(nn.Module):

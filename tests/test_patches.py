@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from conftest import TINY_RUN, assert_one_line_error, write_image_folder
+
 from dataset import PatchRecipe, SyntheticShapes, TrainingPatches, load_split
 from dataset.sampler import ResumableSampler
 
@@ -103,6 +103,6 @@ class TestTrainingFlags:
 
     def test_compile_without_a_compiler_is_one_line(self, cli, monkeypatch, tmp_path: Path) -> None:
         monkeypatch.delenv("CXX", raising=False)
-        monkeypatch.setattr("speed.shutil.which", lambda name: None)
+        monkeypatch.setattr("plumbing.speed.shutil.which", lambda name: None)
         result = cli("main", *TINY_RUN, "--compile", "--output_dir", str(tmp_path / "run"))
         assert_one_line_error(result, "--compile", "C++ compiler")

@@ -6,11 +6,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import TINY_RUN
 from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from conftest import TINY_RUN
-from pictures import GRID_PADDING, patch_grids
+from plumbing.pictures import GRID_PADDING, patch_grids
 
 
 def grid_side(count: int, size: int) -> int:

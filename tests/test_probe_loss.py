@@ -7,8 +7,8 @@ import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-
 from conftest import clusters
+
 from probes import OFFICIAL_LINEAR, linear_probe
 
 

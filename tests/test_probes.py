@@ -6,11 +6,10 @@ from dataclasses import replace
 
 import pytest
 import torch
+from conftest import clusters
 
 import probes
-from probes import (KNN_K, KNN_T, OFFICIAL_LINEAR, LinearSettings, knn_accuracy, knn_scores, linear_probe,
-                    topk_correct)
-from conftest import clusters
+from probes import KNN_K, KNN_T, OFFICIAL_LINEAR, LinearSettings, knn_accuracy, knn_scores, linear_probe, topk_correct
 from scripts.benchmark_eval import reference_linear_probe
 
 

@@ -11,10 +11,11 @@ from pathlib import Path
 
 import pytest
 import torch
-
-import checkpoint
-import main as main_module
 from conftest import ROOT, TINY_RUN, assert_one_line_error
+
+import main as main_module
+from loss import EMPSSLLoss
+from plumbing import checkpoint
 
 EXACT = [*TINY_RUN, "--deterministic", "--epoch", "2", "--train_subset", "32"]  # 2 steps per epoch, 4 in all
 
@@ -169,14 +170,14 @@ class TestCrashes:
 class TestNonFiniteLoss:
     @pytest.fixture
     def nan_at_step_2(self, monkeypatch: pytest.MonkeyPatch) -> None:
-        forward, calls = main_module.EMPSSLLoss.forward, []
+        forward, calls = EMPSSLLoss.forward, []
 
         def poisoned(self, z, z_for_rate=None):
             loss, parts = forward(self, z, z_for_rate)
             calls.append(1)
             return (loss * float("nan"), parts) if len(calls) == 2 else (loss, parts)
 
-        monkeypatch.setattr(main_module.EMPSSLLoss, "forward", poisoned)
+        monkeypatch.setattr(EMPSSLLoss, "forward", poisoned)
 
     def test_stops_with_step_and_components_keeping_the_checkpoint(self, cli, tmp_path: Path,
                                                                    nan_at_step_2: None) -> None:

@@ -13,8 +13,8 @@ import sys
 from collections.abc import Callable, Iterable
 from typing import NoReturn
 
-from checkpoint import git_commit
-from errors import UserError, one_line, speaks
+from plumbing.checkpoint import git_commit
+from plumbing.errors import UserError, one_line, speaks
 
 
 class ArgumentParser(argparse.ArgumentParser):

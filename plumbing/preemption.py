@@ -18,7 +18,7 @@ import sys
 import threading
 from typing import Any
 
-from errors import speaks
+from plumbing.errors import speaks
 
 
 class Preemption:

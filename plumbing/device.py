@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-from errors import UserError
+from plumbing.errors import UserError
 
 
 def nvidia_gpu_present() -> bool:

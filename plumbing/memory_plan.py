@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
-from errors import UserError
+from plumbing.errors import UserError
 
 MARGIN = 0.9  # a step may use this share of the memory free before the first step
 GIB = 2**30

@@ -35,7 +35,7 @@ import torch.distributed as dist
 import torch.nn as nn
 from torch.nn.parallel import DistributedDataParallel
 
-from errors import UserError, one_line
+from plumbing.errors import UserError, one_line
 
 T = TypeVar("T")
 

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from errors import UserError
+from plumbing.errors import UserError
 
 CHECKPOINT_DIR = "save_models"
 LAST = "last.pt"

@@ -17,7 +17,7 @@ import shutil
 import torch
 import torch.nn as nn
 
-from errors import UserError
+from plumbing.errors import UserError
 
 AMP_DTYPES: dict[str, torch.dtype | None] = {"fp32": None, "bf16": torch.bfloat16}
 

@@ -7,10 +7,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import torch
-from torch.utils.tensorboard import SummaryWriter
 from torchvision.utils import make_grid
+
+if TYPE_CHECKING:  # TensorBoard is imported by the caller that writes, not at import
+    from torch.utils.tensorboard import SummaryWriter
 
 GRID_PADDING = 2  # pixels between the patches of a grid
 

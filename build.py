@@ -1,0 +1,81 @@
+"""The parts of a training run, built from main.py's flags: one place to change the method.
+
+main.py, scripts/benchmark.py and scripts/gpu_check.py all build the encoder, the objective, the
+optimiser, the learning-rate schedule and the training patches here, from an ``args`` namespace
+of main.py's parser (``main.get_args_parser().parse_args([...])`` gives the official defaults),
+so a forker who changes one of them benchmarks and GPU-checks what they train.
+"""
+from __future__ import annotations
+
+import argparse
+
+import torch
+import torch.nn as nn
+
+from dataset import EvaluationPatches, PatchRecipe, TrainingPatches, augmentation_kind, class_names, load_split
+from dataset.sampler import ResumableSampler
+from dataset.seeded import eval_seed
+from features import KNNMonitor
+from lars import LARS
+from loss import EMPSSLLoss
+from model import Encoder
+from plumbing import distributed
+from plumbing.errors import UserError
+from plumbing.preemption import leave_signals_to_parent
+from plumbing.speed import AMP_DTYPES, memory_format, prepare_model
+
+
+def build_encoder(args: argparse.Namespace, device: torch.device) -> Encoder:
+    """The encoder of --arch, --hidden_dim and --z_dim on the device, in --channels_last layout
+    if asked; its weights drawn from torch's global generator (seed it first)."""
+    encoder = Encoder(args.arch, args.hidden_dim, args.z_dim).to(device)
+    prepare_model(encoder, device, args.channels_last)
+    return encoder
+
+
+def build_criterion(args: argparse.Namespace) -> nn.Module:
+    """The objective: criterion(z (P, B, d), z_for_rate (P, W·B, d)) → (loss, {name: value})."""
+    return EMPSSLLoss(args.patch_sim, args.tcr, args.eps)
+
+
+def build_optimizer(model: nn.Module, args: argparse.Namespace) -> torch.optim.Optimizer:
+    """The optimiser of the model's parameters: LARS-wrapped SGD (--lr, --wd, --lars_eta)."""
+    return LARS(model.parameters(), lr=args.lr, weight_decay=args.wd, eta=args.lars_eta)
+
+
+def build_scheduler(optimizer: torch.optim.Optimizer, total_steps: int) -> torch.optim.lr_scheduler.LRScheduler:
+    """Cosine annealing of the learning rate to 0 over every step of the run (stepped once a step)."""
+    return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total_steps, eta_min=0)
+
+
+def training_patches(args: argparse.Namespace, device: torch.device) -> TrainingPatches:
+    """This process's patches at every step: (P·B/W, C, H, W) on the device, made by --augment, in
+    the seeded, resumable order of a ResumableSampler split over the ranks. Only rank 0 downloads."""
+    dataset = load_split(args.data, args.data_dir, "train", args.train_subset,
+                         download=args.download and distributed.is_main(), skip_bad_images=args.skip_bad_images)
+    if args.train_subset is not None and len(dataset) < args.train_subset:
+        raise UserError(f"--train_subset {args.train_subset} is more than the {len(dataset)} training images: "
+                        f"lower it")
+    sampler = ResumableSampler(len(dataset), args.bs, seed=args.seed, rank=distributed.get_rank(),
+                               world_size=distributed.get_world_size())
+    recipe = PatchRecipe.of(args.data, args.augment, args.num_patches, args.seed)
+    layout = memory_format(args.channels_last)
+    return TrainingPatches(dataset, recipe, sampler, args.workers, device, layout, leave_signals_to_parent)
+
+
+def patch_shape(args: argparse.Namespace) -> tuple[int, int, int]:
+    """(C, S, S): the shape of one training patch of --data."""
+    _, size = augmentation_kind(args.data)
+    return 3, size, size
+
+
+def build_monitor(args: argparse.Namespace, device: torch.device) -> KNNMonitor:
+    """The --eval_every kNN: --eval_patches patches per image of each split (or of a class-balanced
+    --eval_subset), made by the run's --augment path on the device, in the run's precision."""
+    batches, num_classes = {}, 0
+    for split in ("train", "test"):
+        dataset = load_split(args.data, args.data_dir, split, args.eval_subset, args.download)
+        recipe = PatchRecipe.of(args.data, args.augment, args.eval_patches, eval_seed(args.seed, split))
+        batches[split] = EvaluationPatches(dataset, recipe, args.bs, args.workers, device, leave_signals_to_parent)
+        num_classes = len(class_names(dataset))
+    return KNNMonitor(batches, num_classes, args.eval_patches, device, AMP_DTYPES[args.precision])
