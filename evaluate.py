@@ -39,11 +39,11 @@ from dataset.patches import DEFAULT_AUGMENT
 from dataset.seeded import eval_seed
 from features import (
     FORWARD_BS,
-    PATCH_STREAM,
     TEST_PATCHES,
     bag_of_features,
     cache_path,
     cached_features,
+    code_fingerprint,
     file_digest,
     full_view_loader,
 )
@@ -213,8 +213,8 @@ def extract(args: argparse.Namespace, model: Encoder, device: torch.device, spli
     base_key = {"weights": cache.weights, "arch": args.arch, "hidden_dim": args.hidden_dim, "z_dim": args.z_dim,
                 "data": args.data, "data_dir": None if args.data == "synthetic" else str(args.data_dir.resolve()),
                 "test_patches": args.test_patches, "seed": args.seed, "precision": args.precision,
-                "channels_last": args.channels_last, "augment": args.augment, "patch_stream": PATCH_STREAM,
-                "view": args.view}
+                "channels_last": args.channels_last, "augment": args.augment, "view": args.view,
+                "code": code_fingerprint()}
     cache.folder.mkdir(parents=True, exist_ok=True)
     tensors = {}
     for split, dataset in splits.items():

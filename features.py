@@ -11,6 +11,7 @@ the full split), from a random stream of the split's own (:func:`dataset.seeded.
 from __future__ import annotations
 
 import hashlib
+import importlib
 import json
 import pickle
 import sys
@@ -30,8 +31,8 @@ from plumbing.checkpoint import atomic_write
 from probes import KNN_K, KNN_T, knn_accuracy
 
 PatchBatches = Iterable[tuple[torch.Tensor | Sequence[torch.Tensor], torch.Tensor]]  # (patches, labels (B,))
-CACHE_VERSION = 2  # bump when the meaning of a cached feature changes (2: augment paths, own eval stream)
-PATCH_STREAM = "eval-<split>, keyed by the index in the full split"  # recorded in cache keys
+ROOT = Path(__file__).resolve().parent
+FEATURE_CODE = ("dataset", "model", "features.py")  # what makes patches and features, relative to ROOT
 FORWARD_BS = 2048  # patches per forward pass (evaluate.py's --forward_bs)
 TEST_PATCHES = 128  # patches per image of the official bag-of-features (evaluate.py's --test_patches)
 
@@ -110,9 +111,45 @@ def file_digest(path: Path) -> str:
     return digest.hexdigest()
 
 
+def source_files(root: Path, parts: Sequence[str]) -> list[Path]:
+    """The Python files of `parts` (folders, searched recursively, or files) under root, sorted."""
+    files = []
+    for part in parts:
+        path = root / part
+        files.extend(sorted(path.rglob("*.py")) if path.is_dir() else [path])
+    return files
+
+
+def module_constants(package: str) -> dict[str, str]:
+    """{"module.NAME": repr(value)} for every UPPER_CASE number, string, tuple or dict of every
+    module of a package (each imported here, so the answer does not depend on what ran before):
+    the values this process uses, also when one was set at run time."""
+    constants = {}
+    folder = Path(importlib.import_module(package).__file__).parent
+    for path in sorted(folder.glob("*.py")):
+        name = package if path.stem == "__init__" else f"{package}.{path.stem}"
+        for attr, value in vars(importlib.import_module(name)).items():
+            if attr.isupper() and isinstance(value, (int, float, str, tuple, dict)):
+                constants[f"{name}.{attr}"] = repr(value)
+    return constants
+
+
+def code_fingerprint(root: Path = ROOT, parts: Sequence[str] = FEATURE_CODE) -> str:
+    """SHA-256 (64 hex digits) of the code that makes patches and features: the bytes of every file
+    of `parts` (dataset/, model/, features.py) with its path, then the constants of dataset/ as
+    this process holds them (:func:`module_constants`). An edit to any line or constant there, saved
+    or made at run time, gives a new fingerprint, so cached features are never read for other code."""
+    digest = hashlib.sha256()
+    for path in source_files(root, parts):
+        digest.update(f"{path.relative_to(root)}\0".encode() + path.read_bytes() + b"\0")
+    digest.update(json.dumps(module_constants("dataset"), sort_keys=True).encode())
+    return digest.hexdigest()
+
+
 def cache_path(folder: Path, prefix: str, key: dict[str, Any]) -> Path:
-    """`<folder>/<prefix>.<split>-<16 hex digits of the key's hash>.features`."""
-    text = json.dumps({**key, "version": CACHE_VERSION}, sort_keys=True, default=str)
+    """`<folder>/<prefix>.<split>-<16 hex digits of the key's hash>.features`; the key should hold
+    the code's fingerprint (:func:`code_fingerprint`) beside what it was computed from."""
+    text = json.dumps(key, sort_keys=True, default=str)
     return folder / f"{prefix}.{key['split']}-{hashlib.sha256(text.encode()).hexdigest()[:16]}.features"
 
 

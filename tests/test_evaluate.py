@@ -3,6 +3,7 @@ the training-time kNN monitor, and a trained encoder beating its random-init bas
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import pytest
@@ -82,6 +83,19 @@ class TestEvaluate:
         save_checkpoint({"model": encoder(seed=1).state_dict(), "args": {"data": "synthetic", **ARCH}}, ckpt)
         retrained = cli("evaluate", "--ckpt", str(ckpt), *QUICK, "--no-linear")
         assert retrained.stdout.count("computed features") == 2  # the key holds the checkpoint's content
+
+    def test_an_edit_to_the_augmentation_computes_features_afresh(self, cli, ckpt: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+        """The cache key holds the code that makes patches: a constant of the augmentation changed
+        (here the solarize threshold, as a forker would edit it) is never served the old features."""
+        assert cli("evaluate", "--ckpt", str(ckpt), *QUICK, "--no-linear").stdout.count("computed features") == 2
+        for module in [m for name, m in sys.modules.items() if name.startswith("dataset.")]:
+            if hasattr(module, "SOLARIZE_THRESHOLD"):
+                monkeypatch.setattr(module, "SOLARIZE_THRESHOLD", 100)
+        edited = cli("evaluate", "--ckpt", str(ckpt), *QUICK, "--no-linear")
+        assert edited.returncode == 0 and edited.stdout.count("computed features") == 2, edited.stderr
+        monkeypatch.undo()
+        assert cli("evaluate", "--ckpt", str(ckpt), *QUICK, "--no-linear").stdout.count("cached features") == 2
 
     def test_both_augment_paths_end_to_end_each_with_its_own_cache(self, cli, ckpt: Path) -> None:
         for augment in ("batched", "pil"):

@@ -1,11 +1,14 @@
 """Bag-of-features extraction, the evaluation patches of both augment paths, and the cache."""
 from __future__ import annotations
 
+import shutil
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from conftest import ROOT
 from PIL import Image
 from torch.utils.data import Subset
 
@@ -20,7 +23,7 @@ from dataset import (
     patch_transform,
 )
 from dataset.seeded import SeededPatches, eval_seed
-from features import KNNMonitor, bag_of_features, cache_path, cached_features
+from features import FEATURE_CODE, KNNMonitor, bag_of_features, cache_path, cached_features, code_fingerprint
 from model import Encoder
 from plumbing.errors import UserError
 from probes import KNN_K, KNN_T, knn_accuracy
@@ -264,3 +267,33 @@ class TestCache:
         out, err = capsys.readouterr()
         assert not hit and features.shape == (2, 1) and out == ""
         assert err.startswith("warning: could not cache features at") and "Permission denied" in err
+
+
+class TestCodeFingerprint:
+    def copy_of_the_code(self, root: Path) -> Path:
+        """dataset/, model/ and features.py copied under root, as a fork's checkout would hold them."""
+        for part in FEATURE_CODE:
+            source = ROOT / part
+            if source.is_dir():
+                shutil.copytree(source, root / part, ignore=shutil.ignore_patterns("__pycache__"))
+            else:
+                shutil.copy(source, root / part)
+        return root
+
+    def test_an_edited_line_gives_a_new_fingerprint(self, tmp_path: Path) -> None:
+        fork = self.copy_of_the_code(tmp_path)
+        assert code_fingerprint(fork) == code_fingerprint()  # the same code: the same key
+        source = next(path for path in sorted((fork / "dataset").glob("*.py")) if "def solarize" in path.read_text())
+        source.write_text(source.read_text().replace("1 - x", "1.0 - x"))
+        assert code_fingerprint(fork) != code_fingerprint()
+        (fork / "model" / "encoder.py").write_text((fork / "model" / "encoder.py").read_text() + "\n")
+        assert len({code_fingerprint(fork), code_fingerprint(), code_fingerprint(fork, ("dataset",))}) == 3
+
+    def test_a_constant_changed_at_run_time_gives_a_new_fingerprint(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        before = code_fingerprint()
+        owner = next(m for name, m in sorted(sys.modules.items()) if name.startswith("dataset.")
+                     and hasattr(m, "SOLARIZE_THRESHOLD"))
+        monkeypatch.setattr(owner, "SOLARIZE_THRESHOLD", owner.SOLARIZE_THRESHOLD - 1)
+        changed = code_fingerprint()
+        monkeypatch.undo()
+        assert changed != before and code_fingerprint() == before
