@@ -1,7 +1,9 @@
 """The repository itself: nothing a run wrote is tracked, and no tracked file is large."""
 from __future__ import annotations
 
+import ast
 import subprocess
+import sys
 
 import pytest
 from conftest import ROOT
@@ -36,3 +38,31 @@ class TestTrackedFiles:
                  "elsewhere/0.pt.test-0123.features", "elsewhere/events.out.tfevents.1.host.1.0"]
         done = subprocess.run(["git", "check-ignore", "--no-index", *paths], cwd=ROOT, capture_output=True, text=True)
         assert sorted(done.stdout.split()) == sorted(paths)
+
+
+MOST_PARAMETERS = 8  # a function that needs more takes a dataclass or the args namespace instead
+
+
+def python_sources() -> list[str]:
+    """The tracked Python files of the product (everything but the tests)."""
+    return [path for path in tracked_files() if path.endswith(".py") and not path.startswith("tests/")]
+
+
+class TestCodeShape:
+    def test_no_function_takes_more_than_eight_parameters(self) -> None:
+        wide = []
+        for path in python_sources():
+            for node in ast.walk(ast.parse((ROOT / path).read_text())):
+                if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                    names = [a.arg for a in (*node.args.posonlyargs, *node.args.args, *node.args.kwonlyargs)]
+                    names = [name for name in names if name not in ("self", "cls")]
+                    if len(names) > MOST_PARAMETERS:
+                        wide.append(f"{path}:{node.lineno} {node.name} ({len(names)})")
+        assert wide == []
+
+    def test_importing_the_entry_points_loads_no_tensorboard(self) -> None:
+        """main.py and evaluate.py import TensorBoard only when they write: `--help`, and a script
+        that imports them for their flags, stay light."""
+        probe = "import sys, main, evaluate; print('torch.utils.tensorboard' in sys.modules)"
+        done = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, timeout=120)
+        assert done.stdout.strip() == "False", done.stderr
