@@ -1,7 +1,7 @@
 """The command-line layer of every entry point: one-line errors, flag checks, the start-up banner.
 
 Every entry point has ``get_args_parser()`` (an :class:`ArgumentParser`) and ``main(args)``, and
-runs as ``run_cli(main, get_args_parser())``: a bad flag or a :class:`errors.UserError` becomes
+runs as ``run_cli(main, get_args_parser())``: a bad flag or a :class:`plumbing.errors.UserError` becomes
 ``error: <one line>`` on stderr and exit status 2, never a traceback.
 """
 from __future__ import annotations

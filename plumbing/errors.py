@@ -1,6 +1,6 @@
 """The one exception type for bad user input, and the one line that reports an error.
 
-Entry points (cli.run_cli) catch :class:`UserError` and print its message as a single line
+Entry points (plumbing.cli.run_cli) catch :class:`UserError` and print its message as a single line
 (``error: …``) and exit with status 2, without a traceback. Leaf modules raise it for input the
 user can fix (a missing data folder, an impossible flag value); a bug raises anything else and
 keeps its traceback.
@@ -30,7 +30,7 @@ def one_line(err: BaseException, typed: bool = False, sentence: bool = False) ->
     when the message is empty).
 
     A UserError raised in a DataLoader worker reaches the main process re-created around the
-    worker's traceback text, whose last line is `errors.UserError: <msg>`: then that <msg>.
+    worker's traceback text, whose last line is `plumbing.errors.UserError: <msg>`: then that <msg>.
     typed puts `Type: ` in front; sentence keeps the first sentence without the `[file.cc:123] `
     prefix of C++ errors, at most 200 characters (for errors of gloo and NCCL).
     """
