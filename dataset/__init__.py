@@ -2,11 +2,11 @@
 
 - :mod:`dataset.catalog`: the data sets by name (:data:`DATASETS`), :func:`build_dataset`,
   :func:`load_split` (with a fixed class-balanced subset), :func:`augmentation_kind`;
-- :mod:`dataset.aug`: the official per-patch PIL augmentation (:func:`patch_transform`,
-  :class:`MultiPatch`) and its constants; :mod:`dataset.batched` and :mod:`dataset.patch_ops`:
+- :mod:`dataset.pil_pipeline`: the official per-patch PIL augmentation (:func:`patch_transform`,
+  :class:`MultiPatch`) and its constants; :mod:`dataset.batched_pipeline` and :mod:`dataset.image_ops`:
   the same distributions for a whole batch on the device;
-- :mod:`dataset.patches`: the patches of training steps and of evaluation sweeps, made by either
-  path (:data:`AUGMENTS`), seeded and resumable (:mod:`dataset.sampler`, :mod:`dataset.seeded`);
+- :mod:`dataset.patch_sources`: the patches of training steps and of evaluation sweeps, made by either
+  path (:data:`AUGMENTS`), seeded and resumable (:mod:`dataset.sampler`, :mod:`dataset.seeding`);
 - :mod:`dataset.pixels`: a data set's images as one uint8 array, image folders decoded once;
 - :mod:`dataset.synthetic`: :class:`SyntheticShapes`, a generated set with no files;
   :mod:`dataset.images`: decoding files, with a clear message for a broken one.
@@ -14,7 +14,6 @@
 The names below are re-exported, so ``from dataset import build_dataset`` works.
 """
 
-from dataset.aug import MultiPatch, patch_transform
 from dataset.catalog import (
                              DATASETS,
                              augmentation_kind,
@@ -24,7 +23,8 @@ from dataset.catalog import (
                              load_split,
                              unwrap_subsets,
 )
-from dataset.patches import AUGMENTS, EvaluationPatches, PatchRecipe, TrainingPatches
+from dataset.patch_sources import AUGMENTS, EvaluationPatches, PatchRecipe, TrainingPatches
+from dataset.pil_pipeline import MultiPatch, patch_transform
 from dataset.synthetic import SyntheticShapes
 
 __all__ = [

@@ -11,8 +11,8 @@ import torchvision.transforms.functional as TF
 from PIL import Image, ImageFilter, ImageOps
 from torchvision.transforms import InterpolationMode, RandomResizedCrop
 
-from dataset import patch_ops as ops
-from dataset.batched import augment_crops, augment_images, sample_colors, sample_crops
+from dataset import image_ops as ops
+from dataset.batched_pipeline import augment_crops, augment_images, sample_colors, sample_crops
 from dataset.synthetic import SyntheticShapes
 from plumbing.host_sync import HostSyncs
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from dataset import patch_ops as ops
+from dataset import image_ops as ops
 
 SIZES = [(32, 32), (64, 80), (224, 224)]
 

@@ -21,7 +21,7 @@ from dataset import (
     class_balanced_subset,
     patch_transform,
 )
-from dataset.aug import PILGaussianBlur, PILSolarize
+from dataset.pil_pipeline import PILGaussianBlur, PILSolarize
 from plumbing.errors import UserError
 
 

@@ -19,7 +19,7 @@ from dataset import (
     load_split,
     patch_transform,
 )
-from dataset.seeded import SeededPatches, eval_seed
+from dataset.seeding import SeededPatches, eval_seed
 from features import KNNMonitor, bag_of_features, cache_path, cached_features
 from model import Encoder
 from plumbing.errors import UserError

@@ -7,8 +7,8 @@ import math
 import pytest
 import torch
 
-from dataset.batched import sample_colors, sample_crops
-from dataset.seeded import KeyedUniform, mix32, stream_seed
+from dataset.batched_pipeline import sample_colors, sample_crops
+from dataset.seeding import KeyedUniform, mix32, stream_seed
 from plumbing.host_sync import HostSyncs
 
 IMAGES, PATCHES, DRAWS = 1000, 16, 16  # 256,000 values: the bounds below are 4-5 standard errors

@@ -6,9 +6,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from dataset import batched
-from dataset import patch_ops as ops
-from dataset.batched import color_augment, crop_window, normalize, photometric, sample_colors, sample_crops
+from dataset import batched_pipeline as batched
+from dataset import image_ops as ops
+from dataset.batched_pipeline import color_augment, crop_window, normalize, photometric, sample_colors, sample_crops
 
 JITTER = (ops.adjust_brightness, ops.adjust_contrast, ops.adjust_saturation, ops.adjust_hue)
 

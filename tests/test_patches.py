@@ -1,4 +1,4 @@
-"""Training patches (dataset/patches.py): where they are made, reproducible and resumable, split over
+"""Training patches (dataset/patch_sources.py): where they are made, reproducible and resumable, split over
 ranks; the --augment and --compile flags end to end."""
 from __future__ import annotations
 

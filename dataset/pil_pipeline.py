@@ -1,4 +1,4 @@
-"""The EMP-SSL patch augmentation (official ``dataset/aug.py``), built once per run.
+"""The EMP-SSL patch augmentation (official ``dataset/pil_pipeline.py``), built once per run.
 
 Every patch of an image is an independent draw of the same PIL pipeline:
 
@@ -20,7 +20,7 @@ import torch
 from PIL import Image, ImageFilter, ImageOps
 from torchvision import transforms as T
 
-# The official parameters, shared with the batched implementation (dataset/batched.py).
+# The official parameters, shared with the batched implementation (dataset/batched_pipeline.py).
 CROP_SCALE = (0.25, 0.25)  # area of the crop as a fraction of the image
 CROP_RATIO = {"cifar": (1.0, 1.0), "imagenet": (3 / 4, 4 / 3)}  # aspect ratio range of the crop
 P_FLIP, P_JITTER, P_GRAY, P_BLUR, P_SOLARIZE = 0.5, 0.8, 0.2, 0.1, 0.1

@@ -1,9 +1,9 @@
 """The EMP-SSL patch augmentation for a whole batch at once, on the batch's device.
 
-The official pipeline (dataset/aug.py) augments every patch separately with PIL. Here the
+The official pipeline (dataset/pil_pipeline.py) augments every patch separately with PIL. Here the
 random parameters of all P·B patches of a step are drawn first (:func:`sample_crops`,
 :func:`sample_colors`, from exactly the official distributions) and then applied by batched
-tensor operations (dataset/patch_ops.py) computed for all patches and kept where a patch drew
+tensor operations (dataset/image_ops.py) computed for all patches and kept where a patch drew
 them (a blend with a 0/1 mask): no Python loop over patches, no index sets, and no value read
 back by the host, so a GPU never waits for the CPU. Sizes (the crop window, the blur kernel)
 follow from the image size and the constants. Separating the draws from the operations lets
@@ -11,7 +11,7 @@ tests replay identical parameters through torchvision's functional ops on PIL im
 
 The randomness is a torch.Generator (training: the stream of (seed, epoch, step)) or any draw
 callable ``rand(n, *shape) → (n, *shape)`` float32 uniforms in [0, 1), such as
-:class:`dataset.seeded.KeyedUniform` (evaluation: each image's draws keyed by its index). Every
+:class:`dataset.seeding.KeyedUniform` (evaluation: each image's draws keyed by its index). Every
 draw is one call per parameter for all n patches, in a fixed order, so a callable whose row r
 depends only on r's own key gives each patch parameters independent of the rest of the batch.
 
@@ -26,8 +26,8 @@ from collections.abc import Callable
 
 import torch
 
-from dataset import patch_ops as ops
-from dataset.aug import BLUR_SIGMA, CROP_SCALE, JITTER, P_BLUR, P_FLIP, P_GRAY, P_JITTER, P_SOLARIZE, SOLARIZE_THRESHOLD
+from dataset import image_ops as ops
+from dataset.pil_pipeline import BLUR_SIGMA, CROP_SCALE, JITTER, P_BLUR, P_FLIP, P_GRAY, P_JITTER, P_SOLARIZE, SOLARIZE_THRESHOLD
 
 CROP_TRIES = 10  # torchvision's RandomResizedCrop tries 10 boxes before its central fallback
 CPU_CHUNK_BYTES = 4 << 20  # on a CPU the photometric steps go by chunks of patches of about this size

@@ -27,10 +27,10 @@ from typing import TYPE_CHECKING
 import torch
 import torch.nn.functional as F
 
-from dataset.aug import BLUR_SIGMA
+from dataset.pil_pipeline import BLUR_SIGMA
 
 if TYPE_CHECKING:
-    from dataset.batched import CropParams
+    from dataset.batched_pipeline import CropParams
 
 LUMA = (0.299, 0.587, 0.114)  # ITU-R 601-2, as PIL's convert("L")
 BLUR_PASSES = 3  # PIL's GaussianBlur: three box-blur passes per axis
