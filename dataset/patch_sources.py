@@ -31,8 +31,9 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler, Subset
 from torchvision import transforms as T
 
-from dataset.batched_pipeline import Randomness, augment_crops, augment_images
+from dataset.batched_pipeline import augment_crops, augment_images
 from dataset.catalog import augmentation_kind, unwrap_subsets
+from dataset.draws import Randomness
 from dataset.pil_pipeline import CROP_RATIO, MultiPatch, crop_transform, patch_transform
 from dataset.pixels import in_memory_pixels
 from dataset.sampler import ResumableSampler

@@ -54,6 +54,12 @@ def test_every_box_of_the_range_and_the_edges() -> None:
     torch.testing.assert_close(ops.gaussian_blur(x, sigma).double(), dense_blur(x, sigma), atol=1e-6, rtol=0)
 
 
+def test_the_kernel_reach_holds_the_largest_box() -> None:
+    """R = blur_reach(2) = 2 is one more than the largest l of any σ ≤ 2, and no more."""
+    sigma = torch.linspace(0.0, 2.0, 2001)  # (2001,)
+    assert ops.blur_reach(2.0) == int(ops.box_radius(sigma)[0].max()) + 1 == 2
+
+
 @pytest.mark.parametrize("h,w", SIZES)
 def test_sigma_zero_is_the_identity_bit_for_bit(h: int, w: int) -> None:
     sigma = torch.tensor([0.0, 1.3, 0.0, 0.1, 2.0, 0.0])  # σ = 0 among blurred patches

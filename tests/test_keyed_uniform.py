@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from dataset.batched_pipeline import sample_colors, sample_crops
+from dataset.draws import sample_colors, sample_crops
 from dataset.seeding import KeyedUniform, mix32, stream_seed
 from plumbing.host_sync import HostSyncs
 
