@@ -30,7 +30,7 @@ from plumbing.checkpoint import atomic_write
 from probes import KNN_K, KNN_T, knn_accuracy
 
 PatchBatches = Iterable[tuple[torch.Tensor | Sequence[torch.Tensor], torch.Tensor]]  # (patches, labels (B,))
-CACHE_VERSION = 2  # bump when the meaning of a cached feature changes (2: augment paths, own eval stream)
+CACHE_VERSION = 3  # bump when the meaning of a cached feature changes (2: augment paths, own eval stream; 3: new seeds)
 PATCH_STREAM = "eval-<split>, keyed by the index in the full split"  # recorded in cache keys
 FORWARD_BS = 2048  # patches per forward pass (evaluate.py's --forward_bs)
 TEST_PATCHES = 128  # patches per image of the official bag-of-features (evaluate.py's --test_patches)

@@ -21,6 +21,7 @@ split). Patches are patch-major, as the official ``torch.cat(views)``: (PÂ·B, â€
 """
 from __future__ import annotations
 
+import random
 import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -37,7 +38,7 @@ from dataset.draws import Randomness
 from dataset.pil_pipeline import CROP_RATIO, MultiPatch, crop_transform, patch_transform
 from dataset.pixels import in_memory_pixels
 from dataset.sampler import ResumableSampler
-from dataset.seeding import KeyedUniform, SeededPatches, seed_worker, step_seed
+from dataset.seeding import KeyedUniform, SeededPatches, step_seed
 from plumbing.errors import UserError
 
 AUGMENTS = {  # --augment: how patches are made; adding an operation means one function per path and one parity test
@@ -120,8 +121,11 @@ def patch_loader(patches: Dataset, batch: int, sampler: Sampler | None, workers:
 
 
 def _start_worker(worker_id: int, worker_init: WorkerInit | None) -> None:
-    """A DataLoader worker's set-up: seed_worker, then the caller's worker_init."""
-    seed_worker(worker_id)
+    """A DataLoader worker's set-up: seed Python's and NumPy's generators from the worker's torch
+    seed (itself derived from the loader's seeded generator), then run the caller's worker_init."""
+    seed = torch.initial_seed() % 2**32
+    random.seed(seed)
+    np.random.seed(seed)
     if worker_init is not None:
         worker_init(worker_id)
 
