@@ -10,7 +10,7 @@ returns a torch Dataset of (image, label) pairs with ``.targets`` (list[int]) an
 - ``synthetic``: the generated :class:`SyntheticShapes` (no files, no download).
 
 Anything the user can fix (a missing folder, no internet, an unknown name) raises
-:class:`errors.UserError` with a one-line message.
+:class:`plumbing.errors.UserError` with a one-line message.
 """
 
 from __future__ import annotations
@@ -149,7 +149,7 @@ def build_dataset(name: str, data_dir: pathlib.Path, split: str, transform: Call
     (list[int], one per image) and ``.classes``. ``download`` applies to CIFAR only. Folder data
     sets raise a UserError naming an unreadable image when it is loaded; with ``skip_bad_images``
     every image is decoded once up front and the unreadable ones are left out with a warning (from
-    one process of a torchrun launch, see :func:`errors.speaks`).
+    one process of a torchrun launch, see :func:`plumbing.errors.speaks`).
     """
     _check_name(name)
     if split not in ("train", "test"):
