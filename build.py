@@ -14,7 +14,7 @@ import torch.nn as nn
 
 from dataset import EvaluationPatches, PatchRecipe, TrainingPatches, augmentation_kind, class_names, load_split
 from dataset.sampler import ResumableSampler
-from dataset.seeded import eval_seed
+from dataset.seeding import eval_seed
 from features import KNNMonitor
 from lars import LARS
 from loss import EMPSSLLoss

@@ -309,7 +309,7 @@ def fit(training: Training, batches: Any, log: StepLog, schedule: Schedule, pree
     Each epoch ends with <epoch>.pt (last.pt the same file) and then after_epoch(epoch); last.pt is
     also written every schedule.save_every steps and at a stop: --max_steps, or a SIGTERM / Ctrl-C
     that the entered `preemption` caught (read with the step values, every --log_every steps),
-    after which fit returns. batches: the training patches (dataset/patches.py), with
+    after which fit returns. batches: the training patches (dataset/patch_sources.py), with
     set_epoch(epoch, start_step) and steps_per_epoch.
     """
     steps_per_epoch = training.steps_per_epoch

@@ -35,8 +35,8 @@ from torch.utils.data import Dataset
 
 from dataset import AUGMENTS, DATASETS, EvaluationPatches, PatchRecipe, class_names, load_split
 from dataset.catalog import DATA_DEFAULTS
-from dataset.patches import DEFAULT_AUGMENT
-from dataset.seeded import eval_seed
+from dataset.patch_sources import DEFAULT_AUGMENT
+from dataset.seeding import eval_seed
 from features import (
     FORWARD_BS,
     TEST_PATCHES,

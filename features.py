@@ -4,9 +4,9 @@ the feature cache on disk, and the training-time kNN of --eval_every (:class:`KN
 The feature of an image is the mean of the encoder's pre_feature over P patches drawn with the
 training augmentation: f(x) = 1/P Σ_p pre_feature(aug_p(x)), a (hidden_dim,) float32 vector.
 Patches come from any iterable of (patches, labels) batches, with patches a (P, B, C, H, W)
-tensor or a list of P tensors (B, C, H, W): :class:`dataset.patches.EvaluationPatches` makes them
+tensor or a list of P tensors (B, C, H, W): :class:`dataset.patch_sources.EvaluationPatches` makes them
 with either --augment path, each image's patches a pure function of (seed, split, its index in
-the full split), from a random stream of the split's own (:func:`dataset.seeded.eval_seed`).
+the full split), from a random stream of the split's own (:func:`dataset.seeding.eval_seed`).
 """
 from __future__ import annotations
 
@@ -179,7 +179,7 @@ class KNNMonitor:
     """Weighted kNN top-1 of the test split against the training split (the official protocol's k
     and T, probes.KNN_K and KNN_T), on bags of a few patches that never change between calls.
 
-    batches: {"train": …, "test": …} evaluation patches (dataset.patches.EvaluationPatches, a fixed
+    batches: {"train": …, "test": …} evaluation patches (dataset.patch_sources.EvaluationPatches, a fixed
     seed); the forward runs on `device`, under autocast to `dtype` when given (the run's precision).
     """
 

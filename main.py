@@ -7,7 +7,7 @@ Usage:
     python main.py --data synthetic --arch resnet10-cifar --hidden_dim 512 --z_dim 128 \
         --num_patches 8 --bs 50 --epoch 1 --device cpu   # a first run on the built-in data
 
-One step, in order: this rank's patches (dataset/patches.py) → engine.train_step (encoder, loss.py,
+One step, in order: this rank's patches (dataset/patch_sources.py) → engine.train_step (encoder, loss.py,
 backward, the optimizer under the non-finite guard) → engine.fit (the epochs, every save).
 """
 from __future__ import annotations
@@ -31,7 +31,7 @@ from build import (
 )
 from dataset import AUGMENTS, DATASETS
 from dataset.catalog import DATA_DEFAULTS
-from dataset.patches import DEFAULT_AUGMENT
+from dataset.patch_sources import DEFAULT_AUGMENT
 from engine import NonFiniteGuard, Schedule, StepLog, Training, fit, seed_everything
 from features import KNNMonitor
 from model import ARCHS, ENCODER_DEFAULTS

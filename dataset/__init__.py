@@ -1,12 +1,17 @@
 """Images for EMP-SSL: the data sets, the patch augmentation and where the patches come from.
 
-- :mod:`dataset.catalog`: the data sets by name (:data:`DATASETS`), :func:`build_dataset`,
-  :func:`load_split` (with a fixed class-balanced subset), :func:`augmentation_kind`;
-- :mod:`dataset.aug`: the official per-patch PIL augmentation (:func:`patch_transform`,
-  :class:`MultiPatch`) and its constants; :mod:`dataset.batched` and :mod:`dataset.patch_ops`:
-  the same distributions for a whole batch on the device;
-- :mod:`dataset.patches`: the patches of training steps and of evaluation sweeps, made by either
-  path (:data:`AUGMENTS`), seeded and resumable (:mod:`dataset.sampler`, :mod:`dataset.seeded`);
+- :mod:`dataset.catalog`: the one table of data sets (:data:`DATASETS`, each with its augmentation
+  kind and patch size), :func:`build_dataset`, :func:`load_split` (with a fixed class-balanced
+  subset), :func:`augmentation_kind`;
+- :mod:`dataset.pil_pipeline`: the official per-patch PIL augmentation (:func:`patch_transform`,
+  :class:`MultiPatch`) and its constants, the reference of the batched path;
+- :mod:`dataset.draws`: the random parameters of every patch of a batch, from the official
+  distributions; :mod:`dataset.image_ops`: the batched image operations that apply them;
+  :mod:`dataset.batched_pipeline`: the two together, all patches of a batch at once on the device;
+- :mod:`dataset.patch_sources`: the patches of training steps (:class:`TrainingPatches`) and of
+  evaluation sweeps (:class:`EvaluationPatches`), made by either path (:data:`AUGMENTS`);
+- :mod:`dataset.seeding`: the one hash chain every random stream derives from (epoch order,
+  patches, steps, evaluation); :mod:`dataset.sampler`: the seeded, resumable, rank-aware order;
 - :mod:`dataset.pixels`: a data set's images as one uint8 array, image folders decoded once;
 - :mod:`dataset.synthetic`: :class:`SyntheticShapes`, a generated set with no files;
   :mod:`dataset.images`: decoding files, with a clear message for a broken one.
@@ -14,7 +19,6 @@
 The names below are re-exported, so ``from dataset import build_dataset`` works.
 """
 
-from dataset.aug import MultiPatch, patch_transform
 from dataset.catalog import (
                              DATASETS,
                              augmentation_kind,
@@ -24,7 +28,8 @@ from dataset.catalog import (
                              load_split,
                              unwrap_subsets,
 )
-from dataset.patches import AUGMENTS, EvaluationPatches, PatchRecipe, TrainingPatches
+from dataset.patch_sources import AUGMENTS, EvaluationPatches, PatchRecipe, TrainingPatches
+from dataset.pil_pipeline import MultiPatch, patch_transform
 from dataset.synthetic import SyntheticShapes
 
 __all__ = [

@@ -1,7 +1,8 @@
 """The catalogue of data sets: their names, where each is found (or downloaded), and subsets.
 
-``build_dataset(name, data_dir, split, transform)`` returns a torch Dataset of (image, label)
-pairs with ``.targets`` (list[int]) and ``.classes``, for
+:data:`DATASETS` is the one table of the names (``--data``'s choices), each with the augmentation
+kind and patch size of the official code. ``build_dataset(name, data_dir, split, transform)``
+returns a torch Dataset of (image, label) pairs with ``.targets`` (list[int]) and ``.classes``, for
 
 - ``cifar10`` / ``cifar100``: torchvision's CIFAR in ``data_dir`` (downloaded if allowed),
 - ``imagenet100`` / ``tinyimagenet`` / ``imagefolder``: ImageFolder trees
@@ -9,7 +10,7 @@ pairs with ``.targets`` (list[int]) and ``.classes``, for
 - ``synthetic``: the generated :class:`SyntheticShapes` (no files, no download).
 
 Anything the user can fix (a missing folder, no internet, an unknown name) raises
-:class:`errors.UserError` with a one-line message.
+:class:`plumbing.errors.UserError` with a one-line message.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import shutil
 import tarfile
 import warnings
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 from torch.utils.data import Dataset, Subset
@@ -28,7 +30,24 @@ from dataset.images import drop_unreadable, load_image
 from dataset.synthetic import SyntheticShapes
 from plumbing.errors import UserError, one_line, speaks
 
-DATASETS = ("cifar10", "cifar100", "imagenet100", "tinyimagenet", "imagefolder", "synthetic")
+
+@dataclass(frozen=True)
+class DataSpec:
+    """What a data set's name fixes for its patches, as in the official code: the augmentation kind
+    ("cifar": square crops, bilinear; "imagenet": aspect ratio 3/4..4/3, bicubic) and the patch size."""
+
+    kind: str
+    size: int
+
+
+DATASETS: dict[str, DataSpec] = {  # --data; a new one is an entry here (and a loader in build_dataset unless a folder)
+    "cifar10": DataSpec("cifar", 32),
+    "cifar100": DataSpec("cifar", 32),
+    "imagenet100": DataSpec("imagenet", 224),
+    "tinyimagenet": DataSpec("imagenet", 224),
+    "imagefolder": DataSpec("cifar", 32),  # any folder of images, made into 32×32 patches (e.g. a CIFAR slice)
+    "synthetic": DataSpec("cifar", 32),
+}
 DATA_DEFAULTS = {"data": "cifar10", "data_dir": pathlib.Path("data")}  # the official data set, and where it is kept
 _CIFAR = {"cifar10": ("CIFAR-10", datasets.CIFAR10), "cifar100": ("CIFAR-100", datasets.CIFAR100)}
 _LAYOUT = "<data_dir>/train/<class>/*.jpg and <data_dir>/val/<class>/*.jpg (or test/)"
@@ -41,13 +60,10 @@ def _check_name(name: str) -> None:
 
 
 def augmentation_kind(name: str) -> tuple[str, int]:
-    """(augmentation kind for :func:`patch_transform`, patch size in pixels) for a data set.
-
-    As in the official code: ("cifar", 32) for the 32×32 sets and generic folders,
-    ("imagenet", 224) for ImageNet-100 and Tiny ImageNet.
-    """
+    """(augmentation kind for :func:`dataset.pil_pipeline.patch_transform`, patch size in pixels)
+    of a data set of :data:`DATASETS`; an unknown name is a UserError that lists the known ones."""
     _check_name(name)
-    return ("imagenet", 224) if name in ("imagenet100", "tinyimagenet") else ("cifar", 32)
+    return DATASETS[name].kind, DATASETS[name].size
 
 
 def _cifar(name: str, root: pathlib.Path, train: bool, transform: Callable | None,
@@ -133,7 +149,7 @@ def build_dataset(name: str, data_dir: pathlib.Path, split: str, transform: Call
     (list[int], one per image) and ``.classes``. ``download`` applies to CIFAR only. Folder data
     sets raise a UserError naming an unreadable image when it is loaded; with ``skip_bad_images``
     every image is decoded once up front and the unreadable ones are left out with a warning (from
-    one process of a torchrun launch, see :func:`errors.speaks`).
+    one process of a torchrun launch, see :func:`plumbing.errors.speaks`).
     """
     _check_name(name)
     if split not in ("train", "test"):

@@ -12,9 +12,9 @@ and later loads of the same files read it back.
 - Folder: ``$EMP_SSL_CACHE`` when set, else ``~/.cache/emp-ssl``; never beside the data, which
   may be read-only or shared. One ``pixels/<key>.npy`` per decoded file list (a subset of a
   folder is a list of its own); delete the folder to reclaim the space.
-- Writes are atomic (:func:`checkpoint.atomic_write`): a killed run leaves no partial array. A
-  cache folder that cannot be written is reported once per process; the images are then decoded
-  every time, as without a cache.
+- Writes are atomic (:func:`plumbing.checkpoint.atomic_write`): a killed run leaves no partial
+  array. A cache folder that cannot be written is reported once per process; the images are then
+  decoded every time, as without a cache.
 """
 from __future__ import annotations
 

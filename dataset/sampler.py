@@ -1,10 +1,11 @@
 """A seeded, resumable, rank-aware order of training images.
 
-The order of epoch e is a permutation drawn from a generator seeded with (seed, e) alone, so it
-is the same on every rank, every run and after a restart. Step s of the epoch uses the global
-batch perm[s·B : (s+1)·B] (the last incomplete batch is dropped, as the official DataLoader's
-drop_last); rank r of W takes the contiguous slice of B/W images r·B/W … (r+1)·B/W − 1 of it, so
-W ranks together see exactly the global batch a single process would.
+The order of epoch e is a permutation drawn from a generator seeded by (seed, e) alone
+(:func:`dataset.seeding.order_seed`), so it is the same on every rank, every run and after a
+restart. Step s of the epoch uses the global batch perm[s·B : (s+1)·B] (the last incomplete batch
+is dropped, as the official DataLoader's drop_last); rank r of W takes the contiguous slice of B/W
+images r·B/W … (r+1)·B/W − 1 of it, so W ranks together see exactly the global batch a single
+process would.
 """
 from __future__ import annotations
 
@@ -13,23 +14,19 @@ from collections.abc import Iterator
 import torch
 from torch.utils.data import Sampler
 
-
-def epoch_seed(seed: int, epoch: int) -> int:
-    """The seed of one epoch of a run, seed · 1,000,003 + epoch: distinct for every pair with
-    seed ≥ 0 and 0 ≤ epoch < 1,000,003, so no epoch of one seed repeats an epoch of another."""
-    return seed * 1_000_003 + epoch
+from dataset.seeding import order_seed
 
 
 def epoch_permutation(num_items: int, seed: int, epoch: int) -> torch.Tensor:
     """The order of all items in one epoch: a permutation of range(num_items), (num_items,)."""
-    generator = torch.Generator().manual_seed(epoch_seed(seed, epoch))
+    generator = torch.Generator().manual_seed(order_seed(seed, epoch))
     return torch.randperm(num_items, generator=generator)
 
 
 class ResumableSampler(Sampler[tuple[int, int]]):
     """(epoch, index) pairs of this rank's images, batch after batch, from step `start_step` of
-    the epoch. The epoch travels with each index so that a :class:`SeededPatches` data set, even
-    in persistent DataLoader workers, draws the patches of that epoch.
+    the epoch. The epoch travels with each index so that a :class:`dataset.seeding.SeededPatches`
+    data set, even in persistent DataLoader workers, draws the patches of that epoch.
 
     Use with DataLoader(batch_size=global_batch // world_size, drop_last=True) and call
     set_epoch(epoch, start_step) before each epoch.

@@ -39,10 +39,10 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from dataset import AUGMENTS, PatchRecipe, TrainingPatches, load_split  # noqa: E402
-from dataset.aug import BLUR_SIGMA  # noqa: E402
-from dataset.batched import patches_per_chunk  # noqa: E402
+from dataset.batched_pipeline import patches_per_chunk  # noqa: E402
 from dataset.catalog import DATA_DEFAULTS  # noqa: E402
-from dataset.patch_ops import blur_reach, box_kernel, gaussian_blur  # noqa: E402
+from dataset.image_ops import blur_reach, box_kernel, gaussian_blur  # noqa: E402
+from dataset.pil_pipeline import BLUR_SIGMA  # noqa: E402
 from dataset.sampler import ResumableSampler  # noqa: E402
 from engine import NonFiniteGuard, train_step  # noqa: E402
 from lars import LARS  # noqa: E402
@@ -243,7 +243,7 @@ def box_matrices(kernel: torch.Tensor, n: int) -> torch.Tensor:
     are M = B³; O(n³) per patch to build.
 
     Args:
-        kernel: (N, 2R + 1) box weights k from patch_ops.box_kernel.
+        kernel: (N, 2R + 1) box weights k from image_ops.box_kernel.
     Returns:
         (N, n, n) float32 matrices M.
     """
@@ -269,7 +269,7 @@ def blur_by_matrices(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
 def by_chunks(blur: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], x: torch.Tensor, sigma: torch.Tensor,
               length: int) -> torch.Tensor:
     """blur(x, σ) of patches x (N, C, H, W) computed on consecutive chunks of `length` patches into
-    one output, as dataset.batched.photometric goes."""
+    one output, as dataset.batched_pipeline.photometric goes."""
     out = torch.empty_like(x)
     for start in range(0, len(x), length):
         out[start:start + length] = blur(x[start:start + length], sigma[start:start + length])
@@ -277,7 +277,7 @@ def by_chunks(blur: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], x: tor
 
 
 def bench_blur(cfg: dict, device: torch.device) -> dict:
-    """(4) Patches per second of the batched Gaussian blur, ours (patch_ops.gaussian_blur) against
+    """(4) Patches per second of the batched Gaussian blur, ours (image_ops.gaussian_blur) against
     the matrix form (:func:`blur_by_matrices`), on cfg['batch'] random patches of 3×size×size with
     σ ~ U[0.1, 2]: by chunks as photometric runs it (on a CPU of about CPU_CHUNK_BYTES, which keep
     every pass in the cache; elsewhere all at once), and in one call on all the patches. The first

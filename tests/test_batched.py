@@ -11,8 +11,10 @@ import torchvision.transforms.functional as TF
 from PIL import Image, ImageFilter, ImageOps
 from torchvision.transforms import InterpolationMode, RandomResizedCrop
 
-from dataset import patch_ops as ops
-from dataset.batched import augment_crops, augment_images, sample_colors, sample_crops
+from dataset import batched_pipeline
+from dataset import image_ops as ops
+from dataset.batched_pipeline import augment_crops, augment_images, color_augment, normalize, photometric
+from dataset.draws import crop_window, sample_colors, sample_crops
 from dataset.synthetic import SyntheticShapes
 from plumbing.host_sync import HostSyncs
 
@@ -40,6 +42,12 @@ def draws(n: int, seed: int = 0):
     """(crop parameters on 32×32 images, colour parameters) of n CIFAR patches."""
     generator = torch.Generator().manual_seed(seed)
     return sample_crops(n, 32, 32, (1.0, 1.0), generator), sample_colors(n, generator)
+
+
+def blend(op: int):
+    """ColorJitter's blend number op (0 brightness, 1 contrast, 2 saturation) on every patch, as the
+    batched jitter applies it: x (N, 3, H, W), factor (N,) → (N, 3, H, W)."""
+    return lambda x, factor: ops.adjust_blend(x, torch.full((len(x),), op), factor)
 
 
 def replay_pil(image: Image.Image, crop, color, n: int) -> Image.Image:
@@ -82,9 +90,9 @@ class TestOperationsMatchPIL:
         assert grey_levels_apart(pils, x) <= 1
 
     @pytest.mark.parametrize("name,pil_op,op,low,high,limit", [
-        ("brightness", TF.adjust_brightness, ops.adjust_brightness, 0.6, 1.4, 1),
-        ("contrast", TF.adjust_contrast, ops.adjust_contrast, 0.6, 1.4, 1),
-        ("saturation", TF.adjust_saturation, ops.adjust_saturation, 0.6, 1.4, 1),
+        ("brightness", TF.adjust_brightness, blend(0), 0.6, 1.4, 1),
+        ("contrast", TF.adjust_contrast, blend(1), 0.6, 1.4, 1),
+        ("saturation", TF.adjust_saturation, blend(2), 0.6, 1.4, 1),
         ("hue", TF.adjust_hue, ops.adjust_hue, -0.2, 0.2, 2),
         ("blur", lambda im, s: im.filter(ImageFilter.GaussianBlur(s)), ops.gaussian_blur, 0.1, 2.0, 2),
     ])
@@ -96,13 +104,14 @@ class TestOperationsMatchPIL:
 
     def test_grayscale_and_solarize(self, images: np.ndarray) -> None:
         pils = [Image.fromarray(im) for im in images]
-        assert grey_levels_apart([TF.rgb_to_grayscale(p, 3) for p in pils], ops.grayscale(as_tensor(images))) <= 1
+        grey = ops.grey(as_tensor(images)).expand(-1, 3, -1, -1)  # (N, 3, H, W): the luma on every channel
+        assert grey_levels_apart([TF.rgb_to_grayscale(p, 3) for p in pils], grey) <= 1
         assert grey_levels_apart([ImageOps.solarize(p, 128) for p in pils], ops.solarize(as_tensor(images), 128)) <= 1
 
     def test_hue_shift_of_zero_and_grey_pixels_change_nothing(self, images: np.ndarray) -> None:
         x = as_tensor(images)
         torch.testing.assert_close(ops.adjust_hue(x, torch.zeros(len(x))), x, atol=1e-5, rtol=0)
-        grey = ops.grayscale(x)
+        grey = ops.grey(x).expand(-1, 3, -1, -1).contiguous()  # (N, 3, H, W)
         torch.testing.assert_close(ops.adjust_hue(grey, torch.full((len(x),), 0.3)), grey, atol=1e-6, rtol=0)
 
     def test_whole_pipeline_replays_the_pil_pipeline(self, images: np.ndarray) -> None:
@@ -113,6 +122,9 @@ class TestOperationsMatchPIL:
         crop, color = draws(num_patches * n, seed=3)  # the same draws, in the same order
         pils = [replay_pil(Image.fromarray(images[k % n]), crop, color, k) for k in range(num_patches * n)]
         assert grey_levels_apart(pils, out * 0.5 + 0.5) <= 2
+        # Patch by patch too (the worst is 2.6): a step applied to the wrong patches shows here; the
+        # blur, gray, solarize or jitter flags negated move the worst patch by 19 to 170 grey levels.
+        assert max(grey_levels_apart([pil], x[None]) for pil, x in zip(pils, out * 0.5 + 0.5)) <= 3
         assert color.jitter.sum() > 100 and color.gray.any() and color.blur.any() and color.solarize.any()
 
 
@@ -169,6 +181,27 @@ class TestSampling:
                                                     crop.width.tolist())} == {expected}
 
 
+class TestHostKnownSizes:
+    """The crop window follows from the constants, on the host, and holds every box drawn."""
+
+    @pytest.mark.parametrize("height,width,ratio", [(32, 32, (1.0, 1.0)), (64, 80, (3 / 4, 4 / 3))])
+    def test_crop_window_is_the_longest_box_side(self, height: int, width: int, ratio: tuple[float, float]) -> None:
+        generator = torch.Generator().manual_seed(0)
+        c = sample_crops(N_DRAWS, height, width, ratio, generator)
+        window = crop_window(height, width, ratio)
+        assert window == max(c.height.max(), c.width.max()) == (16 if height == 32 else 41)  # met, no wider
+        images = torch.rand(8, 3, height, width, generator=generator)
+        c = sample_crops(64, height, width, ratio, generator)
+        torch.testing.assert_close(ops.resized_crop(images, c, 24, window), ops.resized_crop(images, c, 24),
+                                   atol=1e-6, rtol=0)  # a wider window (the default max(H, W)) changes nothing
+
+    def test_crop_window_holds_the_fallback(self) -> None:
+        c = sample_crops(200, 10, 10, (1.0, 1.0), torch.Generator().manual_seed(0), scale=(0.001, 0.002))
+        assert (c.height == 10).all() and crop_window(10, 10, (1.0, 1.0), (0.001, 0.002)) == 10  # all tries fail
+        c = sample_crops(2000, 4, 400, (3 / 4, 4 / 3), torch.Generator().manual_seed(0))
+        assert crop_window(4, 400, (3 / 4, 4 / 3)) >= max(c.height.max(), c.width.max())
+
+
 class TestBatchedPipeline:
     def test_shapes_range_and_patch_major_layout(self, images: np.ndarray) -> None:
         uint8 = torch.from_numpy(images).permute(0, 3, 1, 2)  # (20, 3, 32, 32)
@@ -189,6 +222,15 @@ class TestBatchedPipeline:
         half = augment_crops(crops.view(3, 20, 3, 32, 32)[:, 10:].reshape(30, 3, 32, 32),
                              torch.Generator().manual_seed(5), 3, global_batch=20, first=10)
         torch.testing.assert_close(half.view(3, 10, -1), whole.view(3, 20, -1)[:, 10:])
+
+
+    def test_cpu_chunks_change_nothing(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        generator = torch.Generator().manual_seed(2)
+        x = torch.rand(50, 3, 16, 16, generator=generator)  # (N, 3, S, S), 3 KiB per patch
+        p = sample_colors(len(x), generator)
+        monkeypatch.setattr(batched_pipeline, "CPU_CHUNK_BYTES", 3072 * 16)  # chunks of 16, the last of 2
+        assert batched_pipeline.patches_per_chunk(x) == 16
+        assert torch.equal(photometric(x.clone(), p), normalize(color_augment(x.clone(), p)))
 
 
 class TestNoHostSyncs:

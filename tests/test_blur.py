@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from dataset import patch_ops as ops
+from dataset import image_ops as ops
 
 SIZES = [(32, 32), (64, 80), (224, 224)]
 
@@ -52,6 +52,12 @@ def test_every_box_of_the_range_and_the_edges() -> None:
     sigma = torch.arange(0.1, 2.0 + 1e-6, 0.005)  # (381,)
     x = patches(len(sigma), 4, 5)
     torch.testing.assert_close(ops.gaussian_blur(x, sigma).double(), dense_blur(x, sigma), atol=1e-6, rtol=0)
+
+
+def test_the_kernel_reach_holds_the_largest_box() -> None:
+    """R = blur_reach(2) = 2 is one more than the largest l of any σ ≤ 2, and no more."""
+    sigma = torch.linspace(0.0, 2.0, 2001)  # (2001,)
+    assert ops.blur_reach(2.0) == int(ops.box_radius(sigma)[0].max()) + 1 == 2
 
 
 @pytest.mark.parametrize("h,w", SIZES)

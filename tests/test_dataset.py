@@ -21,7 +21,7 @@ from dataset import (
     class_balanced_subset,
     patch_transform,
 )
-from dataset.aug import PILGaussianBlur, PILSolarize
+from dataset.pil_pipeline import CROP_RATIO, PILGaussianBlur, PILSolarize
 from plumbing.errors import UserError
 
 
@@ -150,16 +150,19 @@ class TestSyntheticShapes:
 
 
 class TestBuildDataset:
-    def test_names_and_augmentation_kind(self) -> None:
+    def test_every_name_has_an_augmentation_kind_and_patch_size(self) -> None:
         assert augmentation_kind("cifar100") == ("cifar", 32)
         assert augmentation_kind("synthetic") == ("cifar", 32)
-        assert augmentation_kind("tinyimagenet") == ("imagenet", 224)
-        for name in DATASETS:
-            augmentation_kind(name)
-        with pytest.raises(UserError, match="--data"):
-            augmentation_kind("mnist")
-        with pytest.raises(UserError, match="cifar10, cifar100"):
-            build_dataset("mnist", pathlib.Path("x"), "train")
+        assert augmentation_kind("tinyimagenet") == augmentation_kind("imagenet100") == ("imagenet", 224)
+        for name, spec in DATASETS.items():
+            assert augmentation_kind(name) == (spec.kind, spec.size) and spec.kind in CROP_RATIO, name
+            patch_transform(*augmentation_kind(name))  # the PIL pipeline knows the kind
+
+    def test_an_unknown_name_is_refused_naming_the_known_ones(self) -> None:
+        known = "cifar10, cifar100, imagenet100, tinyimagenet, imagefolder, synthetic"
+        for refused in (lambda: augmentation_kind("mnist"), lambda: build_dataset("mnist", pathlib.Path("x"), "train")):
+            with pytest.raises(UserError, match=f"unknown data set 'mnist': choose --data from {known}$"):
+                refused()
 
     def test_synthetic(self, tmp_path: pathlib.Path) -> None:
         data = build_dataset("synthetic", tmp_path, "test", transform=T.ToTensor())

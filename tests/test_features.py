@@ -22,7 +22,8 @@ from dataset import (
     load_split,
     patch_transform,
 )
-from dataset.seeded import SeededPatches, eval_seed
+from dataset.batched_pipeline import augment_images
+from dataset.seeding import KeyedUniform, SeededPatches, eval_seed
 from features import FEATURE_CODE, KNNMonitor, bag_of_features, cache_path, cached_features, code_fingerprint
 from model import Encoder
 from plumbing.errors import UserError
@@ -157,13 +158,15 @@ class TestEvalPatches:
         torch.testing.assert_close(sub_features, features[picked], rtol=1e-5, atol=1e-6)
         assert sub_labels.tolist() == labels[picked].tolist() == [images.targets[i] for i in picked]
 
-    def test_batched_path_holds_the_images_on_the_device_and_matches_the_official_ranges(self, images) -> None:
+    def test_batched_path_augments_the_images_on_the_device_with_keyed_draws(self, images) -> None:
         batches = make(images, "batched", eval_bs=4)
-        assert batches.images is not None and batches.loader is None
-        assert batches.images.images.shape == (10, 3, 32, 32) and batches.images.images.dtype == torch.uint8
+        assert batches.loader is None  # no DataLoader: the uint8 images are held on the device
         views, labels = next(iter(batches))
         assert views.shape == (3, 4, 3, 32, 32) and views.dtype == torch.float32 and len(batches) == 3
         assert -1 <= views.min() and views.max() <= 1 and labels.tolist() == images.targets[:4]
+        uint8 = torch.from_numpy(images.data[:4]).permute(0, 3, 1, 2)  # (4, 3, 32, 32)
+        rand = KeyedUniform(eval_seed(0, "test"), torch.arange(4), 3)  # images 0 … 3 of the split, 3 patches
+        assert torch.equal(views, augment_images(uint8, 3, 32, (1.0, 1.0), rand).view(3, 4, 3, 32, 32))  # (P, B, …)
 
     def test_mixed_size_folder_cuts_crops_in_workers_and_keeps_the_keying(self, tmp_path: Path) -> None:
         write_folder(tmp_path, [(32, 32), (40, 36), (48, 48)])

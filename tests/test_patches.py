@@ -1,4 +1,4 @@
-"""Training patches (dataset/patches.py): where they are made, reproducible and resumable, split over
+"""Training patches (dataset/patch_sources.py): where they are made, reproducible and resumable, split over
 ranks; the --augment and --compile flags end to end."""
 from __future__ import annotations
 
@@ -6,10 +6,13 @@ from pathlib import Path
 
 import pytest
 import torch
+import torchvision.transforms.functional as TF
 from conftest import TINY_RUN, assert_one_line_error, write_image_folder
 
 from dataset import PatchRecipe, SyntheticShapes, TrainingPatches, load_split
+from dataset.batched_pipeline import augment_images
 from dataset.sampler import ResumableSampler
+from dataset.seeding import step_seed
 
 CPU = torch.device("cpu")
 
@@ -64,8 +67,12 @@ class TestPathChoice:
     def test_equal_sized_folder_lives_in_memory(self, tmp_path: Path) -> None:
         write_image_folder(tmp_path, sizes=[(32, 32)] * 3, splits=("train", "val"))
         patches = folder_patches(tmp_path, "imagefolder", "batched")
-        assert patches.loader is None and patches.images.images.shape == (6, 3, 32, 32)
-        assert patches.images.images.dtype == torch.uint8
+        assert patches.loader is None  # no DataLoader: the decoded images are held on the device
+        folder = load_split("imagefolder", tmp_path, "train")
+        uint8 = torch.stack([TF.pil_to_tensor(image) for image, _ in folder])  # (6, 3, 32, 32)
+        step = torch.Generator().manual_seed(step_seed(0, 0, 0))  # seed 0, epoch 0, step 0
+        expected = augment_images(uint8[patches.sampler.batch_indices(0)], 2, 32, (1.0, 1.0), step)  # (P·B, 3, 32, 32)
+        assert torch.equal(next(iter(patches)), expected)
 
     def test_mixed_sizes_cut_in_workers_then_coloured_in_batch(self, tmp_path: Path) -> None:
         write_image_folder(tmp_path, sizes=[(32, 32), (40, 36), (48, 48)], splits=("train", "val"))

@@ -3,7 +3,7 @@ import torch
 from torch.utils.data import TensorDataset
 
 from dataset.sampler import ResumableSampler
-from dataset.seeded import SeededPatches
+from dataset.seeding import SeededPatches
 
 
 def batches(sampler: ResumableSampler) -> list[list[int]]:

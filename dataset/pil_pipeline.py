@@ -10,7 +10,7 @@ Every patch of an image is an independent draw of the same PIL pipeline:
    (p 0.1), 6. PIL solarize at 128 (p 0.1), 7. ToTensor and Normalize(0.5, 0.5): values in [-1, 1].
 
 ``MultiPatch`` draws P patches per image; the default collate turns a batch of B images into a
-list of P tensors (B, C, size, size), which :class:`dataset.source.LoaderBatches` joins
+list of P tensors (B, C, size, size), which :func:`dataset.patch_sources.finish` joins
 patch-major with ``torch.cat`` on the training device.
 """
 
@@ -20,7 +20,7 @@ import torch
 from PIL import Image, ImageFilter, ImageOps
 from torchvision import transforms as T
 
-# The official parameters, shared with the batched implementation (dataset/batched.py).
+# The official parameters, shared with the batched draws and operations (dataset/draws.py, dataset/image_ops.py).
 CROP_SCALE = (0.25, 0.25)  # area of the crop as a fraction of the image
 CROP_RATIO = {"cifar": (1.0, 1.0), "imagenet": (3 / 4, 4 / 3)}  # aspect ratio range of the crop
 P_FLIP, P_JITTER, P_GRAY, P_BLUR, P_SOLARIZE = 0.5, 0.8, 0.2, 0.1, 0.1
@@ -108,7 +108,7 @@ class MultiPatch:
     """P independent draws of one transform: image -> list of P tensors (C, size, size).
 
     After the default collate a batch is a list of P tensors (B, C, size, size);
-    ``torch.cat(views)`` in :class:`dataset.source.LoaderBatches` gives the patch-major
+    ``torch.cat(views)`` in :func:`dataset.patch_sources.finish` gives the patch-major
     (P·B, C, size, size) layout of the official code.
     """
 

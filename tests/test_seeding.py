@@ -1,5 +1,7 @@
-"""The counter-based random source of the evaluation patches: uniform, independent between
-neighbouring keys, a function of (seed, image, patch, draw) alone, and free of host reads."""
+"""The seeding scheme (dataset/seeding.py): seeds of nearby keys and of different streams are
+unrelated and never meet; the counter-based random source of the evaluation patches is uniform,
+independent between neighbouring keys, a function of (seed, image, patch, draw) alone, and free
+of host reads."""
 from __future__ import annotations
 
 import math
@@ -7,8 +9,8 @@ import math
 import pytest
 import torch
 
-from dataset.batched import sample_colors, sample_crops
-from dataset.seeded import KeyedUniform, mix32, stream_seed
+from dataset.draws import sample_colors, sample_crops
+from dataset.seeding import KeyedUniform, eval_seed, image_seed, mix32, order_seed, step_seed
 from plumbing.host_sync import HostSyncs
 
 IMAGES, PATCHES, DRAWS = 1000, 16, 16  # 256,000 values: the bounds below are 4-5 standard errors
@@ -48,9 +50,34 @@ class TestHash:
         assert [mix32(v) for v in values] == [reference(v) for v in values]
         assert mix32(torch.tensor(values)).tolist() == [reference(v) for v in values]
 
-    def test_stream_seeds_are_63_bit_and_distinct(self) -> None:
-        seeds = {stream_seed(s, name) for s in range(3) for name in ("eval-train", "eval-test")}
-        assert len(seeds) == 6 and all(0 <= s < 2**63 for s in seeds)
+
+
+class TestSeeds:
+    """The 63-bit seeds of ORDER, PATCHES, STEP and the evaluation streams."""
+
+    SEEDS = (0, 1, 2, 2**40 + 1)  # nearby user seeds, and one whose high half is not zero
+
+    def test_a_grid_of_keys_and_streams_never_shares_a_seed(self) -> None:
+        index = torch.arange(1000)  # (1000,)
+        grid = torch.cat([stream(seed, epoch, index) for stream in (image_seed, step_seed)
+                          for seed in self.SEEDS for epoch in range(50)])  # (2·4·50·1000,) = (400,000,)
+        single = [order_seed(seed, epoch) for seed in self.SEEDS for epoch in range(50)]
+        single += [eval_seed(seed, split) for seed in self.SEEDS for split in ("train", "test")]
+        every = torch.cat([grid, torch.tensor(single)])
+        assert len(every.unique()) == len(every) == 400_208
+        assert all(0 <= s < 2**63 for s in single) and every.min() >= 0 and every.max() > 2**62  # 63 bits
+        assert image_seed(5, 3, 7) == int(image_seed(5, 3, torch.tensor(7)))  # ints and tensors alike
+
+    @pytest.mark.parametrize("neighbour", ["index", "epoch", "seed", "stream"])
+    def test_neighbouring_keys_give_unrelated_seeds(self, neighbour: str) -> None:
+        """Every bit of the seed flips with probability ½ between neighbouring keys (a linear mix
+        such as seed·1,000,003 + epoch flips a few low bits), over 10,000 pairs."""
+        i = torch.arange(10_000)  # (10,000,)
+        base = image_seed(0, 0, i)
+        other = {"index": image_seed(0, 0, i + 1), "epoch": image_seed(0, 1, i), "seed": image_seed(1, 0, i),
+                 "stream": step_seed(0, 0, i)}[neighbour]
+        flips = ((base ^ other).view(-1, 1) >> torch.arange(63)) & 1  # (10,000, 63)
+        assert ((flips.double().mean(0) - 0.5).abs() < 5 * 0.005).all()  # 5 standard errors per bit
 
 
 class TestUniformity:
@@ -97,7 +124,7 @@ class TestNoHostReads:
     def test_keyed_draws_and_the_parameter_sampling(self) -> None:
         images = torch.arange(20)
         with HostSyncs() as reads:
-            rand = KeyedUniform(stream_seed(0, "eval-test"), images, 8)
+            rand = KeyedUniform(eval_seed(0, "test"), images, 8)
             crops = sample_crops(160, 40, 48, (3 / 4, 4 / 3), rand)
             colors = sample_colors(160, rand)
         assert reads.syncs == []

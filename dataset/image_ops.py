@@ -22,15 +22,12 @@ from __future__ import annotations
 
 import functools
 import math
-from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 
-from dataset.aug import BLUR_SIGMA
-
-if TYPE_CHECKING:
-    from dataset.batched import CropParams
+from dataset.draws import CropParams
+from dataset.pil_pipeline import BLUR_SIGMA
 
 LUMA = (0.299, 0.587, 0.114)  # ITU-R 601-2, as PIL's convert("L")
 BLUR_PASSES = 3  # PIL's GaussianBlur: three box-blur passes per axis
@@ -110,25 +107,10 @@ def _blend(x: torch.Tensor, other: torch.Tensor, factor: torch.Tensor) -> torch.
     return torch.lerp(other, x, _per_patch(factor)).clamp_(0, 1)  # other broadcasts over the channels
 
 
-def adjust_brightness(x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
-    """Blend with black: factor·x, clamped."""
-    return _blend(x, torch.zeros_like(x), factor)
-
-
-def adjust_contrast(x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
-    """Blend with the patch's mean grey level."""
-    return _blend(x, grey(x).mean(dim=(1, 2, 3), keepdim=True), factor)
-
-
-def adjust_saturation(x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
-    """Blend with the patch's grey image."""
-    return _blend(x, grey(x), factor)
-
-
 def adjust_blend(x: torch.Tensor, op: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
-    """Per patch one of the three blends, by op (N,) in ColorJitter's numbering: 0 brightness,
-    1 contrast, 2 saturation, each with that patch's factor (N,); the same values as
-    :func:`adjust_brightness`, :func:`adjust_contrast` and :func:`adjust_saturation`."""
+    """Per patch one of ColorJitter's three blends, by op (N,) in its numbering, each with that
+    patch's factor (N,): 0 brightness blends with black (factor·x), 1 contrast with the patch's
+    mean grey level, 2 saturation with the patch's grey image; all clamped to [0, 1]."""
     grey_image = grey(x)  # (N, 1, H, W)
     mean = grey_image.mean(dim=(1, 2, 3), keepdim=True)  # (N, 1, 1, 1)
     op = _per_patch(op)
@@ -151,11 +133,6 @@ def adjust_hue(x: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
     k = torch.stack([hue + 5, hue + 3, hue + 1], 1).remainder_(6)  # (N, 3, H, W)
     ramp = torch.minimum(k, 4 - k).clamp_(0, 1)
     return value.unsqueeze(1) - chroma.unsqueeze(1) * ramp
-
-
-def grayscale(x: torch.Tensor) -> torch.Tensor:
-    """Grey image repeated on the three channels (N, 3, H, W)."""
-    return grey(x).expand_as(x).contiguous()
 
 
 def solarize(x: torch.Tensor, threshold: int | torch.Tensor) -> torch.Tensor:

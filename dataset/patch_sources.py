@@ -6,9 +6,9 @@ from which random stream. The images come from one of two places:
 
 - :class:`DeviceImages`: with ``batched``, 32×32-kind data sets whose images fit in memory (CIFAR,
   the synthetic set, an image folder of equally sized images) live on the device as one uint8
-  tensor (N, 3, H, W), and every patch of a batch is made at once (dataset/batched.py);
+  tensor (N, 3, H, W), and every patch of a batch is made at once (dataset/batched_pipeline.py);
 - :func:`patch_loader`: DataLoader workers decode each image and cut its P patches, seeded per
-  image (:class:`dataset.seeded.SeededPatches`): the whole official PIL pipeline (``pil``), or with
+  image (:class:`dataset.seeding.SeededPatches`): the whole official PIL pipeline (``pil``), or with
   ``batched`` (ImageNet-100, Tiny ImageNet, folders of mixed sizes) the crops only, as uint8, whose
   photometric half then runs batched on the device.
 
@@ -21,6 +21,7 @@ split). Patches are patch-major, as the official ``torch.cat(views)``: (P·B, �
 """
 from __future__ import annotations
 
+import random
 import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -31,12 +32,13 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler, Subset
 from torchvision import transforms as T
 
-from dataset.aug import CROP_RATIO, MultiPatch, crop_transform, patch_transform
-from dataset.batched import Randomness, augment_crops, augment_images
+from dataset.batched_pipeline import augment_crops, augment_images
 from dataset.catalog import augmentation_kind, unwrap_subsets
+from dataset.draws import Randomness
+from dataset.pil_pipeline import CROP_RATIO, MultiPatch, crop_transform, patch_transform
 from dataset.pixels import in_memory_pixels
 from dataset.sampler import ResumableSampler
-from dataset.seeded import KeyedUniform, SeededPatches, seed_worker, step_seed
+from dataset.seeding import KeyedUniform, SeededPatches, step_seed
 from plumbing.errors import UserError
 
 AUGMENTS = {  # --augment: how patches are made; adding an operation means one function per path and one parity test
@@ -101,7 +103,7 @@ class DeviceImages:
     def patches(self, index: torch.Tensor | slice, randomness: Randomness, global_batch: int | None = None,
                 first: int = 0) -> torch.Tensor:
         """The P patches (P·B, 3, S, S) of the B images index ((B,) or a slice), drawn as slice
-        first … first + B − 1 of a global batch (see :func:`dataset.batched.augment_images`)."""
+        first … first + B − 1 of a global batch (see :func:`dataset.batched_pipeline.augment_images`)."""
         recipe = self.recipe
         return augment_images(self.images[index], recipe.num_patches, recipe.size, CROP_RATIO[recipe.kind],
                               randomness, global_batch, first)
@@ -119,8 +121,11 @@ def patch_loader(patches: Dataset, batch: int, sampler: Sampler | None, workers:
 
 
 def _start_worker(worker_id: int, worker_init: WorkerInit | None) -> None:
-    """A DataLoader worker's set-up: seed_worker, then the caller's worker_init."""
-    seed_worker(worker_id)
+    """A DataLoader worker's set-up: seed Python's and NumPy's generators from the worker's torch
+    seed (itself derived from the loader's seeded generator), then run the caller's worker_init."""
+    seed = torch.initial_seed() % 2**32
+    random.seed(seed)
+    np.random.seed(seed)
     if worker_init is not None:
         worker_init(worker_id)
 
@@ -129,7 +134,7 @@ def finish(views: list[torch.Tensor], recipe: PatchRecipe, device: torch.device,
            global_batch: int | None = None, first: int = 0) -> torch.Tensor:
     """A loader batch's P views (B, 3, S, S) joined patch-major on the device, (P·B, 3, S, S); uint8
     crops get the photometric half there, drawn as slice first … first + B − 1 of a global batch
-    (see :func:`dataset.batched.augment_crops`)."""
+    (see :func:`dataset.batched_pipeline.augment_crops`)."""
     x = torch.cat([v.to(device, non_blocking=True) for v in views])  # (P·B, 3, S, S)
     if x.dtype != torch.uint8:  # finished by PIL in the workers
         return x
