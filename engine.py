@@ -145,7 +145,11 @@ class Training:
     def load_state_dict(self, state: dict[str, Any], source: Path) -> None:
         """Continue from a checkpoint written by :meth:`save` (strict on the encoder's keys)."""
         ckpt.load_state_strict(self.encoder, state["model"], source)
-        self.optimizer.load_state_dict(state["optimizer"])
+        try:
+            self.optimizer.load_state_dict(state["optimizer"])
+        except ValueError as err:  # e.g. one parameter group, as before optim.param_groups
+            raise UserError(f"{source}: its optimizer state does not fit this optimiser's parameter groups ({err}): "
+                            f"continue it with the commit that wrote it, or start a new run") from err
         self.scheduler.load_state_dict(state["scheduler"])
         ckpt.set_rng_state(state["rng"])
         self.step = state["step"]

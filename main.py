@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import os
+from collections.abc import Sequence
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -35,6 +36,7 @@ from dataset.patches import DEFAULT_AUGMENT
 from engine import NonFiniteGuard, Schedule, StepLog, Training, fit, seed_everything
 from features import KNNMonitor
 from model import ARCHS, ENCODER_DEFAULTS
+from optim import OPTIMIZERS, state_copies
 from plumbing import checkpoint as ckpt
 from plumbing import distributed
 from plumbing.cli import ArgumentParser, banner, default_workers, require, run_cli
@@ -47,7 +49,7 @@ from plumbing.speed import AMP_DTYPES, compile_model, memory_format
 
 # Flags that define what a run computes: a resumed run must keep them.
 RUN_DEFINING = ("data", "train_subset", "num_patches", "augment", "arch", "hidden_dim", "z_dim", "patch_sim",
-                "tcr", "eps", "bs", "lr", "wd", "lars_eta", "epoch", "seed", "precision", "patch_chunks")
+                "tcr", "eps", "bs", "optimizer", "lr", "wd", "lars_eta", "epoch", "seed", "precision", "patch_chunks")
 
 
 def chunks_flag(text: str) -> str:
@@ -57,8 +59,26 @@ def chunks_flag(text: str) -> str:
     return text
 
 
+class TrainingParser(ArgumentParser):
+    """main.py's parser: --lr and --lars_eta default to the values of the chosen --optimizer
+    (optim.OPTIMIZERS), filled in as the flags are parsed, so that every reader of them (args.json,
+    the checkpoints, the run folder's name, reproduce.py) sees the value the run uses; --lars_eta
+    with an optimiser that has no trust ratio is refused."""
+
+    def parse_known_args(self, args: Sequence[str] | None = None,  # type: ignore[override]
+                         namespace: argparse.Namespace | None = None) -> tuple[argparse.Namespace, list[str]]:
+        parsed, rest = super().parse_known_args(args, namespace)
+        choice = OPTIMIZERS[parsed.optimizer]
+        if parsed.lars_eta is not None and choice.eta is None:
+            self.error(f"--lars_eta is the trust coefficient of --optimizer lars; {parsed.optimizer} has no trust "
+                       f"ratio: drop --lars_eta")
+        parsed.lr = choice.lr if parsed.lr is None else parsed.lr
+        parsed.lars_eta = choice.eta if parsed.lars_eta is None else parsed.lars_eta
+        return parsed, rest
+
+
 def get_args_parser() -> argparse.ArgumentParser:
-    parser = ArgumentParser("EMP-SSL training", description="Train an EMP-SSL encoder; defaults are the official ones.")
+    parser = TrainingParser("EMP-SSL training", description="Train an EMP-SSL encoder; defaults are the official ones.")
     data = parser.add_argument_group("Data")
     data.add_argument("--data", default=DATA_DEFAULTS["data"], choices=DATASETS,
                       help="data set (official default: %(default)s)")
@@ -96,10 +116,20 @@ def get_args_parser() -> argparse.ArgumentParser:
     optim.add_argument("--bs", type=int, default=100,
                        help="images per step, B, over all processes (split evenly among torchrun's ranks); "
                             "each step sees P·B patches (%(default)s)")
-    optim.add_argument("--lr", type=float, default=0.3, help="base learning rate of LARS-wrapped SGD (%(default)s), "
-                                                              "cosine-annealed to 0 over every step of the run")
+    optim.add_argument("--optimizer", default="lars", choices=tuple(OPTIMIZERS),
+                       help="; ".join(f"{name}: {choice.help}" for name, choice in OPTIMIZERS.items()) +
+                            " (default: %(default)s). Every one gets the same parameter groups: ≥2-d weights decay "
+                            "by --wd, biases and normalisation weights do not decay")
+    optim.add_argument("--lr", type=float, default=None,
+                       help="base learning rate, cosine-annealed to 0 over every step of the run (default: " +
+                            ", ".join(f"{choice.lr:g} for {name}" for name, choice in OPTIMIZERS.items()) +
+                            "; 0.3 is the official)")
     optim.add_argument("--wd", type=float, default=1e-4, help="weight decay of ≥2-d weights (%(default)s)")
-    optim.add_argument("--lars_eta", type=float, default=0.005, help="LARS trust coefficient η (%(default)s)")
+    optim.add_argument("--lars_eta", type=float, default=None,
+                       help="trust coefficient η of --optimizer lars (default: " +
+                            ", ".join(f"{choice.eta:g} for {name}" for name, choice in OPTIMIZERS.items()
+                                      if choice.eta is not None) +
+                            ", the official); refused with an optimiser that has no trust ratio")
     optim.add_argument("--epoch", type=int, default=30,
                        help="epochs; sizes the cosine schedule (official %(default)s)")
     optim.add_argument("--train_epochs", type=int, default=None,
@@ -259,10 +289,12 @@ def build_training(args: argparse.Namespace, device: torch.device, steps_per_epo
 
 def plan_chunks(args: argparse.Namespace, training: Training, device: torch.device) -> tuple[MemoryPlan, int]:
     """(the memory plan of this rank's step, K for --patch_chunks), measured on a random slice of the
-    real shape before the first step (plumbing/memory_plan.py)."""
+    real shape before the first step (plumbing/memory_plan.py), with the weight-sized state tensors
+    that --optimizer keeps (optim.state_copies: momentum 1, AdamW's moments 2)."""
     layout = memory_format(args.channels_last)
     sample = torch.randn(args.bs // distributed.get_world_size(), *patch_shape(args), device=device)  # (B/W, 3, S, S)
-    plan = plan_memory(training.encoder, 1, sample.contiguous(memory_format=layout), args.num_patches,
+    copies = state_copies(lambda module: build_optimizer(module, args))
+    plan = plan_memory(training.encoder, copies, sample.contiguous(memory_format=layout), args.num_patches,
                        AMP_DTYPES[args.precision])
     return plan, choose_chunks(args.patch_chunks, plan)
 
