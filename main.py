@@ -7,6 +7,9 @@ Usage:
     python main.py --data synthetic --arch resnet10-cifar --hidden_dim 512 --z_dim 128 \
         --num_patches 8 --bs 50 --epoch 1 --device cpu   # a first run on the built-in data
 
+Exit status: 0 when the schedule (or --max_steps) ends; 2 for bad input or a non-finite loss; 130
+after Ctrl-C and 143 after SIGTERM, which stop the run at a step boundary with last.pt saved.
+
 One step, in order: this rank's patches (dataset/patches.py) → engine.train_step (encoder, loss.py,
 backward, the optimizer under the non-finite guard) → engine.fit (the epochs, every save).
 """
@@ -41,10 +44,10 @@ from plumbing import checkpoint as ckpt
 from plumbing import distributed
 from plumbing.cli import ArgumentParser, banner, default_workers, require, run_cli
 from plumbing.device import resolve_device
-from plumbing.errors import UserError
+from plumbing.errors import Stopped, UserError
 from plumbing.memory_plan import MemoryPlan, choose_chunks, plan_memory
 from plumbing.pictures import log_patch_grids
-from plumbing.preemption import Preemption
+from plumbing.preemption import Preemption, refuse_restart_after_stop
 from plumbing.speed import AMP_DTYPES, compile_model, memory_format
 
 # Flags that define what a run computes: a resumed run must keep them.
@@ -311,8 +314,9 @@ def main(args: argparse.Namespace) -> None:
     from torch.utils.tensorboard import SummaryWriter  # here: importing main.py for its flags loads no TensorBoard
 
     validate_args(args)
-    device = distributed.setup(resolve_device(args.device), args.dist_backend, args.dist_timeout, args.sync_bn)
     run_dir = args.output_dir or default_run_dir(args)
+    refuse_restart_after_stop(run_dir)
+    device = distributed.setup(resolve_device(args.device), args.dist_backend, args.dist_timeout, args.sync_bn)
     state = distributed.fail_together(lambda: resume_state(args, run_dir))  # every rank reads last.pt
     seed_everything(args.seed, args.deterministic)
 
@@ -342,9 +346,12 @@ def main(args: argparse.Namespace) -> None:
                 distributed.on_main(partial(log_knn, monitor, training, writer, epoch))
 
         schedule = Schedule(args.epoch, args.train_epochs, args.max_steps, args.save_every_steps)
-        fit(training, patches, log, schedule, preemption, after_epoch)
+        stop = fit(training, patches, log, schedule, preemption, after_epoch)
     if writer is not None:
         writer.close()
+    if stop is not None:  # exit 128 + its number: neither a shell nor torchrun takes the run for a finished one
+        distributed.record_stop(stop)
+        raise Stopped(stop)
     distributed.print_main(f"done: {run_dir}")
 
 
