@@ -16,9 +16,9 @@ from dataset import EvaluationPatches, PatchRecipe, TrainingPatches, augmentatio
 from dataset.sampler import ResumableSampler
 from dataset.seeding import eval_seed
 from features import KNNMonitor
-from lars import LARS
 from loss import EMPSSLLoss
 from model import Encoder
+from optim import OPTIMIZERS, param_groups
 from plumbing import distributed
 from plumbing.errors import UserError
 from plumbing.preemption import leave_signals_to_parent
@@ -39,8 +39,10 @@ def build_criterion(args: argparse.Namespace) -> nn.Module:
 
 
 def build_optimizer(model: nn.Module, args: argparse.Namespace) -> torch.optim.Optimizer:
-    """The optimiser of the model's parameters: LARS-wrapped SGD (--lr, --wd, --lars_eta)."""
-    return LARS(model.parameters(), lr=args.lr, weight_decay=args.wd, eta=args.lars_eta)
+    """The --optimizer of the model's parameters (optim.OPTIMIZERS; official: LARS-wrapped SGD), at
+    --lr, --lars_eta where it has a trust ratio. Every optimiser gets the same two groups: ≥2-d
+    weights decay by --wd, biases and normalisation weights (1-d) do not decay."""
+    return OPTIMIZERS[args.optimizer].make(param_groups(model, weight_decay=args.wd), args)
 
 
 def build_scheduler(optimizer: torch.optim.Optimizer, total_steps: int) -> torch.optim.lr_scheduler.LRScheduler:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 import os
 import random
+import signal
 import sys
 import time
 from collections.abc import Callable, Iterable
@@ -26,7 +27,7 @@ import torch.nn as nn
 from tqdm import tqdm
 
 from plumbing import checkpoint as ckpt
-from plumbing.distributed import gather_with_grad, is_main, mean_over_ranks, on_main, print_main
+from plumbing.distributed import gather_with_grad, is_main, max_over_ranks, mean_over_ranks, on_main, print_main
 from plumbing.errors import UserError
 from plumbing.preemption import Preemption
 
@@ -145,7 +146,11 @@ class Training:
     def load_state_dict(self, state: dict[str, Any], source: Path) -> None:
         """Continue from a checkpoint written by :meth:`save` (strict on the encoder's keys)."""
         ckpt.load_state_strict(self.encoder, state["model"], source)
-        self.optimizer.load_state_dict(state["optimizer"])
+        try:
+            self.optimizer.load_state_dict(state["optimizer"])
+        except ValueError as err:  # e.g. one parameter group, as before optim.param_groups
+            raise UserError(f"{source}: its optimizer state does not fit this optimiser's parameter groups ({err}): "
+                            f"continue it with the commit that wrote it, or start a new run") from err
         self.scheduler.load_state_dict(state["scheduler"])
         ckpt.set_rng_state(state["rng"])
         self.step = state["step"]
@@ -303,14 +308,16 @@ class Schedule:
 
 
 def fit(training: Training, batches: Any, log: StepLog, schedule: Schedule, preemption: Preemption,
-        after_epoch: Callable[[int], None] | None = None) -> None:
+        after_epoch: Callable[[int], None] | None = None) -> signal.Signals | None:
     """Train from training.step to the end of the schedule; every save of a run happens here.
 
     Each epoch ends with <epoch>.pt (last.pt the same file) and then after_epoch(epoch); last.pt is
     also written every schedule.save_every steps and at a stop: --max_steps, or a SIGTERM / Ctrl-C
-    that the entered `preemption` caught (read with the step values, every --log_every steps),
-    after which fit returns. batches: the training patches (dataset/patch_sources.py), with
-    set_epoch(epoch, start_step) and steps_per_epoch.
+    that the entered `preemption` caught on any rank (read with the step values, every --log_every
+    steps). Returns None when the schedule (or --max_steps) ended, or the signal that stopped the
+    run, the same on every rank (SIGTERM over SIGINT where ranks got different ones), after a line
+    saying so. batches: the training patches (dataset/patch_sources.py), with set_epoch(epoch,
+    start_step) and steps_per_epoch.
     """
     steps_per_epoch = training.steps_per_epoch
     end = schedule.end(steps_per_epoch)
@@ -326,13 +333,15 @@ def fit(training: Training, batches: Any, log: StepLog, schedule: Schedule, pree
         else:
             training.save()
         if stopped:
-            print_main(f"{preemption.signal_name or 'a stop on another rank'}: stopped at step {training.step}, "
-                       f"last.pt saved; continue with --resume from {training.run_dir}")
-            return
+            stop = signal.Signals(max_over_ranks(preemption.signum))  # a rank without a signal learns it
+            print_main(f"{stop.name}: stopped at step {training.step}, last.pt saved; continue with --resume "
+                       f"from {training.run_dir}")
+            return stop
         print_main(f"epoch {epoch}: step {training.step}, checkpoint "
                    f"{training.run_dir / ckpt.CHECKPOINT_DIR / ckpt.LAST}")
         if complete and after_epoch is not None:
             after_epoch(epoch)
+    return None
 
 
 def train_one_epoch(training: Training, batches: Iterable[torch.Tensor], log: StepLog, stop_step: int,

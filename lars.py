@@ -7,8 +7,10 @@ gradient handed to SGD is
     g ← g                                                       otherwise,
 
 and SGD (momentum, Nesterov) then steps without weight decay of its own. Biases and
-normalisation parameters (1-d tensors) get plain SGD without any weight decay. As in the
-official wrapper, SGD's own weight decay is switched off during its step.
+normalisation parameters (1-d tensors) get plain SGD without any weight decay: no trust ratio,
+so none of the decay folded into it, whatever their group's weight_decay (main.py hands LARS
+optim.param_groups, whose 1-d group has weight_decay 0 too). As in the official wrapper, SGD's own
+weight decay is switched off during its step.
 """
 from __future__ import annotations
 
@@ -22,7 +24,8 @@ MOMENTUM, NESTEROV = 0.9, True  # the official SGD momentum, with Nesterov (cons
 class LARS(torch.optim.SGD):
     """SGD(lr, momentum, nesterov, weight_decay) with layer-wise trust ratios η (see module doc).
 
-    lr, weight_decay and eta come from main.py's --lr, --wd and --lars_eta."""
+    lr and eta come from main.py's --lr and --lars_eta; each parameter group's weight_decay (--wd
+    for ≥2-d tensors in optim.param_groups) overrides the weight_decay given here."""
 
     def __init__(
         self,

@@ -7,6 +7,9 @@ Usage:
     python main.py --data synthetic --arch resnet10-cifar --hidden_dim 512 --z_dim 128 \
         --num_patches 8 --bs 50 --epoch 1 --device cpu   # a first run on the built-in data
 
+Exit status: 0 when the schedule (or --max_steps) ends; 2 for bad input or a non-finite loss; 130
+after Ctrl-C and 143 after SIGTERM, which stop the run at a step boundary with last.pt saved.
+
 One step, in order: this rank's patches (dataset/patch_sources.py) → engine.train_step (encoder, loss.py,
 backward, the optimizer under the non-finite guard) → engine.fit (the epochs, every save).
 """
@@ -14,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import os
+from collections.abc import Sequence
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -35,19 +39,20 @@ from dataset.patch_sources import DEFAULT_AUGMENT
 from engine import NonFiniteGuard, Schedule, StepLog, Training, fit, seed_everything
 from features import KNNMonitor
 from model import ARCHS, ENCODER_DEFAULTS
+from optim import OPTIMIZERS, state_copies
 from plumbing import checkpoint as ckpt
 from plumbing import distributed
 from plumbing.cli import ArgumentParser, banner, default_workers, require, run_cli
 from plumbing.device import resolve_device
-from plumbing.errors import UserError
+from plumbing.errors import Stopped, UserError
 from plumbing.memory_plan import MemoryPlan, choose_chunks, plan_memory
 from plumbing.pictures import log_patch_grids
-from plumbing.preemption import Preemption
+from plumbing.preemption import Preemption, refuse_restart_after_stop
 from plumbing.speed import AMP_DTYPES, compile_model, memory_format
 
 # Flags that define what a run computes: a resumed run must keep them.
 RUN_DEFINING = ("data", "train_subset", "num_patches", "augment", "arch", "hidden_dim", "z_dim", "patch_sim",
-                "tcr", "eps", "bs", "lr", "wd", "lars_eta", "epoch", "seed", "precision", "patch_chunks")
+                "tcr", "eps", "bs", "optimizer", "lr", "wd", "lars_eta", "epoch", "seed", "precision", "patch_chunks")
 
 
 def chunks_flag(text: str) -> str:
@@ -57,8 +62,26 @@ def chunks_flag(text: str) -> str:
     return text
 
 
+class TrainingParser(ArgumentParser):
+    """main.py's parser: --lr and --lars_eta default to the values of the chosen --optimizer
+    (optim.OPTIMIZERS), filled in as the flags are parsed, so that every reader of them (args.json,
+    the checkpoints, the run folder's name, reproduce.py) sees the value the run uses; --lars_eta
+    with an optimiser that has no trust ratio is refused."""
+
+    def parse_known_args(self, args: Sequence[str] | None = None,  # type: ignore[override]
+                         namespace: argparse.Namespace | None = None) -> tuple[argparse.Namespace, list[str]]:
+        parsed, rest = super().parse_known_args(args, namespace)
+        choice = OPTIMIZERS[parsed.optimizer]
+        if parsed.lars_eta is not None and choice.eta is None:
+            self.error(f"--lars_eta is the trust coefficient of --optimizer lars; {parsed.optimizer} has no trust "
+                       f"ratio: drop --lars_eta")
+        parsed.lr = choice.lr if parsed.lr is None else parsed.lr
+        parsed.lars_eta = choice.eta if parsed.lars_eta is None else parsed.lars_eta
+        return parsed, rest
+
+
 def get_args_parser() -> argparse.ArgumentParser:
-    parser = ArgumentParser("EMP-SSL training", description="Train an EMP-SSL encoder; defaults are the official ones.")
+    parser = TrainingParser("EMP-SSL training", description="Train an EMP-SSL encoder; defaults are the official ones.")
     data = parser.add_argument_group("Data")
     data.add_argument("--data", default=DATA_DEFAULTS["data"], choices=DATASETS,
                       help="data set (official default: %(default)s)")
@@ -96,10 +119,20 @@ def get_args_parser() -> argparse.ArgumentParser:
     optim.add_argument("--bs", type=int, default=100,
                        help="images per step, B, over all processes (split evenly among torchrun's ranks); "
                             "each step sees P·B patches (%(default)s)")
-    optim.add_argument("--lr", type=float, default=0.3, help="base learning rate of LARS-wrapped SGD (%(default)s), "
-                                                              "cosine-annealed to 0 over every step of the run")
+    optim.add_argument("--optimizer", default="lars", choices=tuple(OPTIMIZERS),
+                       help="; ".join(f"{name}: {choice.help}" for name, choice in OPTIMIZERS.items()) +
+                            " (default: %(default)s). Every one gets the same parameter groups: ≥2-d weights decay "
+                            "by --wd, biases and normalisation weights do not decay")
+    optim.add_argument("--lr", type=float, default=None,
+                       help="base learning rate, cosine-annealed to 0 over every step of the run (default: " +
+                            ", ".join(f"{choice.lr:g} for {name}" for name, choice in OPTIMIZERS.items()) +
+                            "; 0.3 is the official)")
     optim.add_argument("--wd", type=float, default=1e-4, help="weight decay of ≥2-d weights (%(default)s)")
-    optim.add_argument("--lars_eta", type=float, default=0.005, help="LARS trust coefficient η (%(default)s)")
+    optim.add_argument("--lars_eta", type=float, default=None,
+                       help="trust coefficient η of --optimizer lars (default: " +
+                            ", ".join(f"{choice.eta:g} for {name}" for name, choice in OPTIMIZERS.items()
+                                      if choice.eta is not None) +
+                            ", the official); refused with an optimiser that has no trust ratio")
     optim.add_argument("--epoch", type=int, default=30,
                        help="epochs; sizes the cosine schedule (official %(default)s)")
     optim.add_argument("--train_epochs", type=int, default=None,
@@ -259,10 +292,12 @@ def build_training(args: argparse.Namespace, device: torch.device, steps_per_epo
 
 def plan_chunks(args: argparse.Namespace, training: Training, device: torch.device) -> tuple[MemoryPlan, int]:
     """(the memory plan of this rank's step, K for --patch_chunks), measured on a random slice of the
-    real shape before the first step (plumbing/memory_plan.py)."""
+    real shape before the first step (plumbing/memory_plan.py), with the weight-sized state tensors
+    that --optimizer keeps (optim.state_copies: momentum 1, AdamW's moments 2)."""
     layout = memory_format(args.channels_last)
     sample = torch.randn(args.bs // distributed.get_world_size(), *patch_shape(args), device=device)  # (B/W, 3, S, S)
-    plan = plan_memory(training.encoder, 1, sample.contiguous(memory_format=layout), args.num_patches,
+    copies = state_copies(lambda module: build_optimizer(module, args))
+    plan = plan_memory(training.encoder, copies, sample.contiguous(memory_format=layout), args.num_patches,
                        AMP_DTYPES[args.precision])
     return plan, choose_chunks(args.patch_chunks, plan)
 
@@ -279,8 +314,9 @@ def main(args: argparse.Namespace) -> None:
     from torch.utils.tensorboard import SummaryWriter  # here: importing main.py for its flags loads no TensorBoard
 
     validate_args(args)
-    device = distributed.setup(resolve_device(args.device), args.dist_backend, args.dist_timeout, args.sync_bn)
     run_dir = args.output_dir or default_run_dir(args)
+    refuse_restart_after_stop(run_dir)
+    device = distributed.setup(resolve_device(args.device), args.dist_backend, args.dist_timeout, args.sync_bn)
     state = distributed.fail_together(lambda: resume_state(args, run_dir))  # every rank reads last.pt
     seed_everything(args.seed, args.deterministic)
 
@@ -310,9 +346,12 @@ def main(args: argparse.Namespace) -> None:
                 distributed.on_main(partial(log_knn, monitor, training, writer, epoch))
 
         schedule = Schedule(args.epoch, args.train_epochs, args.max_steps, args.save_every_steps)
-        fit(training, patches, log, schedule, preemption, after_epoch)
+        stop = fit(training, patches, log, schedule, preemption, after_epoch)
     if writer is not None:
         writer.close()
+    if stop is not None:  # exit 128 + its number: neither a shell nor torchrun takes the run for a finished one
+        distributed.record_stop(stop)
+        raise Stopped(stop)
     distributed.print_main(f"done: {run_dir}")
 
 

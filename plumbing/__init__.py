@@ -1,7 +1,7 @@
 """Process plumbing: what every run needs and no researcher edits to change the method.
 
 - :mod:`plumbing.cli`: the command-line layer (parser with one-line errors, banner, ``run_cli``);
-- :mod:`plumbing.errors`: :class:`~plumbing.errors.UserError` and the one line that reports it;
+- :mod:`plumbing.errors`: ``UserError``, ``Stopped`` (a run a signal stopped) and the one error line;
 - :mod:`plumbing.checkpoint`: run folders, atomic writes, strict loads, generator states;
 - :mod:`plumbing.distributed`: torchrun set-up, rank helpers, the gather with gradients;
 - :mod:`plumbing.preemption`: SIGTERM and Ctrl-C stop a run at a step boundary with last.pt saved;

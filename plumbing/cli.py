@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterable
 from typing import NoReturn
 
 from plumbing.checkpoint import git_commit
-from plumbing.errors import UserError, one_line, speaks
+from plumbing.errors import Stopped, UserError, one_line, speaks
 
 
 class ArgumentParser(argparse.ArgumentParser):
@@ -43,11 +43,14 @@ def run_cli(main: Callable[[argparse.Namespace], None], parser: argparse.Argumen
             argv: list[str] | None = None) -> None:
     """Parse argv (default: the command line) and call main; a UserError becomes
     `error: <message>` on stderr and exit status 2 (as argparse does for a bad flag), Ctrl-C
-    `error: interrupted` and status 130, without a traceback. (A training run catches its own
-    first Ctrl-C and stops at a step boundary with last.pt saved: see preemption.py.)"""
+    `error: interrupted` and status 130, without a traceback. A training run catches its own
+    first Ctrl-C or SIGTERM and stops at a step boundary with last.pt saved, says so, and ends
+    with :class:`errors.Stopped`: status 130 or 143, nothing more printed."""
     args = parser.parse_args(argv)
     try:
         main(args)
+    except Stopped as stop:
+        sys.exit(stop.status)
     except UserError as err:
         print(f"error: {one_line(err)}", file=sys.stderr)
         if err.exit_at_once:

@@ -35,7 +35,7 @@ import torch.distributed as dist
 import torch.nn as nn
 from torch.nn.parallel import DistributedDataParallel
 
-from plumbing.errors import UserError, one_line
+from plumbing.errors import Stopped, UserError, one_line
 
 T = TypeVar("T")
 
@@ -150,7 +150,7 @@ HEARTBEAT_S = 0.5  # how often every rank says it is alive
 WATCH_S = 3.0  # how long a survivor watches the heartbeats before naming the ranks that stopped
 
 
-def _heartbeat_store() -> dist.Store | None:
+def _launch_store() -> dist.Store | None:
     """A client of the launch's key-value store (torchrun's, or rank 0's without it), or None."""
     env = os.environ
     if "MASTER_ADDR" not in env or "MASTER_PORT" not in env:
@@ -159,10 +159,42 @@ def _heartbeat_store() -> dist.Store | None:
                          timeout=timedelta(seconds=WATCH_S))
 
 
+STOP_KEY = "emp-ssl/stopped"  # in torchrun's store: the signal that stopped this job's run
+
+
+def _agent_store() -> dist.Store | None:
+    """A client of torchrun's agent store, which outlives the workers of an attempt (one per torchrun
+    job: a new job starts without any key), or None without one (no torchrun, or a rendezvous whose
+    store a worker hosts)."""
+    return _launch_store() if os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True" else None
+
+
+def record_stop(signum: int) -> None:
+    """Under torchrun: note in the agent's store that signum stopped the run, before this worker exits
+    with 128 + signum. torchrun restarts workers that exit non-zero (--max_restarts) unless its agent
+    got the signal itself; the restarted ones read the note (:func:`earlier_stop`) and end at once, so
+    a stop stays a stop. Best effort: a store already gone (its host has exited) is left alone."""
+    try:
+        store = _agent_store()
+        if store is not None:
+            store.set(STOP_KEY, str(signum))
+    except RuntimeError:
+        pass
+
+
+def earlier_stop() -> int | None:
+    """The signal that stopped an earlier attempt of this torchrun job (:func:`record_stop`), read by
+    the workers torchrun restarted; None in a first attempt, without torchrun, or after no stop."""
+    if os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") == "0":
+        return None
+    store = _agent_store()
+    return int(store.get(STOP_KEY)) if store is not None and store.check([STOP_KEY]) else None
+
+
 def _start_heartbeat(rank: int) -> None:
     """A daemon thread that adds 1 to the counter emp-ssl/alive/<rank> every HEARTBEAT_S, with its
     own connection to the store; it stops with the process."""
-    store = _heartbeat_store()
+    store = _launch_store()
     if store is None:
         return
 
@@ -180,7 +212,7 @@ def _start_heartbeat(rank: int) -> None:
 def stopped_ranks() -> list[int]:
     """The ranks whose heartbeat did not move over WATCH_S seconds: the ones that stopped (killed,
     out of memory, an error). A store that cannot be reached names rank 0, its host outside torchrun."""
-    store = _heartbeat_store()
+    store = _launch_store()
     if store is None:
         return []
     keys = [f"emp-ssl/alive/{rank}" for rank in range(get_world_size())]
@@ -222,7 +254,9 @@ def entry_point(main: Callable[..., None]) -> Callable[..., None]:
     machine reports; afterwards rank 0 reports (:func:`fail_together` brings other ranks' messages to it).
     Every other process exits with status 2 and says nothing. When a collective fails because ranks
     stopped (killed, out of memory, an error), every surviving rank says which in one line
-    (:class:`PeerStopped`) and exits with status 2, within --dist_timeout."""
+    (:class:`PeerStopped`) and exits with status 2, within --dist_timeout. A run that a signal
+    stopped (:class:`errors.Stopped`) leaves the group on every rank, which then exits with
+    128 + the signal's number."""
 
     @functools.wraps(main)
     def run(*args: object) -> None:
@@ -230,6 +264,9 @@ def entry_point(main: Callable[..., None]) -> Callable[..., None]:
             main(*args)
         except PeerStopped:
             raise  # every survivor says so (the rank that would report may be the one that stopped)
+        except Stopped:
+            cleanup()  # every rank stopped at the same step, as they finish
+            raise
         except UserError:
             reporter = is_main() if is_initialized() else launch_from_env().local_rank == 0
             cleanup()

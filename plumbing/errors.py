@@ -1,14 +1,27 @@
-"""The one exception type for bad user input, and the one line that reports an error.
+"""The one exception type for bad user input, the one for a run that a signal stopped, and the
+one line that reports an error.
 
 Entry points (plumbing.cli.run_cli) catch :class:`UserError` and print its message as a single line
 (``error: …``) and exit with status 2, without a traceback. Leaf modules raise it for input the
 user can fix (a missing data folder, an impossible flag value); a bug raises anything else and
-keeps its traceback.
+keeps its traceback. A training run that a signal stopped raises :class:`Stopped` after the line
+that says so, and the process exits with 128 + the signal's number.
 """
 from __future__ import annotations
 
 import os
 import re
+import signal
+
+
+class Stopped(Exception):
+    """A signal stopped the run at a step boundary with last.pt saved, and a line said so: the
+    process exits with status 128 + the signal's number, as a shell reports a process that signal
+    ended (130 for Ctrl-C, 143 for SIGTERM), without a traceback (cli.run_cli)."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.status = 128 + signum
 
 
 class UserError(Exception):

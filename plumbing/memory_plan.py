@@ -114,9 +114,9 @@ def plan_memory(model: nn.Module, optimizer_copies: int, sample: torch.Tensor, n
                 amp_dtype: torch.dtype | None) -> MemoryPlan:
     """The plan of a step of num_patches patches of each of sample's images (B, C, H, W) on this rank.
 
-    Fixed bytes: gradients (1× the weights), optimizer_copies × the weights (SGD's momentum: 1),
-    the guard's copies of the weights, buffers and optimizer state, and the batch (twice: made
-    and laid out)."""
+    Fixed bytes: gradients (1× the weights), optimizer_copies × the weights (the optimiser's state:
+    momentum 1, AdamW's two moments 2; optim.state_copies counts them), the non-finite guard's
+    copies of the weights, buffers and optimizer state, and the batch (twice: made and laid out)."""
     weights = tensor_bytes(list(model.parameters()))
     buffers = tensor_bytes(list(model.buffers()))
     batch = num_patches * sample[0].numel() * 4 * len(sample)  # float32 patches

@@ -2,8 +2,11 @@
 
 While :class:`Preemption` is entered, the first SIGTERM or Ctrl-C (SIGINT) is remembered instead of
 killing the process: the training loop reads the flag at its next read of the step values (every
---log_every steps, at a step boundary), saves last.pt and exits with one line. A second Ctrl-C quits
-at once, without saving.
+--log_every steps, at a step boundary), saves last.pt and says so in one line, and the process then
+exits with 128 + the signal's number (errors.Stopped: 130 after Ctrl-C, 143 after SIGTERM), not 0,
+so that a shell chain, a scheduler or torchrun's agent does not take the run for a finished one
+(workers that torchrun restarts after such a stop end at once: :func:`refuse_restart_after_stop`).
+A second Ctrl-C quits at once, without saving.
 
 DataLoader workers must keep serving batches until then, although a cluster signals every process
 of a job and a terminal sends Ctrl-C to the whole foreground process group: :func:`leave_signals_to_parent`,
@@ -16,17 +19,19 @@ import os
 import signal
 import sys
 import threading
+from pathlib import Path
 from typing import Any
 
-from plumbing.errors import speaks
+from plumbing.distributed import earlier_stop
+from plumbing.errors import Stopped, speaks
 
 
 class Preemption:
-    """While entered, remembers a SIGTERM or the first Ctrl-C in :attr:`requested` (its name in
-    :attr:`signal_name`); a second Ctrl-C raises KeyboardInterrupt."""
+    """While entered, remembers a SIGTERM or the first Ctrl-C in :attr:`requested` (its number in
+    :attr:`signum`, 0 before any); a second Ctrl-C raises KeyboardInterrupt."""
 
     def __enter__(self) -> Preemption:
-        self.requested, self.signal_name = False, ""
+        self.requested, self.signum = False, 0
         self._previous = {sig: signal.signal(sig, self._request) for sig in (signal.SIGTERM, signal.SIGINT)}
         return self
 
@@ -37,10 +42,23 @@ class Preemption:
     def _request(self, signum: int, frame: Any) -> None:
         if signum == signal.SIGINT and self.requested:
             raise KeyboardInterrupt
-        self.requested, self.signal_name = True, signal.Signals(signum).name
+        self.requested, self.signum = True, signum
         if signum == signal.SIGINT and speaks():  # one process per machine says so
             print("\nCtrl-C: stopping at the next read of the step values, then saving last.pt "
                   "(Ctrl-C again quits at once, without saving)", file=sys.stderr, flush=True)
+
+
+def refuse_restart_after_stop(run_dir: Path) -> None:
+    """In a worker that torchrun restarted (--max_restarts) after a SIGTERM or Ctrl-C stopped the run
+    of this job (distributed.record_stop): say so and raise Stopped with the same signal at once,
+    before anything is built, so that the stop ends the job. Nothing otherwise."""
+    signum = earlier_stop()
+    if signum is None:
+        return
+    if speaks():
+        print(f"{signal.Signals(signum).name} stopped this run in an earlier attempt of this torchrun job: not "
+              f"restarting; continue with --resume from {run_dir}", file=sys.stderr, flush=True)
+    raise Stopped(signum)
 
 
 def leave_signals_to_parent(worker_id: int) -> None:

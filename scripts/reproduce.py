@@ -15,7 +15,9 @@ folder reproduce.py ran in) are printed and recorded in the result file, so each
 by hand, or under torchrun. Both evaluations read the data the training read (--data, --data_dir,
 --download of the training flags, --train_args included) unless --eval_args says otherwise. Run
 again, the command continues the training run in --run_dir (a finished one is only evaluated) and
-rewrites the result file; a new --run_dir trains afresh. Rows and protocols: scripts/rows.py.
+rewrites the result file; a new --run_dir trains afresh. A SIGTERM or Ctrl-C during the training
+stops it with last.pt saved and ends reproduce.py there, with main.py's status (143 or 130),
+without evaluating the half-trained run. Rows and protocols: scripts/rows.py.
 """
 from __future__ import annotations
 
@@ -42,7 +44,7 @@ from dataset.catalog import DATA_DEFAULTS  # noqa: E402
 from plumbing import checkpoint as ckpt  # noqa: E402
 from plumbing.cli import ArgumentParser, run_cli  # noqa: E402
 from plumbing.device import resolve_device  # noqa: E402
-from plumbing.errors import UserError  # noqa: E402
+from plumbing.errors import Stopped, UserError  # noqa: E402
 from scripts.rows import OFFICIAL_EVAL, PUBLISHED_LABEL, ROWS, Row  # noqa: E402
 
 # --smoke: the row's schedule and checkpoint at a size that runs anywhere in seconds (one step per epoch).
@@ -212,7 +214,12 @@ def main(args: argparse.Namespace) -> None:
         for entry, argv in ((train_entry, plan.train), (eval_entry, plan.evaluate), (eval_entry, plan.baseline)):
             print(command_line(entry, argv))
         return
-    seconds = {"train": run(train_entry, plan.train)}
+    try:
+        seconds = {"train": run(train_entry, plan.train)}
+    except Stopped as stop:  # a half-trained run is not evaluated; this process exits with 130 or 143
+        print(f"reproduce: {stop} stopped the training, so nothing was evaluated: run the same reproduce.py command "
+              f"again to continue the training and evaluate it", file=sys.stderr, flush=True)
+        raise
     if not plan.checkpoint.is_file():
         raise UserError(f"training ended without {plan.checkpoint} (stopped early?): run the same command again "
                         f"to continue it")

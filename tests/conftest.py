@@ -15,6 +15,8 @@ import pytest
 import torch
 from PIL import Image
 
+import main
+from build import build_optimizer
 from dataset.synthetic import generate
 from plumbing.cli import run_cli
 
@@ -78,6 +80,19 @@ def assert_one_line_error(result: Result, *fragments: str) -> None:
     assert len(errors) == 1 and lines[-1] == errors[0], result.stderr
     for fragment in fragments:
         assert fragment in errors[0], errors[0]
+
+
+def optimizer_of(name: str, model: torch.nn.Module) -> torch.optim.Optimizer:
+    """--optimizer name for the model, as main.py builds it (its default --lr, the shared groups)."""
+    return build_optimizer(model, main.get_args_parser().parse_args(["--optimizer", name]))
+
+
+def full_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> list[torch.Tensor]:
+    """Every parameter and buffer, and every tensor of the optimizer's state, in a fixed order."""
+    state = [v.clone() for v in model.state_dict().values()]
+    for p in model.parameters():
+        state += [v.clone() for _, v in sorted(optimizer.state.get(p, {}).items()) if isinstance(v, torch.Tensor)]
+    return state
 
 
 def write_image_folder(root: Path, classes: Sequence[str] = ("a", "b"),

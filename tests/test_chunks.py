@@ -5,11 +5,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import TINY_RUN, assert_one_line_error
+from conftest import TINY_RUN, assert_one_line_error, full_state, optimizer_of
 
 from engine import NonFiniteGuard, train_step
 from loss import EMPSSLLoss
 from model import Encoder
+from optim import OPTIMIZERS
 from plumbing import checkpoint as ckpt
 from plumbing.errors import UserError
 from plumbing.memory_plan import GIB, MARGIN, MemoryPlan, activation_bytes, choose_chunks, plan_memory
@@ -77,17 +78,36 @@ class TestSlicedStep:
         assert all(torch.equal(plain[name], sliced[name]) for name in plain)
         assert all(torch.equal(a.grad, b.grad) for a, b in zip(model.parameters(), twin.parameters()))
 
-    def test_a_nan_step_in_slices_changes_nothing(self) -> None:
+    @pytest.mark.parametrize("name", OPTIMIZERS)
+    def test_each_optimiser_steps_on_the_gradient_of_k_batchnorm_groups(self, name: str) -> None:
+        """Two steps of --patch_chunks 2 with --optimizer name give the weights and optimizer state
+        of the same optimiser stepping on the gradient of 2 BatchNorm groups in one graph."""
         model, x = setup()
-        optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+        twin, _ = setup()
+        expected, optimizer = optimizer_of(name, model), optimizer_of(name, twin)
+        for batch in (x, x.flip(0)):
+            expected.zero_grad()
+            reference(model, batch, 2)
+            expected.step()
+            train_step(twin, EMPSSLLoss(200.0, 1.0, 0.2), optimizer, batch, P, chunks=2)
+        # running statistics keep the first slice's update only (tested above) and no training step reads them
+        torch._foreach_copy_(list(model.buffers()), list(twin.buffers()))
+        ours, theirs = full_state(twin, optimizer), full_state(model, expected)
+        assert len(ours) == len(theirs) > len(model.state_dict())  # the optimizer's state is compared too
+        for got, want in zip(ours, theirs, strict=True):
+            torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-7)
+
+    @pytest.mark.parametrize("name", OPTIMIZERS)
+    def test_a_nan_step_in_slices_changes_nothing(self, name: str) -> None:
+        model, x = setup()
+        optimizer = optimizer_of(name, model)
         train_step(model, EMPSSLLoss(200.0, 1.0, 0.2), optimizer, x, P, chunks=2)
-        momentum = [s["momentum_buffer"] for s in optimizer.state.values()]
-        before = [t.clone() for t in [*model.state_dict().values(), *momentum]]
+        before = full_state(model, optimizer)
         nan = x.clone()
         nan[0, 0, 0, 0] = float("nan")
         stats = train_step(model, EMPSSLLoss(200.0, 1.0, 0.2), optimizer, nan, P, guard=NonFiniteGuard(1, x.device),
                            chunks=2)
-        after = [*model.state_dict().values(), *(s["momentum_buffer"] for s in optimizer.state.values())]
+        after = full_state(model, optimizer)
         assert torch.isnan(stats["loss"]) and all(torch.equal(a, b) for a, b in zip(before, after, strict=True))
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -162,12 +163,17 @@ class TestTwoRanks:
         assert two_ranks[0]["dead_peer_error"].startswith("rank 1 stopped (")
 
 
-def torchrun(*argv: str, cwd: Path, script: Path = ROOT / "main.py", restarts: int = 0) -> subprocess.CompletedProcess:
+def torchrun_command(*argv: str, script: Path = ROOT / "main.py", restarts: int = 0) -> list[str]:
     """`torchrun --nproc_per_node 2 --max_restarts R script argv…` on 127.0.0.1."""
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(WORLD), "--max_restarts",
-               str(restarts), "--rdzv_backend", "c10d", "--rdzv_endpoint", f"127.0.0.1:{free_port()}",
-               "--monitor_interval", "0.5", str(script), *argv]
-    return subprocess.run(command, cwd=cwd, capture_output=True, text=True, timeout=300)
+    return [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(WORLD), "--max_restarts",
+            str(restarts), "--rdzv_backend", "c10d", "--rdzv_endpoint", f"127.0.0.1:{free_port()}",
+            "--monitor_interval", "0.5", str(script), *argv]
+
+
+def torchrun(*argv: str, cwd: Path, script: Path = ROOT / "main.py", restarts: int = 0) -> subprocess.CompletedProcess:
+    """Run :func:`torchrun_command` to its end and capture its output."""
+    return subprocess.run(torchrun_command(*argv, script=script, restarts=restarts), cwd=cwd, capture_output=True,
+                          text=True, timeout=300)
 
 
 class TestTorchrun:
@@ -286,3 +292,72 @@ class TestARankThatDies:
         assert ours["step"] == reference["step"] == 8
         for key, value in reference["model"].items():
             assert torch.equal(ours["model"][key], value), key
+
+
+def wait_for(path: Path, seconds: float = 120) -> None:
+    """Poll until path exists (at most `seconds`)."""
+    deadline = time.monotonic() + seconds
+    while not path.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert path.exists(), path
+
+
+def worker_of_rank(agent: int, rank: int) -> int:
+    """The pid of the torchrun agent's worker of that rank: its child whose environment holds RANK=rank."""
+    for entry in Path("/proc").iterdir():
+        try:
+            stat, environ = (entry / "stat").read_text(), (entry / "environ").read_bytes()
+        except (OSError, ValueError):  # not a process, or one that has gone
+            continue
+        parent = int(stat.rsplit(")", 1)[1].split()[1])  # after "pid (name)": state, then the parent's pid
+        if parent == agent and f"RANK={rank}".encode() in environ.split(b"\0"):
+            return int(entry.name)
+    raise AssertionError(f"no worker of rank {rank} under {agent}")
+
+
+def stopped_job(flags: list[str], run: Path, cwd: Path, signal_agent: bool) -> tuple[int, str, str]:
+    """Start torchrun (--max_restarts 1) on main.py with flags into run; once last.pt exists, send
+    SIGTERM to torchrun's agent, or to the worker of rank 1 alone; return (status, stdout, stderr)."""
+    out, err = cwd / f"{run.name}.out", cwd / f"{run.name}.err"  # files, not pipes: no one reads until the end
+    with out.open("w") as stdout, err.open("w") as stderr:
+        job = subprocess.Popen(torchrun_command(*flags, "--output_dir", str(run), restarts=1), cwd=cwd,
+                               stdout=stdout, stderr=stderr)
+        wait_for(run / "save_models" / "last.pt")
+        os.kill(job.pid if signal_agent else worker_of_rank(job.pid, 1), signal.SIGTERM)
+        job.wait(timeout=240)
+    return job.returncode, out.read_text(), err.read_text()
+
+
+class TestAStopUnderTorchrun:
+    """SIGTERM (or Ctrl-C) stops every rank at one step with last.pt saved and ends the torchrun job,
+    with --max_restarts too: its agent does not restart after a signal it got itself, and workers it
+    restarts after they exited 143 read the stop in its store and end at once."""
+
+    FLAGS = [*TINY_RUN, "--epoch", "100", "--save_every_steps", "1", "--log_every", "1", "--deterministic",
+             "--dist_timeout", "2"]
+
+    def test_sigterm_to_torchrun_ends_the_job_and_resume_continues_it_exactly(self, tmp_path: Path) -> None:
+        run = tmp_path / "stopped"
+        status, stdout, stderr = stopped_job(self.FLAGS, run, tmp_path, signal_agent=True)
+        assert status == 1 and "SignalException" in stderr, stderr[-3000:]  # torchrun's agent, after its workers
+        step = torch.load(run / "save_models" / "last.pt", weights_only=False)["step"]
+        assert f"SIGTERM: stopped at step {step}, last.pt saved" in stdout and "done:" not in stdout
+        assert "torchrun restart" not in stdout and "not restarting" not in stderr  # no second attempt
+        end = ["--max_steps", str(step + 2)]
+        resumed = torchrun(*self.FLAGS, "--output_dir", str(run), "--resume", *end, cwd=tmp_path)
+        straight = torchrun(*self.FLAGS, "--output_dir", str(tmp_path / "straight"), *end, cwd=tmp_path)
+        assert resumed.returncode == straight.returncode == 0, resumed.stderr[-3000:] + straight.stderr[-3000:]
+        ours, reference = (torch.load(folder / "save_models" / "last.pt", weights_only=False)
+                           for folder in (run, tmp_path / "straight"))
+        assert ours["step"] == reference["step"] == step + 2
+        for key, value in reference["model"].items():
+            assert torch.equal(ours["model"][key], value), key
+
+    def test_sigterm_to_one_worker_stops_both_and_the_restart_ends_at_once(self, tmp_path: Path) -> None:
+        run = tmp_path / "stopped"
+        status, stdout, stderr = stopped_job(self.FLAGS, run, tmp_path, signal_agent=False)
+        assert status == 1 and "exitcode  : 143" in stderr, stderr[-3000:]  # torchrun's report of its workers
+        step = torch.load(run / "save_models" / "last.pt", weights_only=False)["step"]
+        assert f"SIGTERM: stopped at step {step}, last.pt saved" in stdout  # rank 0 learnt rank 1's signal
+        assert "SIGTERM stopped this run in an earlier attempt of this torchrun job: not restarting" in stderr
+        assert "torchrun restart" not in stdout and "done:" not in stdout  # the restart trained nothing

@@ -134,6 +134,8 @@ class TestBadInput:
         (["--eps", "0"], "--eps"),
         (["--data", "mnist"], "--data"),
         (["--arch", "vgg"], "--arch"),
+        (["--optimizer", "sgd", "--lars_eta", "0.01"], "--lars_eta"),
+        (["--optimizer", "adam"], "--optimizer"),
     ])
     def test_refused_with_one_line_and_nothing_written(self, train, tmp_path: Path, flags: list[str],
                                                        fragment: str) -> None:
@@ -149,6 +151,8 @@ class TestBadInput:
     def test_resume_with_other_run_flags_is_refused(self, train) -> None:
         assert train("--max_steps", "1").returncode == 0
         assert_one_line_error(train("--lr", "0.1", "--resume"), "--lr")
+        assert_one_line_error(train("--optimizer", "sgd", "--resume"), "--optimizer lars (now sgd)")
+        assert_one_line_error(train("--optimizer", "adamw", "--lr", "0.3", "--resume"), "--optimizer lars (now adamw)")
 
     def test_folder_data_without_subfolders(self, train, tmp_path: Path) -> None:
         (tmp_path / "images").mkdir()

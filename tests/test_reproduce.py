@@ -3,13 +3,16 @@ whole chain at --smoke size."""
 from __future__ import annotations
 
 import json
+import os
 import shlex
+import signal
 from pathlib import Path
 
 import pytest
 import torch
 from conftest import ROOT, TINY_RUN, assert_one_line_error, write_cifar_batches, write_image_folder
 
+import engine
 import evaluate
 import main
 from scripts.rows import ROWS
@@ -151,6 +154,33 @@ class TestSmoke:
         changed = cli("scripts.reproduce", "cifar10-1ep", "--smoke", "--train_args", "--num_patches 6")
         assert_one_line_error(changed, "--num_patches 4 (now 6)", "--train_args", "--run_dir")
         assert (tmp_path / record["checkpoint"]).read_bytes() == checkpoint
+
+    def test_a_stopped_training_is_not_evaluated_and_the_same_command_continues_it(
+            self, cli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        """A SIGTERM after the first of the epoch's two steps: main.py saves last.pt and stops, and
+        reproduce.py ends with 143 and one line, without evaluating; run again, it resumes and evaluates."""
+        step = engine.train_step
+
+        def sigterm_after_first_step(*args, **kwargs):
+            monkeypatch.setattr(engine, "train_step", step)
+            stats = step(*args, **kwargs)
+            os.kill(os.getpid(), signal.SIGTERM)  # caught by main.py's Preemption, read at the step boundary
+            return stats
+
+        monkeypatch.setattr(engine, "train_step", sigterm_after_first_step)
+        command = ["scripts.reproduce", "cifar10-1ep", "--smoke", "--train_args", "--train_subset 32 --log_every 1"]
+        stopped = cli(*command)
+        assert stopped.returncode == 143, stopped.stderr
+        assert "SIGTERM: stopped at step 1" in stopped.stdout and "done:" not in stopped.stdout
+        assert stopped.stderr.strip().splitlines()[-1].startswith("reproduce: SIGTERM stopped the training")
+        run = tmp_path / "logs/reproduce/cifar10-1ep-smoke/save_models"
+        assert torch.load(run / "last.pt", weights_only=False)["step"] == 1 and not (run / "0.pt").exists()
+        assert not list(run.glob("*.eval.json")) and not (tmp_path / "results").exists()
+
+        again = cli(*command)
+        assert again.returncode == 0, again.stderr
+        record = json.loads((tmp_path / "results" / "cifar10-1ep.smoke.json").read_text())
+        assert record["resumed"] is True and (run / "0.eval.json").is_file()
 
     def test_torchvisions_cifar_folder_reaches_training_and_evaluation(self, cli, tmp_path: Path,
                                                                        monkeypatch: pytest.MonkeyPatch) -> None:

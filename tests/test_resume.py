@@ -91,11 +91,11 @@ class TestCrashes:
     @pytest.mark.parametrize("workers,whole_group,save_every", [("0", False, ["--save_every_steps", "1"]),
                                                                 ("2", True, ["--save_every_steps", "1"]),
                                                                 ("2", True, ["--log_every", "3"])])
-    def test_sigterm_saves_at_a_step_boundary_and_exits_cleanly(self, tmp_path: Path, workers: str,
-                                                                whole_group: bool, save_every: list[str]) -> None:
+    def test_sigterm_saves_at_a_step_boundary_and_exits_143(self, tmp_path: Path, workers: str,
+                                                            whole_group: bool, save_every: list[str]) -> None:
         """A cluster's SIGTERM reaches the main process, or every process of the job (the workers too,
         which must keep serving batches until the main process reads the flag, up to --log_every
-        steps later)."""
+        steps later). The run exits with 128 + 15, not as a finished run."""
         run = tmp_path / "run"
         flags = [*TINY_RUN, "--epoch", "100", *save_every, "--workers", workers, "--output_dir", str(run)]
         proc = subprocess.Popen([sys.executable, str(ROOT / "main.py"), *flags], cwd=tmp_path, start_new_session=True,
@@ -108,17 +108,17 @@ class TestCrashes:
         else:
             proc.send_signal(signal.SIGTERM)
         stdout, stderr = proc.communicate(timeout=120)
-        assert proc.returncode == 0, stderr
-        assert "SIGTERM" in stdout
+        assert proc.returncode == 143 and "Traceback" not in stderr, stderr
+        assert "SIGTERM: stopped at step" in stdout and "done:" not in stdout
         state = torch.load(run / "save_models" / "last.pt", weights_only=False)
         assert 1 <= state["step"] < 400 and state["scheduler"]["last_epoch"] == state["step"]
 
     @pytest.mark.parametrize("augment,workers", [("pil", "2"), ("batched", "0")])
-    def test_ctrl_c_before_the_first_save_saves_and_exits_with_one_line(self, tmp_path: Path, augment: str,
-                                                                         workers: str) -> None:
+    def test_ctrl_c_before_the_first_save_saves_and_exits_130_with_one_line(self, tmp_path: Path, augment: str,
+                                                                             workers: str) -> None:
         """Ctrl-C reaches the whole foreground process group (DataLoader workers included) as soon
         as the run folder exists, before any checkpoint: the run still stops at a step boundary
-        with last.pt written, and says so without a traceback."""
+        with last.pt written, says so without a traceback, and exits with 128 + 2."""
         run = tmp_path / "run"
         flags = [*TINY_RUN, "--epoch", "100", "--log_every", "3", "--augment", augment, "--workers", workers,
                  "--output_dir", str(run)]
@@ -130,9 +130,9 @@ class TestCrashes:
         assert not (run / "save_models" / "last.pt").exists()
         os.killpg(proc.pid, signal.SIGINT)
         stdout, stderr = proc.communicate(timeout=120)
-        assert proc.returncode == 0, stderr
+        assert proc.returncode == 130, stderr
         assert "Traceback" not in stderr and "Ctrl-C: stopping at the next read" in stderr
-        assert "SIGINT: stopped at step" in stdout and "last.pt saved" in stdout
+        assert "SIGINT: stopped at step" in stdout and "last.pt saved" in stdout and "done:" not in stdout
         state = torch.load(run / "save_models" / "last.pt", weights_only=False)
         assert state["step"] % 3 == 0 and 3 <= state["step"] < 400  # at a read, every --log_every steps
 
