@@ -191,22 +191,42 @@ def earlier_stop() -> int | None:
     return int(store.get(STOP_KEY)) if store is not None and store.check([STOP_KEY]) else None
 
 
+_heartbeat: tuple[threading.Thread, threading.Event] | None = None  # this process's beating thread, and its stop
+
+
 def _start_heartbeat(rank: int) -> None:
     """A daemon thread that adds 1 to the counter emp-ssl/alive/<rank> every HEARTBEAT_S, with its
-    own connection to the store; it stops with the process."""
+    own connection to the store, until :func:`cleanup` stops it."""
+    global _heartbeat
     store = _launch_store()
     if store is None:
         return
+    stop = threading.Event()
 
     def beat() -> None:
-        while True:
+        while not stop.is_set():
             try:
                 store.add(f"emp-ssl/alive/{rank}", 1)
             except RuntimeError:  # the store is gone (its host stopped): nothing left to tell
                 return
-            time.sleep(HEARTBEAT_S)
+            stop.wait(HEARTBEAT_S)
 
-    threading.Thread(target=beat, name="emp-ssl-heartbeat", daemon=True).start()
+    thread = threading.Thread(target=beat, name="emp-ssl-heartbeat", daemon=True)
+    thread.start()
+    _heartbeat = (thread, stop)
+
+
+def _stop_heartbeat() -> None:
+    """Stop the heartbeat thread and wait for it. A daemon thread still inside the store's C++ call
+    when the interpreter exits is ended by pthread_exit, whose unwinding through that call aborts
+    the process ("terminate called without an active exception"): seen under load at the end of
+    runs that had finished."""
+    global _heartbeat
+    if _heartbeat is not None:
+        thread, stop = _heartbeat
+        stop.set()
+        thread.join(timeout=WATCH_S)
+        _heartbeat = None
 
 
 def stopped_ranks() -> list[int]:
@@ -243,7 +263,8 @@ def peer_stopped(err: BaseException, stopped: list[int] | None = None) -> PeerSt
 
 
 def cleanup() -> None:
-    """Leave the process group, if any."""
+    """Stop the heartbeat and leave the process group, if any."""
+    _stop_heartbeat()
     if is_initialized():
         dist.destroy_process_group()
 

@@ -8,6 +8,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -98,8 +99,10 @@ def rank_worker(rank: int, port: int, out: Path) -> None:
         distributed.fail_together(lambda: None)
     except UserError as err:
         result["dead_peer_error"] = str(err)
-    torch.save(result, out / "rank0.pt")
+    beating = [t for t in threading.enumerate() if t.name == "emp-ssl-heartbeat"]
     distributed.cleanup()
+    result["heartbeat"] = (len(beating), any(t.is_alive() for t in beating))  # (threads before, alive after)
+    torch.save(result, out / "rank0.pt")
 
 
 @pytest.fixture(scope="module")
@@ -158,6 +161,11 @@ class TestTwoRanks:
 
     def test_main_first_runs_rank_0_before_the_others(self, two_ranks: list[dict]) -> None:
         assert [r["main_first"] for r in two_ranks] == ["wrote", "rank 0 was here"]
+
+    def test_cleanup_stops_the_heartbeat_before_the_process_exits(self, two_ranks: list[dict]) -> None:
+        """A daemon thread still inside the store's C++ call at interpreter exit aborts the process
+        (pthread_exit unwinding through it): cleanup joins the one heartbeat thread first."""
+        assert two_ranks[0]["heartbeat"] == (1, False)
 
     def test_a_dead_rank_becomes_one_error_on_rank_0(self, two_ranks: list[dict]) -> None:
         assert two_ranks[0]["dead_peer_error"].startswith("rank 1 stopped (")
