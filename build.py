@@ -18,9 +18,10 @@ from dataset.seeding import eval_seed
 from features import KNNMonitor
 from loss import EMPSSLLoss
 from model import Encoder
-from optim import OPTIMIZERS, param_groups
+from optim import OPTIMIZERS, param_groups, state_copies
 from plumbing import distributed
 from plumbing.errors import UserError
+from plumbing.memory_plan import MemoryPlan, plan_memory
 from plumbing.preemption import leave_signals_to_parent
 from plumbing.speed import AMP_DTYPES, memory_format, prepare_model
 
@@ -81,3 +82,13 @@ def build_monitor(args: argparse.Namespace, device: torch.device) -> KNNMonitor:
         batches[split] = EvaluationPatches(dataset, recipe, args.bs, args.workers, device, leave_signals_to_parent)
         num_classes = len(class_names(dataset))
     return KNNMonitor(batches, num_classes, args.eval_patches, device, AMP_DTYPES[args.precision])
+
+
+def step_memory_plan(args: argparse.Namespace, encoder: Encoder, device: torch.device, images: int) -> MemoryPlan:
+    """The memory plan of a step of --num_patches patches of `images` images (plumbing/memory_plan.py),
+    measured on a random slice of the real shape in --precision and --channels_last, with the
+    weight-sized state tensors that --optimizer keeps (optim.state_copies: momentum 1, AdamW's 2)."""
+    sample = torch.randn(images, *patch_shape(args), device=device)  # (B, 3, S, S)
+    copies = state_copies(lambda module: build_optimizer(module, args))
+    return plan_memory(encoder, copies, sample.contiguous(memory_format=memory_format(args.channels_last)),
+                       args.num_patches, AMP_DTYPES[args.precision])

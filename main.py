@@ -30,7 +30,7 @@ from build import (
     build_monitor,
     build_optimizer,
     build_scheduler,
-    patch_shape,
+    step_memory_plan,
     training_patches,
 )
 from dataset import AUGMENTS, DATASETS
@@ -39,16 +39,16 @@ from dataset.patch_sources import DEFAULT_AUGMENT
 from engine import NonFiniteGuard, Schedule, StepLog, Training, fit, seed_everything
 from features import KNNMonitor
 from model import ARCHS, ENCODER_DEFAULTS
-from optim import OPTIMIZERS, state_copies
+from optim import OPTIMIZERS
 from plumbing import checkpoint as ckpt
 from plumbing import distributed
 from plumbing.cli import ArgumentParser, banner, default_workers, require, run_cli
 from plumbing.device import resolve_device
 from plumbing.errors import Stopped, UserError
-from plumbing.memory_plan import MemoryPlan, choose_chunks, plan_memory
+from plumbing.memory_plan import MemoryPlan, choose_chunks
 from plumbing.pictures import log_patch_grids
 from plumbing.preemption import Preemption, refuse_restart_after_stop
-from plumbing.speed import AMP_DTYPES, compile_model, memory_format
+from plumbing.speed import AMP_DTYPES, compile_model
 
 # Flags that define what a run computes: a resumed run must keep them.
 RUN_DEFINING = ("data", "train_subset", "num_patches", "augment", "arch", "hidden_dim", "z_dim", "patch_sim",
@@ -291,14 +291,8 @@ def build_training(args: argparse.Namespace, device: torch.device, steps_per_epo
 
 
 def plan_chunks(args: argparse.Namespace, training: Training, device: torch.device) -> tuple[MemoryPlan, int]:
-    """(the memory plan of this rank's step, K for --patch_chunks), measured on a random slice of the
-    real shape before the first step (plumbing/memory_plan.py), with the weight-sized state tensors
-    that --optimizer keeps (optim.state_copies: momentum 1, AdamW's moments 2)."""
-    layout = memory_format(args.channels_last)
-    sample = torch.randn(args.bs // distributed.get_world_size(), *patch_shape(args), device=device)  # (B/W, 3, S, S)
-    copies = state_copies(lambda module: build_optimizer(module, args))
-    plan = plan_memory(training.encoder, copies, sample.contiguous(memory_format=layout), args.num_patches,
-                       AMP_DTYPES[args.precision])
+    """(the memory plan of this rank's step, K for --patch_chunks), measured before the first step."""
+    plan = step_memory_plan(args, training.encoder, device, args.bs // distributed.get_world_size())
     return plan, choose_chunks(args.patch_chunks, plan)
 
 

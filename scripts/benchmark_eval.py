@@ -3,9 +3,13 @@ paths (batched on the device, pil in DataLoader workers), and the probes' time.
 
 Usage:
     python scripts/benchmark_eval.py                      # synthetic images, CPU-sized, a few minutes
-    python scripts/benchmark_eval.py --data imagefolder --data_dir ../shared/data/cifar10-mini --images 64
+    python scripts/benchmark_eval.py --data imagefolder --data_dir /path/to/images --images 64
     python scripts/benchmark_eval.py --device cuda --images 5000 --eval_bs 500 --workers 16 \
         --knn_train 50000 --knn_test 10000 --linear_train 50000 --linear_epochs 5
+
+Only the test split is read: with --data imagefolder an ImageFolder tree's
+<data_dir>/test/<class>/<image> (or val/); with --data cifar10 torchvision's CIFAR-10 folder
+(<data_dir>/cifar-10-batches-py/), never downloaded.
 
 The first --images images of the test split get --test_patches patches each, exactly as
 evaluate.py makes them. Timed with the device synchronised, in --repeats rounds (each figure is

@@ -9,8 +9,8 @@ stage, and a failed stage does not stop the stages that do not need it:
 1b. memory_plan: the --patch_chunks plan of the CIFAR rows' steps (20 and 200 patches of 100 images,
    resnet18-cifar, float32 and bf16): the memory a step needs whole, and the K auto takes here.
 2. no_sync: one step of the fast path (batched patches from images held on the device, bf16,
-   channels_last, LARS under the non-finite guard) after a warm-up, run under CUDA's sync debug
-   mode "error" (on the CPU: the operators that would make a GPU wait, counted).
+   channels_last, main.py's optimiser under the non-finite guard) after a warm-up, run under
+   CUDA's sync debug mode "error" (on the CPU: the operators that would make a GPU wait, counted).
 3. training: CIFAR-10's official one-epoch row (scripts/reproduce.py cifar10-1ep: --epoch 2, the
    checkpoint after epoch 1) on the fast path; every step's loss, read back from TensorBoard, and
    the steady patches/s, images/s and seconds per epoch on the data given.
@@ -67,14 +67,13 @@ sys.path.insert(0, str(ROOT))
 
 import evaluate as eval_entry  # noqa: E402
 import main as train_entry  # noqa: E402
-from engine import NonFiniteGuard, StepLog, seed_everything, train_step  # noqa: E402
-from model import Encoder  # noqa: E402
+from build import build_encoder, step_memory_plan, training_patches  # noqa: E402
+from engine import NonFiniteGuard, StepLog  # noqa: E402
 from plumbing.checkpoint import atomic_write, git_commit  # noqa: E402
 from plumbing.cli import ArgumentParser, run_cli  # noqa: E402
 from plumbing.device import resolve_device  # noqa: E402
 from plumbing.errors import UserError, one_line  # noqa: E402
 from plumbing.host_sync import HostSyncs, refuse_syncs  # noqa: E402
-from plumbing.memory_plan import plan_memory  # noqa: E402
 from plumbing.speed import AMP_DTYPES  # noqa: E402
 from scripts import benchmark, reproduce  # noqa: E402
 
@@ -185,26 +184,25 @@ def versions() -> dict[str, Any]:
             "cudnn": str(torch.backends.cudnn.version()) if gpu else None, "git_commit": git_commit()}
 
 
-def check_no_sync(plan: reproduce.Plan, scratch: Path) -> dict[str, Any]:
+def check_no_sync(plan: reproduce.Plan) -> dict[str, Any]:
     """Run the row's training step WARMUP_STEPS times, then once more watched: under CUDA's sync
     debug mode "error" on a GPU (the first synchronising call raises), else with the operators
-    that would synchronise counted. Returns what was found (an empty list: none)."""
+    that would synchronise counted. The step is main.py's (the patches, main.build_training's
+    parts, engine.train_step, the schedule, the values queued for the next read), built from the
+    row's flags. Returns what was found (an empty list: none)."""
     args = reproduce.parse(train_entry, plan.train)
     device = resolve_device(args.device)
-    seed_everything(args.seed, args.deterministic)
-    batches = train_entry.training_patches(args, device)
-    training = train_entry.build_training(args, device, batches.steps_per_epoch, scratch)
-    guard = NonFiniteGuard(0, device)
+    batches = training_patches(args, device)
+    training = benchmark.fresh_training(args, device, batches.steps_per_epoch)
+    guard = NonFiniteGuard(args.skip_nonfinite, device)
     log = StepLog(None, batches.steps_per_epoch + 1, guard, args.num_patches * args.bs)
     batches.set_epoch(0)
-    source = iter(batches)
+    train = benchmark.training_step(training, iter(batches), guard)
 
     def step() -> None:
-        stats = train_step(training.wrapped, training.criterion, training.optimizer, next(source), args.num_patches,
-                           training.amp_dtype, guard)
-        training.scheduler.step()
-        training.step += 1
-        log.add(training.step, training.optimizer.param_groups[0]["lr"], stats)
+        lr = training.optimizer.param_groups[0]["lr"]
+        stats = train()
+        log.add(training.step, lr, stats)
 
     for _ in range(WARMUP_STEPS):
         step()
@@ -226,21 +224,23 @@ def check_no_sync(plan: reproduce.Plan, scratch: Path) -> dict[str, Any]:
 
 def memory_plans(tiny: bool) -> dict[str, Any]:
     """The --patch_chunks plan of the CIFAR rows' steps on this device (20 and 200 patches of 100
-    images, resnet18-cifar, float32 and bf16): the memory a step needs whole and the K auto takes."""
+    images, main.py's encoder, float32 and bf16): the memory a step needs whole and the K auto
+    takes. --tiny: toy sizes on the CPU."""
     device = resolve_device("cpu" if tiny else "auto")
-    arch, images, widths = ("resnet10-cifar", 16, (64, 32)) if tiny else ("resnet18-cifar", 100, (4096, 1024))
-    torch.manual_seed(0)
-    encoder = Encoder(arch, *widths).to(device)
-    sample = torch.randn(images, 3, 32, 32, device=device)  # (B, 3, 32, 32)
+    size = ["--arch", "resnet10-cifar", "--hidden_dim", "64", "--z_dim", "32", "--bs", "16"] if tiny else []
+    args = train_entry.get_args_parser().parse_args(["--data", "cifar10", *size])  # bs 100 by default
+    torch.manual_seed(args.seed)
+    encoder = build_encoder(args, device)
     plans = {}
-    for precision, amp in AMP_DTYPES.items():
+    for precision in AMP_DTYPES:
         for patches in (4, 20) if tiny else (20, 200):
-            plan = plan_memory(encoder, 1, sample, patches, amp)
+            plan = step_memory_plan(argparse.Namespace(**{**vars(args), "precision": precision,
+                                                          "num_patches": patches}), encoder, device, args.bs)
             k = plan.smallest_fit()
             plans[f"{patches} patches, {precision}"] = {"gib_at_k1": plan.need(1) / 2**30,
                                                          "free_gib": plan.available / 2**30, "auto_k": k,
                                                          "line": plan.describe(k or plan.patches)}
-    return {"arch": arch, "images": images, "plans": plans}
+    return {"arch": args.arch, "images": args.bs, "plans": plans}
 
 
 def training_curve(run_dir: Path) -> dict[str, Any]:
@@ -411,7 +411,7 @@ def main(args: argparse.Namespace) -> None:
         print(f"attempt: {attempt} (small outputs), {work} (checkpoints, caches)", flush=True)
         plan = make_plan(args, work, attempt)
         stages = {"versions": versions, "memory_plan": lambda: memory_plans(args.tiny),
-                  "no_sync": lambda: check_no_sync(plan, work / "no_sync"),
+                  "no_sync": lambda: check_no_sync(plan),
                   "training": lambda: run_training(plan),
                   "evaluation": lambda: run_evaluation(plan.evaluate, plan.eval_json),
                   "baseline": lambda: run_evaluation(plan.baseline, plan.baseline_json),

@@ -28,7 +28,7 @@ import os
 import shlex
 import sys
 import time
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from types import ModuleType
 from typing import Any, NoReturn
@@ -41,11 +41,13 @@ sys.path.insert(0, str(ROOT))
 import evaluate as eval_entry  # noqa: E402
 import main as train_entry  # noqa: E402
 from dataset.catalog import DATA_DEFAULTS  # noqa: E402
+from features import TEST_PATCHES  # noqa: E402
 from plumbing import checkpoint as ckpt  # noqa: E402
 from plumbing.cli import ArgumentParser, run_cli  # noqa: E402
 from plumbing.device import resolve_device  # noqa: E402
 from plumbing.errors import Stopped, UserError  # noqa: E402
-from scripts.rows import OFFICIAL_EVAL, PUBLISHED_LABEL, ROWS, Row  # noqa: E402
+from probes import KNN_K, KNN_T, OFFICIAL_LINEAR  # noqa: E402
+from scripts.rows import PUBLISHED_LABEL, ROWS, Row  # noqa: E402
 
 # --smoke: the row's schedule and checkpoint at a size that runs anywhere in seconds (one step per epoch).
 SMOKE_TRAIN = {"data": "synthetic", "arch": "resnet10-cifar", "hidden_dim": 64, "z_dim": 32, "num_patches": 4,
@@ -107,6 +109,14 @@ def flags(values: dict[str, object]) -> list[str]:
     return [item for key, value in values.items() for item in (f"--{key}", str(value))]
 
 
+def official_eval() -> list[str]:
+    """evaluate.py's flags of the official protocol: its defaults, taken from where they are
+    defined (features.TEST_PATCHES, probes.KNN_K, KNN_T and OFFICIAL_LINEAR) and spelled out so
+    that the recorded command shows them."""
+    linear = {f"linear_{name}": value for name, value in asdict(OFFICIAL_LINEAR).items()}  # epochs, lr, momentum, …
+    return flags({"test_patches": TEST_PATCHES, "knn_k": KNN_K, "knn_t": KNN_T, **linear})
+
+
 def eval_data_flags(train: argparse.Namespace) -> list[str]:
     """evaluate.py's data flags for the data a training run read: --data, --data_dir, --download."""
     download = "--download" if train.download else "--no-download"
@@ -147,7 +157,7 @@ def make_plan(args: argparse.Namespace) -> Plan:
 
     checkpoint = run_dir / ckpt.CHECKPOINT_DIR / row.checkpoint
     eval_json, baseline_json = checkpoint.with_suffix(".eval.json"), checkpoint.with_suffix(".random_init.eval.json")
-    protocol = SMOKE_EVAL if args.smoke else OFFICIAL_EVAL
+    protocol = SMOKE_EVAL if args.smoke else official_eval()
     common = [*eval_data_flags(trained), "--device", device, "--recompute", *protocol]
     evaluate = ["--ckpt", str(checkpoint), *common, "--output", str(eval_json), *shlex.split(args.eval_args)]
     baseline = ["--random_init", *model_flags(trained), *common, "--output", str(baseline_json),

@@ -21,10 +21,6 @@ from dataclasses import dataclass
 PUBLISHED_LABEL = ("linear top-1 as the official script printed it: presumably the best test epoch of its "
                    "100-epoch linear probe (selected on the test set)")
 
-# The official evaluation protocol (evaluate.py's defaults, spelled out so the recorded command shows it).
-OFFICIAL_EVAL = ["--test_patches", "128", "--knn_k", "20", "--knn_t", "0.07", "--linear_epochs", "100",
-                 "--linear_lr", "0.03", "--linear_momentum", "0.9", "--linear_wd", "5e-5", "--linear_bs", "100"]
-
 @dataclass(frozen=True)
 class Row:
     """One row: data set, backbone, P, the schedule (--epoch) and the epochs trained in it."""

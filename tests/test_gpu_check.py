@@ -7,8 +7,10 @@ import subprocess
 from pathlib import Path
 
 import pytest
+import torch
 from conftest import ROOT, assert_one_line_error, write_shapes_folder
 
+import engine
 from scripts import gpu_check
 
 STAGES = ["versions", "memory_plan", "no_sync", "training", "evaluation", "baseline", "benchmark"]
@@ -49,9 +51,12 @@ class TestTinyChainOnJpegFiles:
                    ("bf16", True, 8)
         assert stages["benchmark"]["config"]["data"] == "imagefolder"
         verdicts = {line["check"].split(" ")[0]: line["verdict"] for line in record["verdict"]}
-        assert verdicts["loss"] == "PASS" and verdicts["no"] == "PASS" and verdicts["seconds"] == "INFO"
-        failed = [line for line in record["verdict"] if line["verdict"] == "FAIL"]
-        assert done.returncode == (1 if failed else 0), done.stderr[-2000:]
+        assert verdicts == {"loss": "PASS", "trained": "PASS", "no": "PASS", "seconds": "INFO", "top-1": "INFO"}
+        trained, random_init = stages["evaluation"]["knn_top1"], stages["baseline"]["knn_top1"]
+        assert trained >= random_init + gpu_check.KNN_MARGIN["tiny"]  # 50 steps learn the shapes
+        assert record["verdict"][1] == {"check": "trained kNN top-1 ≥ random init + 5 points", "verdict": "PASS",
+                                        "measured": f"{trained:.2f} vs {random_init:.2f}"}
+        assert done.returncode == 0 and "gpu check: PASS" in done.stdout, done.stderr[-2000:]
         assert "| no synchronising call in a fast-path step | PASS | 0 " in done.stdout
         assert (attempt / "gpu_check.md").read_text().strip() in done.stdout
         assert "== training ==" in (attempt / "gpu_check.log").read_text()
@@ -59,6 +64,38 @@ class TestTinyChainOnJpegFiles:
         assert (tmp_path / "check" / "work" / "attempt-1" / "run" / "save_models" / "0.pt").is_file()
         assert list(pixel_cache.rglob("*.npy"))  # decoded once, in $EMP_SSL_CACHE, never beside the data
         assert not list(data.rglob("*.npy")) and sorted(p.name for p in data.iterdir()) == ["test", "train"]
+
+
+class TestARunThatDoesNotLearn:
+    def test_fails_the_learning_check_and_exits_non_zero(self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                         capsys: pytest.CaptureFixture) -> None:
+        """The row's training, evaluation and baseline run for real on the synthetic set with every
+        update refused (weights, BatchNorm statistics and optimiser state stay those of the random
+        init), so the evaluated encoder is no better than random init; the stages that do not bear
+        on learning are stubbed."""
+        for name, function in (("versions", "versions"), ("memory_plan", "memory_plans"),
+                               ("no_sync", "check_no_sync"), ("benchmark", "run_benchmark")):
+            monkeypatch.setattr(gpu_check, function, lambda *args, name=name: STUB_RESULTS[name])
+        short = ["320" if flag == "1600" else flag for flag in gpu_check.TINY_TRAIN]  # --train_subset: 10 steps
+        monkeypatch.setattr(gpu_check, "TINY_TRAIN", short)
+        monkeypatch.setattr(engine.NonFiniteGuard, "allow",
+                            lambda self, loss: torch.zeros((), dtype=torch.bool, device=loss.device))
+        out = tmp_path / "check"
+        with pytest.raises(SystemExit) as stop:
+            gpu_check.main(gpu_check.get_args_parser().parse_args(["--tiny", "--out", str(out),
+                                                                   "--work_dir", str(tmp_path / "work")]))
+        assert stop.value.code == 1
+        record = json.loads((out / "attempt-1" / "gpu_check.json").read_text())
+        assert all(stage["status"] == "ok" for stage in record["stages"].values()), record["stages"]
+        training = record["stages"]["training"]
+        assert training["steps"] == 10 and training["loss_finite"]
+        trained, random_init = (record["stages"][name]["knn_top1"] for name in ("evaluation", "baseline"))
+        assert trained < random_init + gpu_check.KNN_MARGIN["tiny"]
+        assert [(line["check"], line["verdict"]) for line in record["verdict"][:3]] == [
+            ("loss finite at every training step", "PASS"), ("trained kNN top-1 ≥ random init + 5 points", "FAIL"),
+            ("no synchronising call in a fast-path step", "PASS")]
+        assert capsys.readouterr().err.strip().splitlines()[-1] == \
+               "gpu check: FAIL (trained kNN top-1 ≥ random init + 5 points)"
 
 
 class TestStages:

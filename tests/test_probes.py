@@ -6,6 +6,8 @@ from dataclasses import replace
 
 import pytest
 import torch
+import torch.nn as nn
+import torch.nn.functional as F
 from conftest import clusters
 
 import probes
@@ -72,20 +74,45 @@ class TestLinearProbe:
         assert first == linear_probe(train, test, 10, replace(OFFICIAL_LINEAR, epochs=3, bs=100), seed=5)
 
     @pytest.mark.parametrize("epochs", [1, 4])
-    def test_learning_rate_is_cosine_annealed_to_zero(self, epochs: int, monkeypatch: pytest.MonkeyPatch) -> None:
-        seen = []
-        sgd_epoch = probes.sgd_epoch
+    def test_the_learning_rate_is_torchs_cosine_annealing_to_zero_stepped_per_epoch(self, epochs: int) -> None:
+        """probes.cosine_lr against CosineAnnealingLR(T_max=epochs); that linear_probe follows it is
+        the parity test below (its reference steps the scheduler)."""
+        optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.4)
+        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs)
+        torch_lrs = []
+        for _ in range(epochs):
+            torch_lrs.append(scheduler.get_last_lr()[0])
+            optimizer.step()
+            scheduler.step()
+        ours = [probes.cosine_lr(0.4, epoch, epochs) for epoch in range(epochs)]
+        assert ours == pytest.approx(torch_lrs, rel=1e-12)
+        assert ours[0] == 0.4 and (epochs == 1 or ours[-1] < 0.1)
 
-        def record(*args):
-            seen.append((args[-2], args[2].shape))  # (lr, batches (steps, bs))
-            return sgd_epoch(*args)
-
-        monkeypatch.setattr(probes, "sgd_epoch", record)
-        train = clusters(250, dim=8)
-        linear_probe(train, train, 10, replace(OFFICIAL_LINEAR, epochs=epochs, lr=0.4, bs=100))
-        expected = [0.4 * (1 + math.cos(math.pi * e / epochs)) / 2 for e in range(epochs)]
-        assert [lr for lr, _ in seen] == pytest.approx(expected)
-        assert all(shape == (2, 100) for _, shape in seen)  # 250 images: two batches of 100, 50 dropped
+    def test_an_sgd_epoch_takes_torch_optim_sgds_steps_on_its_batches(self) -> None:
+        """probes.sgd_epoch on two batches equals torch.optim.SGD (momentum, weight decay) after
+        autograd's backward of each batch's cross-entropy, and returns the sum of the batch losses,
+        each before its batch's update."""
+        features, labels = clusters(250, num_classes=5, dim=12, noise=1.0)  # (N, D), (N,)
+        settings = LinearSettings(epochs=1, lr=0.5, momentum=0.9, wd=0.01, bs=100)
+        batches = torch.randperm(250, generator=torch.Generator().manual_seed(0))[:200].view(2, 100)  # (steps, bs)
+        torch.manual_seed(0)
+        layer = nn.Linear(12, 5)
+        linear = probes.FlatLinear.of(layer, torch.device("cpu"))  # a copy of layer's weights
+        loss_sum = probes.sgd_epoch(linear=linear, features=features, batches=batches,
+                                    targets=F.one_hot(labels, 5).float()[batches], lr=0.5, settings=settings)
+        optimizer = torch.optim.SGD(layer.parameters(), lr=0.5, momentum=0.9, weight_decay=0.01)
+        losses = []
+        for index in batches:
+            loss = F.cross_entropy(layer(features[index]), labels[index])
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            losses.append(loss.item())
+        weight, bias = linear.split(linear.theta)  # (C, D), (C,)
+        torch.testing.assert_close(weight, layer.weight.detach(), rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(bias, layer.bias.detach(), rtol=1e-5, atol=1e-6)
+        assert loss_sum.item() == pytest.approx(sum(losses), rel=1e-5)
+        assert losses[1] < losses[0]  # the first step moved the classifier: the parity is not vacuous
 
     @pytest.mark.parametrize("n", [350, 60])  # a short last batch dropped; a single batch shorter than bs
     def test_fused_steps_equal_torch_optim_sgd_with_autograd(self, n: int, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -13,7 +13,6 @@ import pytest
 import torch
 from conftest import ROOT, TINY_RUN, assert_one_line_error
 
-import main as main_module
 from loss import EMPSSLLoss
 from plumbing import checkpoint
 
