@@ -66,3 +66,75 @@ class TestCodeShape:
         probe = "import sys, main, evaluate; print('torch.utils.tensorboard' in sys.modules)"
         done = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, timeout=120)
         assert done.stdout.strip() == "False", done.stderr
+
+
+LAYERS = {  # what a module of each layer may import of ours (docs/layout.md)
+    "plumbing": {"plumbing"},
+    "leaves": {"plumbing", "loss", "lars", "optim", "model", "dataset"},
+    "engine": {"plumbing", "loss", "lars", "optim", "model", "dataset", "engine", "features", "probes", "build"},
+}
+OURS = {"plumbing", "loss", "lars", "optim", "model", "dataset", "engine", "features", "probes", "build", "main",
+        "evaluate", "hubconf", "scripts"}
+
+
+def layer_of(path: str) -> str | None:
+    """The layer of a product file, or None for an entry point (which may import anything)."""
+    top = path.split("/")[0].removesuffix(".py")
+    if top == "plumbing":
+        return "plumbing"
+    if top in ("loss", "lars", "optim", "model", "dataset"):
+        return "leaves"
+    if top in ("build", "engine", "features", "probes"):
+        return "engine"
+    return None
+
+
+def imported_tops(path: str) -> set[str]:
+    """The top-level names of ours a file imports, at any depth of the file (lazy imports too)."""
+    tops = set()
+    for node in ast.walk(ast.parse((ROOT / path).read_text())):
+        if isinstance(node, ast.Import):
+            tops |= {alias.name.split(".")[0] for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            tops.add(node.module.split(".")[0])
+    return tops & OURS
+
+
+class TestLayers:
+    def test_imports_point_down(self) -> None:
+        """plumbing imports nothing of the method; the leaves (loss, optimisers, model, dataset)
+        import only plumbing and each other; the wiring never imports an entry point."""
+        upward = [f"{path} imports {sorted(imported_tops(path) - LAYERS[layer])}"
+                  for path in python_sources() if (layer := layer_of(path))
+                  and imported_tops(path) - LAYERS[layer]]
+        assert upward == []
+
+    def test_the_leaves_import_each_other_without_a_cycle(self) -> None:
+        """dataset/'s modules form no import circle (the circle the batched path once had)."""
+        graph = {module_name(path): dataset_imports(path) for path in python_sources() if path.startswith("dataset/")}
+
+        def visit(name: str, trail: tuple[str, ...]) -> None:
+            assert name not in trail, " → ".join((*trail, name))
+            for child in sorted(graph.get(name, ())):
+                visit(child, (*trail, name))
+
+        for name in graph:
+            visit(name, ())
+
+
+def module_name(path: str) -> str:
+    """dataset/draws.py → dataset.draws; dataset/__init__.py → dataset."""
+    return path.removesuffix(".py").removesuffix("/__init__").replace("/", ".")
+
+
+def dataset_imports(path: str) -> set[str]:
+    """The modules of dataset/ a file imports: `from dataset.x import …` and `from dataset import x`
+    (x a module of its own, else the package), at any depth (TYPE_CHECKING blocks included)."""
+    found = set()
+    for node in ast.walk(ast.parse((ROOT / path).read_text())):
+        if isinstance(node, ast.ImportFrom) and node.module == "dataset":
+            found |= {f"dataset.{a.name}" if (ROOT / "dataset" / f"{a.name}.py").is_file() else "dataset"
+                      for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("dataset."):
+            found.add(node.module)
+    return found
