@@ -13,9 +13,10 @@ Usage:
 main.py and evaluate.py run in this process, one after the other; their command lines (from the
 folder reproduce.py ran in) are printed and recorded in the result file, so each step can be rerun
 by hand, or under torchrun. Both evaluations read the data the training read (--data, --data_dir,
---download of the training flags, --train_args included) unless --eval_args says otherwise. Run
-again, the command continues the training run in --run_dir (a finished one is only evaluated) and
-rewrites the result file; a new --run_dir trains afresh. A SIGTERM or Ctrl-C during the training
+--download of the training flags, --train_args included) unless --eval_args says otherwise. --out
+and --run_dir are checked writable before anything runs. Run again, the command continues the
+training run in --run_dir (a finished one is only evaluated) and rewrites the result file; a new
+--run_dir trains afresh. A SIGTERM or Ctrl-C during the training
 stops it with last.pt saved and ends reproduce.py there, with main.py's status (143 or 130),
 without evaluating the half-trained run. Rows and protocols: scripts/rows.py.
 """
@@ -46,6 +47,7 @@ from plumbing import checkpoint as ckpt  # noqa: E402
 from plumbing.cli import ArgumentParser, run_cli  # noqa: E402
 from plumbing.device import resolve_device  # noqa: E402
 from plumbing.errors import Stopped, UserError  # noqa: E402
+from plumbing.files import check_writable, write_or_print  # noqa: E402
 from probes import KNN_K, KNN_T, OFFICIAL_LINEAR  # noqa: E402
 from scripts.rows import PUBLISHED_LABEL, ROWS, Row  # noqa: E402
 
@@ -224,6 +226,8 @@ def main(args: argparse.Namespace) -> None:
         for entry, argv in ((train_entry, plan.train), (eval_entry, plan.evaluate), (eval_entry, plan.baseline)):
             print(command_line(entry, argv))
         return
+    check_writable(args.out, "--out", "the result folder")  # before the training and the evaluations
+    check_writable(plan.checkpoint.parents[1], "--run_dir", "the run folder")
     try:
         seconds = {"train": run(train_entry, plan.train)}
     except Stopped as stop:  # a half-trained run is not evaluated; this process exits with 130 or 143
@@ -236,8 +240,7 @@ def main(args: argparse.Namespace) -> None:
     seconds["evaluate"] = run(eval_entry, plan.evaluate)
     seconds["baseline"] = run(eval_entry, plan.baseline)
     text = json.dumps(summarise(plan, args.smoke, seconds), indent=2)
-    plan.result.parent.mkdir(parents=True, exist_ok=True)
-    ckpt.atomic_write(plan.result, lambda tmp: tmp.write_text(text + "\n"))
+    write_or_print(plan.result, text + "\n", "--out")
     print(f"results: {plan.result}")
 
 
