@@ -63,6 +63,10 @@ from probes import KNN_K, KNN_T, OFFICIAL_LINEAR, LinearSettings, knn_accuracy, 
 
 # Flags that default to the checkpoint's training args, else to these official defaults.
 FROM_CHECKPOINT = {**DATA_DEFAULTS, **ENCODER_DEFAULTS, "augment": DEFAULT_AUGMENT}
+# Flags that change how an evaluation runs or where it writes, not the numbers it computes; every other
+# flag is its protocol, recorded in the result file (scripts/reproduce.py reuses a result of the same one).
+RUNNING_FLAGS = ("device", "workers", "download", "eval_bs", "forward_bs", "recompute", "cache_dir", "output",
+                 "embedding")
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -178,6 +182,17 @@ def build_encoder(args: argparse.Namespace) -> tuple[Encoder, dict[str, Any]]:
     if not args.random_init:
         ckpt.load_state_strict(model, state, args.ckpt)
     return model.eval(), record
+
+
+def protocol(args: argparse.Namespace) -> dict[str, Any]:
+    """The flags that define what an evaluation computes, as given (before the checkpoint fills the
+    unset ones) and as JSON holds them: every flag but RUNNING_FLAGS."""
+    return json.loads(json.dumps({k: v for k, v in sorted(vars(args).items()) if k not in RUNNING_FLAGS}, default=str))
+
+
+def weights_identity(args: argparse.Namespace) -> str:
+    """What the evaluated weights are: the checkpoint's SHA-256, or the random init's torch version."""
+    return f"random_init (torch {torch.__version__})" if args.random_init else file_digest(args.ckpt)
 
 
 def output_paths(args: argparse.Namespace) -> tuple[Path, Path, str]:
@@ -307,13 +322,14 @@ def write_tensorboard(args: argparse.Namespace, output: Path, probes: dict[str, 
 
 
 def main(args: argparse.Namespace) -> None:
+    started = time.perf_counter()
     validate_args(args)
+    flags = protocol(args)
     device = resolve_device(args.device)
     torch.backends.cudnn.benchmark = True  # evaluation shapes are fixed: cuDNN times its kernels once per shape
     model, record = build_encoder(args)
     output, cache_folder, prefix = output_paths(args)
-    weights = f"random_init (torch {torch.__version__})" if args.random_init else file_digest(args.ckpt)
-    cache = FeatureCache(cache_folder, prefix, weights, check_outputs(args, output, cache_folder))
+    cache = FeatureCache(cache_folder, prefix, weights_identity(args), check_outputs(args, output, cache_folder))
     model.to(device)
     prepare_model(model, device, args.channels_last)
     splits = {split: load_split(args.data, args.data_dir, split, subset, args.download)
@@ -335,9 +351,10 @@ def main(args: argparse.Namespace) -> None:
         "train_subset": args.train_subset, "test_subset": args.test_subset, "test_patches": args.test_patches,
         "augment": args.augment, "seed": args.seed, "precision": args.precision,
         "channels_last": args.channels_last, "git_commit": ckpt.git_commit(),
-        **probes, "seconds": seconds,
+        "protocol": flags, **probes, "seconds": seconds,
     }
     write_tensorboard(args, output, probes, tensors, splits["test"])
+    seconds["total"] = time.perf_counter() - started  # result["seconds"] is this dict
     name = f"random-init {args.arch}" if args.random_init else str(args.ckpt)
     view = f"{args.test_patches} patches" if args.view == "patches" else "one full view"
     print(f"{name} on {args.data} ({view}): {' | '.join(summary) or 'features only'}")

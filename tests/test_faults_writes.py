@@ -14,6 +14,7 @@ import io
 import json
 import os
 import pathlib
+import shlex
 import subprocess
 from pathlib import Path
 
@@ -319,3 +320,31 @@ class TestCheckedBeforeTheWork:
         refused = cli("scripts.export", "--ckpt", str(missing), "--out", str(folder / "x.pt"))
         assert_one_line_error(refused, str(folder), "--out")
         assert_one_line_error(cli("scripts.export", "--ckpt", str(missing), "--out", str(tmp_path)), "is a folder")
+
+
+class TestReproduceKeepsWhatItComputed:
+    def test_a_rerun_reuses_both_evaluations_and_keeps_the_earlier_result(self, cli, tmp_path: Path) -> None:
+        first = cli("scripts.reproduce", "cifar10-1ep", "--smoke")
+        assert first.returncode == 0, first.stderr
+        assert first.stdout.count("computed features") == 4  # two splits, two evaluations
+        result = tmp_path / "results" / "cifar10-1ep.smoke.json"
+        earlier = result.read_text()
+
+        again = cli("scripts.reproduce", "cifar10-1ep", "--smoke")
+        assert again.returncode == 0, again.stderr
+        assert "features" not in again.stdout and again.stdout.count("reusing ") == 2
+        assert (tmp_path / "results" / "cifar10-1ep.smoke.json.1").read_text() == earlier
+        assert "kept as results/cifar10-1ep.smoke.json.1" in again.stdout
+        assert json.loads(result.read_text())["knn_top1"] == json.loads(earlier)["knn_top1"]
+
+        other = cli("scripts.reproduce", "cifar10-1ep", "--smoke", "--eval_args", "--linear_epochs 2")
+        assert other.returncode == 0, other.stderr
+        assert "reusing" not in other.stdout  # another protocol: both evaluated again, on the cached features
+        assert other.stdout.count("cached features") == 4 and "computed features" not in other.stdout
+        assert json.loads((tmp_path / "results" / "cifar10-1ep.smoke.json.2").read_text())["knn_top1"] == \
+            json.loads(earlier)["knn_top1"]
+
+    def test_the_evaluation_commands_do_not_force_recompute(self, cli) -> None:
+        dry = cli("scripts.reproduce", "cifar10-1ep", "--dry_run")
+        assert dry.returncode == 0, dry.stderr
+        assert all("--recompute" not in shlex.split(line) for line in dry.stdout.splitlines())
