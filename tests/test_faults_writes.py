@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import assert_one_line_error
+from test_results_table import RESULT, cells
 
 import evaluate
 from features import cached_features
@@ -348,3 +349,14 @@ class TestReproduceKeepsWhatItComputed:
         dry = cli("scripts.reproduce", "cifar10-1ep", "--dry_run")
         assert dry.returncode == 0, dry.stderr
         assert all("--recompute" not in shlex.split(line) for line in dry.stdout.splitlines())
+
+
+class TestResultsTable:
+    def test_seconds_that_are_not_a_number_show_a_dash(self, cli, tmp_path: Path) -> None:
+        path = tmp_path / "r.json"
+        path.write_text(json.dumps({**RESULT, "train_seconds_per_epoch": float("nan"),
+                                    "eval_seconds": float("inf")}))
+        result = cli("scripts.results_table", str(path))
+        assert result.returncode == 0, result.stderr
+        row = cells(result.stdout.splitlines()[2])
+        assert row[8:10] == ["—", "—"] and not any(word in " ".join(row).lower() for word in ("nan", "inf"))
