@@ -55,7 +55,7 @@ from model import ARCHS, ENCODER_DEFAULTS, Encoder
 from plumbing import checkpoint as ckpt
 from plumbing.cli import ArgumentParser, banner, default_workers, require, run_cli
 from plumbing.device import resolve_device
-from plumbing.files import TensorBoard, check_writable, unwritable, write_or_print
+from plumbing.files import TensorBoard, check_file_writable, check_writable, unwritable, write_or_print
 from plumbing.pictures import log_embedding
 from plumbing.preemption import leave_signals_to_parent
 from plumbing.speed import AMP_DTYPES, memory_format, prepare_model
@@ -212,7 +212,7 @@ def check_outputs(args: argparse.Namespace, output: Path, cache_folder: Path) ->
     """Refuse a result JSON or TensorBoard folder that cannot be written, before any feature is
     computed; return whether the feature cache can be written (a folder of --cache_dir that cannot
     is refused too; the checkpoint's own folder costs a warning, and the features stay in memory)."""
-    check_writable(output.parent, "--output", "the result's folder")
+    check_file_writable(output, "--output")
     if args.linear or args.embedding:
         check_writable(tensorboard_folder(output), "--output", "the TensorBoard folder")
     if args.cache_dir is not None:

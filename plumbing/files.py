@@ -6,7 +6,7 @@ that fills it, and a write that fails is one line naming the path and the cause.
 - :func:`write_file`: atomic_write into a folder it creates; any failure of the writer (OSError,
   and torch.save's RuntimeError: "[enforce fail at inline_container.cc] … unexpected pos" when the
   disk fills) becomes :class:`WriteFailed`, a UserError: ``cannot write <path> (<cause>): <what now>``.
-- :func:`check_writable`: an entry point writes a small file in each output folder (creating it
+- :func:`check_writable` (a folder), :func:`check_file_writable` (a file): an entry point writes a small file in each output folder (creating it
   for the check, then removing what it made) before it computes, so that an output that cannot be
   written is refused before the work, not after it, and nothing is left behind.
 - :class:`TensorBoard`: TensorBoard's SummaryWriter whose faults (its folder, its events, its
@@ -82,7 +82,7 @@ def failure_cause(err: BaseException, path: Path | None = None) -> str:
         if blocker is not None:
             return f"{blocker} is a file, not a folder"
     if err.errno == errno.EISDIR:
-        return f"{named} is a folder, not a file"
+        return f"{path or named} is a folder, not a file"
     return err.strerror or str(err)
 
 
@@ -147,6 +147,14 @@ def check_writable(folder: Path, flag: str, what: str = "the folder") -> None:
     cause = unwritable(folder)
     if cause is not None:
         raise UserError(f"cannot write {what} {folder} ({cause}): choose another {flag}")
+
+
+def check_file_writable(path: Path, flag: str) -> None:
+    """Refuse, before any work, an output file that cannot be written: a folder where the file
+    should be, or a folder that cannot take it (check_writable)."""
+    if path.is_dir():
+        raise UserError(f"{flag} {path} is a folder: name the file to write")
+    check_writable(path.parent, flag)
 
 
 def _quiet_event_thread(args: threading.ExceptHookArgs) -> None:

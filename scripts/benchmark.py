@@ -61,7 +61,7 @@ from main import get_args_parser as training_flags  # noqa: E402
 from model import ENCODER_DEFAULTS  # noqa: E402
 from plumbing.cli import ArgumentParser, run_cli  # noqa: E402
 from plumbing.device import resolve_device  # noqa: E402
-from plumbing.files import check_writable, write_or_print  # noqa: E402
+from plumbing.files import check_file_writable, write_or_print  # noqa: E402
 from plumbing.speed import AMP_DTYPES, memory_format  # noqa: E402
 from scripts.reproduce import flags  # noqa: E402
 
@@ -365,7 +365,7 @@ def main(args: argparse.Namespace) -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
-    check_writable(args.out.parent, "--out")  # before minutes of measurements
+    check_file_writable(args.out, "--out")  # before minutes of measurements
     cfg = sizes(args)
     result = {"machine": machine(device), "config": {**cfg, "data": args.data, "workers": args.workers,
                                                        "precision": args.precision, "full": args.full,

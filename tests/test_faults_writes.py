@@ -288,6 +288,9 @@ class TestCheckedBeforeTheWork:
         result = cli("evaluate", "--ckpt", str(source), *QUICK_EVAL, "--output", str(blocker / "x.json"))
         assert_one_line_error(result, f"{blocker} is a file, not a folder", "--output")
         assert "features" not in result.stdout
+        folder = cli("evaluate", "--ckpt", str(source), *QUICK_EVAL, "--output", str(tmp_path))
+        assert_one_line_error(folder, f"--output {tmp_path} is a folder")
+        assert "features" not in folder.stdout
 
     @pytest.mark.parametrize("where", ["a file", "read-only"])
     def test_reproduce_refuses_its_out_before_training(self, cli, tmp_path: Path, read_only, where: str) -> None:
