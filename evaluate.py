@@ -8,7 +8,9 @@ Usage:
     python evaluate.py --ckpt <run>/save_models/last.pt --precision bf16 --channels_last  # the fast mode on a GPU
 
 Writes `<checkpoint stem>.eval.json` beside the checkpoint (every number and the configuration)
-and caches the features there, keyed by checkpoint, data and patches; `--recompute` ignores them.
+and caches the features there (or in --cache_dir), keyed by checkpoint, data and patches; `--recompute`
+ignores them. Every output is checked writable before a feature is computed; a result file that
+still cannot be written at the end is printed on stdout before the error.
 
 The patches are made as the checkpoint's training made them (its --augment; `batched`, the batched
 augmentation on the evaluation device, for an official checkpoint) unless --augment says otherwise
@@ -22,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -52,7 +55,7 @@ from model import ARCHS, ENCODER_DEFAULTS, Encoder
 from plumbing import checkpoint as ckpt
 from plumbing.cli import ArgumentParser, banner, default_workers, require, run_cli
 from plumbing.device import resolve_device
-from plumbing.errors import UserError
+from plumbing.files import TensorBoard, check_file_writable, check_writable, unwritable, write_or_print
 from plumbing.pictures import log_embedding
 from plumbing.preemption import leave_signals_to_parent
 from plumbing.speed import AMP_DTYPES, memory_format, prepare_model
@@ -60,6 +63,10 @@ from probes import KNN_K, KNN_T, OFFICIAL_LINEAR, LinearSettings, knn_accuracy, 
 
 # Flags that default to the checkpoint's training args, else to these official defaults.
 FROM_CHECKPOINT = {**DATA_DEFAULTS, **ENCODER_DEFAULTS, "augment": DEFAULT_AUGMENT}
+# Flags that change how an evaluation runs or where it writes, not the numbers it computes; every other
+# flag is its protocol, recorded in the result file (scripts/reproduce.py reuses a result of the same one).
+RUNNING_FLAGS = ("device", "workers", "download", "eval_bs", "forward_bs", "recompute", "cache_dir", "output",
+                 "embedding")
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -110,6 +117,9 @@ def get_args_parser() -> argparse.ArgumentParser:
                             "forward under autocast and lets the probes' float32 products use TF32 (faster on recent "
                             "GPUs); features are kept in float32 either way")
     feats.add_argument("--recompute", action="store_true", help="ignore cached features and compute them again")
+    feats.add_argument("--cache_dir", type=Path, default=None,
+                       help="folder of the feature cache (default: the checkpoint's folder; where that cannot be "
+                            "written, the features are kept in memory only, with a warning)")
 
     probes = parser.add_argument_group("Probes")
     probes.add_argument("--knn", action=argparse.BooleanOptionalAction, default=True,
@@ -174,22 +184,57 @@ def build_encoder(args: argparse.Namespace) -> tuple[Encoder, dict[str, Any]]:
     return model.eval(), record
 
 
+def protocol(args: argparse.Namespace) -> dict[str, Any]:
+    """The flags that define what an evaluation computes, as given (before the checkpoint fills the
+    unset ones) and as JSON holds them: every flag but RUNNING_FLAGS."""
+    return json.loads(json.dumps({k: v for k, v in sorted(vars(args).items()) if k not in RUNNING_FLAGS}, default=str))
+
+
+def weights_identity(args: argparse.Namespace) -> str:
+    """What the evaluated weights are: the checkpoint's SHA-256, or the random init's torch version."""
+    return f"random_init (torch {torch.__version__})" if args.random_init else file_digest(args.ckpt)
+
+
 def output_paths(args: argparse.Namespace) -> tuple[Path, Path, str]:
     """(result JSON, cache folder, cache file prefix)."""
     if args.ckpt is None:
-        return args.output, args.output.parent, "random_init"
+        return args.output, args.cache_dir or args.output.parent, "random_init"
     stem = args.ckpt.stem + (".random_init" if args.random_init else "")
-    return args.output or args.ckpt.with_name(f"{stem}.eval.json"), args.ckpt.parent, args.ckpt.name
+    return args.output or args.ckpt.with_name(f"{stem}.eval.json"), args.cache_dir or args.ckpt.parent, args.ckpt.name
+
+
+def tensorboard_folder(output: Path) -> Path:
+    """<result stem>.tensorboard/ beside the result JSON."""
+    return output.with_name(f"{output.stem}.tensorboard")
+
+
+def check_outputs(args: argparse.Namespace, output: Path, cache_folder: Path) -> bool:
+    """Refuse a result JSON or TensorBoard folder that cannot be written, before any feature is
+    computed; return whether the feature cache can be written (a folder of --cache_dir that cannot
+    is refused too; the checkpoint's own folder costs a warning, and the features stay in memory)."""
+    check_file_writable(output, "--output")
+    if args.linear or args.embedding:
+        check_writable(tensorboard_folder(output), "--output", "the TensorBoard folder")
+    if args.cache_dir is not None:
+        check_writable(cache_folder, "--cache_dir", "the feature cache")
+        return True
+    cause = unwritable(cache_folder)
+    if cause is not None:
+        print(f"warning: cannot write the feature cache in {cache_folder} ({cause}); the features are kept in "
+              f"memory only (--cache_dir puts the cache elsewhere)", file=sys.stderr)
+    return cause is None
 
 
 @dataclass(frozen=True)
 class FeatureCache:
-    """Where the features of one evaluated encoder are cached: folder, file prefix, and the identity
-    of its weights (a checkpoint's SHA-256, or the random init's torch version)."""
+    """Where the features of one evaluated encoder are cached: folder, file prefix, the identity of
+    its weights (a checkpoint's SHA-256, or the random init's torch version), and whether new
+    features are written there (else only read)."""
 
     folder: Path
     prefix: str
     weights: str
+    store: bool = True
 
 
 def split_features(args: argparse.Namespace, model: Encoder, device: torch.device, dataset: Dataset,
@@ -215,14 +260,13 @@ def extract(args: argparse.Namespace, model: Encoder, device: torch.device, spli
                 "test_patches": args.test_patches, "seed": args.seed, "precision": args.precision,
                 "channels_last": args.channels_last, "augment": args.augment, "view": args.view,
                 "code": code_fingerprint()}
-    cache.folder.mkdir(parents=True, exist_ok=True)
     tensors = {}
     for split, dataset in splits.items():
         key = {**base_key, "split": split, "subset": len(dataset)}
         compute = partial(split_features, args, model, device, dataset, split)
         tick = time.perf_counter()
         (feats, labels), hit = cached_features(cache_path(cache.folder, cache.prefix, key), key, compute,
-                                               args.recompute)
+                                               args.recompute, cache.store)
         seconds[f"features_{split}"] = time.perf_counter() - tick
         print(f"{split}: {len(labels)} images, {'cached' if hit else 'computed'} features {tuple(feats.shape)}")
         tensors[split] = (feats.to(device), labels.to(device))
@@ -260,12 +304,11 @@ def run_probes(args: argparse.Namespace, tensors: dict[str, tuple[torch.Tensor, 
 def write_tensorboard(args: argparse.Namespace, output: Path, probes: dict[str, Any],
                       tensors: dict[str, tuple[torch.Tensor, torch.Tensor]], test_set: Dataset) -> None:
     """<result stem>.tensorboard/: the linear probe's train loss and test top-1 per epoch as scalars,
-    and with --embedding N the first N test features for the projector, thumbnails included."""
-    from torch.utils.tensorboard import SummaryWriter  # here: importing evaluate.py stays light
-
+    and with --embedding N the first N test features for the projector, thumbnails included. A
+    fault there is one warning: the curve is in the result JSON too."""
     if "linear" not in probes and not args.embedding:
         return
-    with SummaryWriter(log_dir=str(output.with_name(f"{output.stem}.tensorboard"))) as writer:
+    with TensorBoard(tensorboard_folder(output), "the probe's curve is in the result JSON") as writer:
         linear = probes.get("linear", {})
         for epoch, (loss, top1) in enumerate(zip(linear.get("train_loss_per_epoch", []),
                                                  linear.get("test_top1_per_epoch", [])), start=1):
@@ -279,45 +322,43 @@ def write_tensorboard(args: argparse.Namespace, output: Path, probes: dict[str, 
 
 
 def main(args: argparse.Namespace) -> None:
+    started = time.perf_counter()
     validate_args(args)
+    flags = protocol(args)
     device = resolve_device(args.device)
     torch.backends.cudnn.benchmark = True  # evaluation shapes are fixed: cuDNN times its kernels once per shape
     model, record = build_encoder(args)
+    output, cache_folder, prefix = output_paths(args)
+    cache = FeatureCache(cache_folder, prefix, weights_identity(args), check_outputs(args, output, cache_folder))
     model.to(device)
     prepare_model(model, device, args.channels_last)
     splits = {split: load_split(args.data, args.data_dir, split, subset, args.download)
               for split, subset in (("train", args.train_subset), ("test", args.test_subset))}
     num_classes = len(class_names(splits["train"]))
-    output, cache_folder, prefix = output_paths(args)
-    weights = f"random_init (torch {torch.__version__})" if args.random_init else file_digest(args.ckpt)
     print(banner(args))
 
     seconds: dict[str, float] = {}
-    tensors = extract(args, model, device, splits, FeatureCache(cache_folder, prefix, weights), seconds)
+    tensors = extract(args, model, device, splits, cache, seconds)
     fast = cuda_matmul_precision("tf32") if args.precision == "bf16" else nullcontext()
     with fast:  # the probes' float32 products (kNN similarities, the linear probe) in TF32 under bf16
         probes, summary = run_probes(args, tensors, num_classes, seconds)
     result = {
         "checkpoint": None if args.ckpt is None else str(args.ckpt), "random_init": args.random_init,
-        "checkpoint_epoch": record.get("epoch"), "checkpoint_step": record.get("step"), "weights": weights,
+        "checkpoint_epoch": record.get("epoch"), "checkpoint_step": record.get("step"), "weights": cache.weights,
         "arch": args.arch, "hidden_dim": args.hidden_dim, "z_dim": args.z_dim, "data": args.data,
         "data_dir": str(args.data_dir), "train_images": len(tensors["train"][1]),
         "test_images": len(tensors["test"][1]), "num_classes": num_classes,
         "train_subset": args.train_subset, "test_subset": args.test_subset, "test_patches": args.test_patches,
         "augment": args.augment, "seed": args.seed, "precision": args.precision,
         "channels_last": args.channels_last, "git_commit": ckpt.git_commit(),
-        **probes, "seconds": seconds,
+        "protocol": flags, **probes, "seconds": seconds,
     }
     write_tensorboard(args, output, probes, tensors, splits["test"])
-    text = json.dumps(result, indent=2)
-    try:
-        output.parent.mkdir(parents=True, exist_ok=True)
-        ckpt.atomic_write(output, lambda tmp: tmp.write_text(text))
-    except OSError as err:
-        raise UserError(f"cannot write {output} ({err.strerror or err}): choose another --output") from err
+    seconds["total"] = time.perf_counter() - started  # result["seconds"] is this dict
     name = f"random-init {args.arch}" if args.random_init else str(args.ckpt)
     view = f"{args.test_patches} patches" if args.view == "patches" else "one full view"
     print(f"{name} on {args.data} ({view}): {' | '.join(summary) or 'features only'}")
+    write_or_print(output, json.dumps(result, indent=2), "--output")
     print(f"results: {output}")
 
 

@@ -27,7 +27,7 @@ from tqdm import tqdm
 
 from dataset import augmentation_kind
 from model import Encoder
-from plumbing.checkpoint import atomic_write
+from plumbing.files import WriteFailed, write_file
 from probes import KNN_K, KNN_T, knn_accuracy
 
 PatchBatches = Iterable[tuple[torch.Tensor | Sequence[torch.Tensor], torch.Tensor]]  # (patches, labels (B,))
@@ -154,10 +154,11 @@ def cache_path(folder: Path, prefix: str, key: dict[str, Any]) -> Path:
 
 
 def cached_features(path: Path, key: dict[str, Any], compute: Callable[[], tuple[torch.Tensor, torch.Tensor]],
-                    recompute: bool = False) -> tuple[tuple[torch.Tensor, torch.Tensor], bool]:
+                    recompute: bool = False, store: bool = True) -> tuple[tuple[torch.Tensor, torch.Tensor], bool]:
     """((features, labels), whether they came from the cache): read from `path` when it holds
-    exactly `key` and not `recompute`, else compute() and store at `path` atomically (a failed or
-    interrupted run never leaves a partial file; an unwritable folder only skips the cache)."""
+    exactly `key` and not `recompute`, else compute() and, when `store`, store at `path` atomically
+    (a failed or interrupted run never leaves a partial file). A cache that cannot be written (a
+    full disk, a read-only folder) costs one warning: the computed features are returned all the same."""
     if path.is_file() and not recompute:
         try:
             stored = torch.load(path, map_location="cpu", weights_only=True)
@@ -167,11 +168,12 @@ def cached_features(path: Path, key: dict[str, Any], compute: Callable[[], tuple
             return (stored["features"], stored["labels"]), True
     features, labels = compute()
     record = {"key": key, "features": features, "labels": labels}
-    try:
-        atomic_write(path, lambda tmp: torch.save(record, tmp))
-    except OSError as err:
-        print(f"warning: could not cache features at {path} ({err.strerror or err}); continuing without",
-              file=sys.stderr)
+    if store:
+        try:
+            write_file(path, lambda tmp: torch.save(record, tmp))
+        except WriteFailed as err:
+            print(f"warning: could not cache features at {path} ({err.cause}); they are kept in memory and the "
+                  f"evaluation goes on", file=sys.stderr)
     return (features, labels), False
 
 

@@ -45,6 +45,7 @@ from plumbing import distributed
 from plumbing.cli import ArgumentParser, banner, default_workers, require, run_cli
 from plumbing.device import resolve_device
 from plumbing.errors import Stopped, UserError
+from plumbing.files import TensorBoard, check_writable
 from plumbing.memory_plan import MemoryPlan, choose_chunks
 from plumbing.pictures import log_patch_grids
 from plumbing.preemption import Preemption, refuse_restart_after_stop
@@ -264,15 +265,11 @@ def resume_state(args: argparse.Namespace, run_dir: Path) -> dict[str, Any] | No
 
 
 def prepare_run_dir(run_dir: Path, args: argparse.Namespace) -> None:
-    """Create the run folder, clear temporary files a killed save left, and record this run."""
-    try:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        for leftover in (run_dir / ckpt.CHECKPOINT_DIR).glob(".*.tmp*"):
-            leftover.unlink()
-        ckpt.write_run_record(run_dir, vars(args))
-    except OSError as err:
-        raise UserError(f"cannot write the run folder {run_dir} ({err.strerror or err}): "
-                        f"choose another --output_dir") from err
+    """Clear temporary files a killed save left in the run folder (checked writable at the start), and
+    record this run."""
+    for leftover in (run_dir / ckpt.CHECKPOINT_DIR).glob(".*.tmp*"):
+        leftover.unlink()
+    ckpt.write_run_record(run_dir, vars(args))
 
 
 def build_training(args: argparse.Namespace, device: torch.device, steps_per_epoch: int, run_dir: Path) -> Training:
@@ -305,13 +302,12 @@ def log_knn(monitor: KNNMonitor, training: Training, writer: Any, epoch: int) ->
 
 @distributed.entry_point
 def main(args: argparse.Namespace) -> None:
-    from torch.utils.tensorboard import SummaryWriter  # here: importing main.py for its flags loads no TensorBoard
-
     validate_args(args)
     run_dir = args.output_dir or default_run_dir(args)
     refuse_restart_after_stop(run_dir)
     device = distributed.setup(resolve_device(args.device), args.dist_backend, args.dist_timeout, args.sync_bn)
     state = distributed.fail_together(lambda: resume_state(args, run_dir))  # every rank reads last.pt
+    distributed.on_main(check_writable, run_dir, "--output_dir", "the run folder")  # before any data is read
     seed_everything(args.seed, args.deterministic)
 
     patches = distributed.main_first(lambda: training_patches(args, device))  # rank 0 downloads, the others wait
@@ -329,7 +325,8 @@ def main(args: argparse.Namespace) -> None:
         distributed.print_main(f"run folder: {run_dir}  ({patches.steps_per_epoch} steps per epoch, "
                                f"{patches.steps_per_epoch * args.epoch} in all, on {device} × "
                                f"{distributed.get_world_size()} processes)")
-        writer = SummaryWriter(log_dir=str(run_dir)) if distributed.is_main() else None
+        writer = TensorBoard(run_dir, "training goes on without them; checkpoints are still saved") \
+            if distributed.is_main() else None
         if writer is not None and state is None:  # what the encoder sees: the first step's patches
             patches.set_epoch(0)
             log_patch_grids(writer, next(iter(patches)), args.num_patches, args.augment)

@@ -12,9 +12,9 @@ and later loads of the same files read it back.
 - Folder: ``$EMP_SSL_CACHE`` when set, else ``~/.cache/emp-ssl``; never beside the data, which
   may be read-only or shared. One ``pixels/<key>.npy`` per decoded file list (a subset of a
   folder is a list of its own); delete the folder to reclaim the space.
-- Writes are atomic (:func:`plumbing.checkpoint.atomic_write`): a killed run leaves no partial
-  array. A cache folder that cannot be written is reported once per process; the images are then
-  decoded every time, as without a cache.
+- Writes are atomic (:func:`plumbing.files.write_file`): a killed run leaves no partial array. A
+  cache that cannot be written (a full disk, a read-only folder) is reported once per folder and
+  process; the images are then decoded every time, as without a cache.
 """
 from __future__ import annotations
 
@@ -32,8 +32,8 @@ from torch.utils.data import Dataset, Subset
 from torchvision import datasets
 
 from dataset.images import image_size
-from plumbing.checkpoint import atomic_write
 from plumbing.errors import speaks
+from plumbing.files import WriteFailed, write_file
 
 CACHE_ENV = "EMP_SSL_CACHE"
 FORMAT = 1  # bump when the meaning of a cached array changes
@@ -90,11 +90,10 @@ def _store(path: Path, pixels: np.ndarray) -> None:
     """Write `pixels` to `path` atomically; if the folder cannot be written, say so once per
     folder and go on without the cache."""
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write(path, partial(_save, pixels))
-    except OSError as err:
+        write_file(path, partial(_save, pixels))
+    except WriteFailed as err:
         if path.parent not in _reported and speaks():
-            print(f"warning: cannot write the decoded-image cache in {path.parent} ({err.strerror or err}); "
+            print(f"warning: cannot write the decoded-image cache in {path.parent} ({err.cause}); "
                   f"decoding without it (set {CACHE_ENV} to a writable folder)", file=sys.stderr)
         _reported.add(path.parent)
 

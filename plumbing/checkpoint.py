@@ -1,4 +1,4 @@
-"""Run folders and checkpoints: atomic writes, strict loads, random-generator state.
+"""Run folders and checkpoints: whole writes (plumbing/files.py), strict loads, random-generator state.
 
 A run folder holds `args.json` (the sorted flags, the command line and the git commit),
 TensorBoard event files, and `save_models/<epoch>.pt` plus `save_models/last.pt`.
@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from plumbing.errors import UserError
+from plumbing.files import write_file, write_text
 
 CHECKPOINT_DIR = "save_models"
 LAST = "last.pt"
@@ -38,38 +39,10 @@ def git_commit() -> str:
     return sha.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
 
 
-def atomic_write(path: Path, write: Any) -> None:
-    """Call write(tmp_path), then rename tmp_path onto path, so path is always whole.
-
-    The temporary file sits in the same folder (same file system, so the rename is atomic) and
-    is flushed to disk first, then the folder entry; on any failure the temporary file is
-    removed and path keeps its old content. A process killed at any moment leaves either the
-    old or the new file (and possibly a stale `.name.tmpPID`, which the next run removes).
-    """
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        write(tmp)
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    folder = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(folder)
-    finally:
-        os.close(folder)
-
-
 def save_checkpoint(state: dict[str, Any], path: Path) -> None:
-    """torch.save(state) to path atomically; a full disk leaves the previous file intact."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        atomic_write(path, lambda tmp: torch.save(state, tmp))
-    except OSError as err:
-        raise UserError(f"could not write checkpoint {path} ({err.strerror or err}); "
-                        f"the previous checkpoint there is intact: free space and --resume") from err
+    """torch.save(state) to path atomically; a full disk leaves the previous file intact and says so."""
+    write_file(path, lambda tmp: torch.save(state, tmp),
+               "the checkpoints saved before are intact: free space and --resume")
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:
@@ -146,11 +119,7 @@ def link_or_copy(source: Path, target: Path) -> None:
     try:
         os.link(source, tmp)
     except OSError:
-        try:
-            atomic_write(target, lambda path: shutil.copyfile(source, path))
-        except OSError as err:
-            raise UserError(f"could not write checkpoint {target} ({err.strerror or err}); {source} is "
-                            f"whole: free space and --resume") from err
+        write_file(target, lambda path: shutil.copyfile(source, path), f"{source} is whole: free space and --resume")
         return
     os.replace(tmp, target)
 
@@ -170,5 +139,4 @@ def write_run_record(run_dir: Path, args: dict[str, Any]) -> None:
         first = json.loads(path.read_text())
         first.setdefault("resumes", []).append(record)
         record = first
-    text = json.dumps(record, indent=2, default=str)
-    atomic_write(path, lambda tmp: tmp.write_text(text))
+    write_text(path, json.dumps(record, indent=2, default=str), "choose another --output_dir")

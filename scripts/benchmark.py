@@ -61,6 +61,7 @@ from main import get_args_parser as training_flags  # noqa: E402
 from model import ENCODER_DEFAULTS  # noqa: E402
 from plumbing.cli import ArgumentParser, run_cli  # noqa: E402
 from plumbing.device import resolve_device  # noqa: E402
+from plumbing.files import check_file_writable, write_or_print  # noqa: E402
 from plumbing.speed import AMP_DTYPES, memory_format  # noqa: E402
 from scripts.reproduce import flags  # noqa: E402
 
@@ -364,6 +365,7 @@ def main(args: argparse.Namespace) -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
+    check_file_writable(args.out, "--out")  # before minutes of measurements
     cfg = sizes(args)
     result = {"machine": machine(device), "config": {**cfg, "data": args.data, "workers": args.workers,
                                                        "precision": args.precision, "full": args.full,
@@ -377,7 +379,7 @@ def main(args: argparse.Namespace) -> None:
     print(f"(3) training: {result['train']}")
     result["chunks"] = bench_chunks(args, cfg["chunks"], device)
     print(f"(4) patch chunks: {result['chunks']}")
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    write_or_print(args.out, json.dumps(result, indent=2) + "\n", "--out")
     if args.data == "synthetic":
         print("data: the built-in synthetic set (32×32, CIFAR-sized); epoch times assume CIFAR-10's 50,000 images")
     print(table(result))

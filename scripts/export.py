@@ -30,9 +30,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from hubconf import emp_ssl_resnet18  # noqa: E402
 from model import ENCODER_DEFAULTS, RESNET18_ARCHS, Encoder  # noqa: E402
-from plumbing.checkpoint import atomic_write  # noqa: E402
 from plumbing.cli import ArgumentParser, run_cli  # noqa: E402
-from plumbing.errors import UserError  # noqa: E402
+from plumbing.files import check_file_writable, write_file  # noqa: E402
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -56,12 +55,9 @@ def export_state(encoder: Encoder, source: Path) -> dict[str, Any]:
 
 
 def main(args: argparse.Namespace) -> None:
+    check_file_writable(args.out, "--out")
     state = export_state(emp_ssl_resnet18(args.ckpt, args.arch), args.ckpt)
-    try:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write(args.out, lambda tmp: torch.save(state, tmp))
-    except OSError as err:
-        raise UserError(f"cannot write {args.out} ({err.strerror or err}): choose another --out") from err
+    write_file(args.out, lambda tmp: torch.save(state, tmp), "choose another --out")
     print(f"wrote {args.out}: torchvision resnet18 backbone ({state['stem']} stem, fc = Identity) and "
           f"pre_feature (512 → {state['hidden_dim']})")
 

@@ -32,7 +32,8 @@ it measured), then the verdict, each line PASS, FAIL or INFO:
 Small outputs go to <out>/attempt-N/: gpu_check.json, gpu_check.md (the table) and
 gpu_check.log (everything printed), so that folder alone can be copied off a machine.
 Checkpoints and feature caches go to <work_dir>/attempt-N/, decoded images to
-<work_dir>/pixel_cache/ (unless $EMP_SSL_CACHE names another folder). Every call starts
+<work_dir>/pixel_cache/ (unless $EMP_SSL_CACHE names another folder); both folders are checked
+writable before any stage (a file in the way or a read-only folder is one line). Every call starts
 attempt N + 1: nothing is overwritten and a retry never waits on an old result. --tiny runs the
 same chain on the CPU at toy sizes (under a minute). The exit status is 0 when every stage ran
 and every check passed, 1 otherwise.
@@ -69,10 +70,11 @@ import evaluate as eval_entry  # noqa: E402
 import main as train_entry  # noqa: E402
 from build import build_encoder, step_memory_plan, training_patches  # noqa: E402
 from engine import NonFiniteGuard, StepLog  # noqa: E402
-from plumbing.checkpoint import atomic_write, git_commit  # noqa: E402
+from plumbing.checkpoint import git_commit  # noqa: E402
 from plumbing.cli import ArgumentParser, run_cli  # noqa: E402
 from plumbing.device import resolve_device  # noqa: E402
 from plumbing.errors import UserError, one_line  # noqa: E402
+from plumbing.files import check_writable, failure_cause, write_text  # noqa: E402
 from plumbing.host_sync import HostSyncs, refuse_syncs  # noqa: E402
 from plumbing.speed import AMP_DTYPES  # noqa: E402
 from scripts import benchmark, reproduce  # noqa: E402
@@ -110,10 +112,36 @@ def get_args_parser() -> argparse.ArgumentParser:
     return parser
 
 
-class Tee:
-    """A text stream that writes to a stream and to a log file."""
+class Log:
+    """A log file written line by line; the first fault (a full disk) is one warning on `stderr`,
+    after which the log is left as it stands and printing goes on."""
 
-    def __init__(self, stream: TextIO, log: TextIO) -> None:
+    def __init__(self, path: Path, stderr: TextIO) -> None:
+        self.path, self.stderr = path, stderr
+        self.file: TextIO | None = open(path, "a", encoding="utf-8", buffering=1)  # closed by logged()
+
+    def write(self, text: str) -> None:
+        self._try(lambda file: file.write(text))
+
+    def close(self) -> None:
+        self._try(lambda file: file.close())
+        self.file = None
+
+    def _try(self, call: Callable[[TextIO], Any]) -> None:
+        if self.file is None:
+            return
+        try:
+            call(self.file)
+        except OSError as err:
+            self.file = None  # closing it would meet the same fault
+            print(f"warning: cannot write {self.path} ({failure_cause(err)}); printing goes on without it",
+                  file=self.stderr, flush=True)
+
+
+class Tee:
+    """A text stream that writes to a stream and to a log."""
+
+    def __init__(self, stream: TextIO, log: Log) -> None:
         self.stream, self.log = stream, log
 
     def write(self, text: str) -> int:
@@ -121,7 +149,6 @@ class Tee:
         return self.stream.write(text)
 
     def flush(self) -> None:
-        self.log.flush()
         self.stream.flush()
 
     def __getattr__(self, name: str) -> Any:
@@ -131,13 +158,14 @@ class Tee:
 @contextmanager
 def logged(path: Path) -> Iterator[None]:
     """Everything printed to stdout and stderr while entered is also written to path."""
-    with open(path, "a", encoding="utf-8") as log:
-        out, err = sys.stdout, sys.stderr
-        sys.stdout, sys.stderr = Tee(out, log), Tee(err, log)
-        try:
-            yield
-        finally:
-            sys.stdout, sys.stderr = out, err
+    out, err = sys.stdout, sys.stderr
+    log = Log(path, err)
+    sys.stdout, sys.stderr = Tee(out, log), Tee(err, log)
+    try:
+        yield
+    finally:
+        sys.stdout, sys.stderr = out, err
+        log.close()
 
 
 def new_attempt(folder: Path) -> Path:
@@ -391,19 +419,21 @@ def table(record: dict[str, Any]) -> str:
 def save(record: dict[str, Any], attempt: Path) -> None:
     """Rewrite gpu_check.json and gpu_check.md whole (atomically) with what has been reached."""
     record["verdict"] = verdict(record)
-    text = json.dumps(record, indent=2)
-    atomic_write(attempt / "gpu_check.json", lambda tmp: tmp.write_text(text + "\n"))
-    markdown = table(record)
-    atomic_write(attempt / "gpu_check.md", lambda tmp: tmp.write_text(markdown + "\n"))
+    then = "what each stage measured is printed above"
+    write_text(attempt / "gpu_check.json", json.dumps(record, indent=2) + "\n", then)
+    write_text(attempt / "gpu_check.md", table(record) + "\n", then)
 
 
 def main(args: argparse.Namespace) -> None:
     if not args.tiny and not torch.cuda.is_available():
         raise UserError("no usable GPU: run this on a GPU machine, or pass --tiny for the CPU chain")
     data_flags(args.data_dir)  # refuse a wrong --data_dir before anything runs
+    work_root = args.work_dir or args.out / "work"
+    check_writable(args.out, "--out", "the output folder")  # and the big files' folder, before anything runs
+    check_writable(work_root, "--work_dir", "the work folder")
     attempt = new_attempt(args.out)
-    work = (args.work_dir or args.out / "work") / attempt.name
-    os.environ.setdefault("EMP_SSL_CACHE", str((args.work_dir or args.out / "work") / "pixel_cache"))
+    work = work_root / attempt.name
+    os.environ.setdefault("EMP_SSL_CACHE", str(work_root / "pixel_cache"))
     record: dict[str, Any] = {"attempt": str(attempt), "work_dir": str(work), "tiny": args.tiny,
                               "command": " ".join(sys.argv), "started": time.strftime("%Y-%m-%d %H:%M:%S %z"),
                               "stages": {}}

@@ -13,9 +13,12 @@ Usage:
 main.py and evaluate.py run in this process, one after the other; their command lines (from the
 folder reproduce.py ran in) are printed and recorded in the result file, so each step can be rerun
 by hand, or under torchrun. Both evaluations read the data the training read (--data, --data_dir,
---download of the training flags, --train_args included) unless --eval_args says otherwise. Run
-again, the command continues the training run in --run_dir (a finished one is only evaluated) and
-rewrites the result file; a new --run_dir trains afresh. A SIGTERM or Ctrl-C during the training
+--download of the training flags, --train_args included) unless --eval_args says otherwise. --out
+and --run_dir are checked writable before anything runs. Run again, the command continues the
+training run in --run_dir (a finished one is only evaluated; an evaluation whose result file is there
+for the same checkpoint content and protocol is reused, not run again, unless --eval_args
+--recompute), and writes a new result file: an earlier one is kept as <row>.json.N (the next free
+N), never overwritten. A new --run_dir trains afresh. A SIGTERM or Ctrl-C during the training
 stops it with last.pt saved and ends reproduce.py there, with main.py's status (143 or 130),
 without evaluating the half-trained run. Rows and protocols: scripts/rows.py.
 """
@@ -46,6 +49,7 @@ from plumbing import checkpoint as ckpt  # noqa: E402
 from plumbing.cli import ArgumentParser, run_cli  # noqa: E402
 from plumbing.device import resolve_device  # noqa: E402
 from plumbing.errors import Stopped, UserError  # noqa: E402
+from plumbing.files import WriteFailed, check_writable, failure_cause, write_or_print  # noqa: E402
 from probes import KNN_K, KNN_T, OFFICIAL_LINEAR  # noqa: E402
 from scripts.rows import PUBLISHED_LABEL, ROWS, Row  # noqa: E402
 
@@ -67,7 +71,9 @@ def get_args_parser() -> argparse.ArgumentParser:
                         "\"--augment batched --precision bf16 --channels_last\"; they come last, so they win")
     parser.add_argument("--eval_args", default="", help="extra evaluate.py flags, e.g. \"--forward_bs 4096\"; the data "
                         "flags default to the training's")
-    parser.add_argument("--out", type=Path, default=Path("results"), help="folder of the result file (%(default)s)")
+    parser.add_argument("--out", type=Path, default=Path("results"),
+                        help="folder of the result file (%(default)s); an earlier result file of the row there is "
+                             "kept as <name>.json.N, never overwritten")
     parser.add_argument("--run_dir", type=Path, default=None,
                         help="training run folder (default: logs/reproduce/<row>, or <row>-smoke); a run already "
                              "there is continued (a finished one only evaluated), so pass a new one to train afresh")
@@ -158,7 +164,7 @@ def make_plan(args: argparse.Namespace) -> Plan:
     checkpoint = run_dir / ckpt.CHECKPOINT_DIR / row.checkpoint
     eval_json, baseline_json = checkpoint.with_suffix(".eval.json"), checkpoint.with_suffix(".random_init.eval.json")
     protocol = SMOKE_EVAL if args.smoke else official_eval()
-    common = [*eval_data_flags(trained), "--device", device, "--recompute", *protocol]
+    common = [*eval_data_flags(trained), "--device", device, *protocol]
     evaluate = ["--ckpt", str(checkpoint), *common, "--output", str(eval_json), *shlex.split(args.eval_args)]
     baseline = ["--random_init", *model_flags(trained), *common, "--output", str(baseline_json),
                 *shlex.split(args.eval_args)]
@@ -186,6 +192,49 @@ def run(entry: ModuleType, argv: list[str]) -> float:
     return seconds
 
 
+def earlier_evaluation(argv: list[str]) -> dict[str, Any] | None:
+    """The result file evaluate.py with argv would write, when one is there for the same weights
+    (the checkpoint's SHA-256) and the same protocol (evaluate.protocol); None when there is none,
+    it differs, or argv asks for --recompute."""
+    args = parse(eval_entry, argv)
+    if args.recompute or not args.output.is_file():
+        return None
+    try:
+        done = json.loads(args.output.read_text())
+    except (OSError, ValueError):
+        return None
+    same = isinstance(done, dict) and done.get("protocol") == eval_entry.protocol(args) and \
+        done.get("weights") == eval_entry.weights_identity(args)
+    return done if same else None
+
+
+def evaluate_once(argv: list[str]) -> float:
+    """evaluate.py with argv, unless it already wrote its result for the same weights and protocol:
+    then that result is reused, with a line that says so. The evaluation's seconds."""
+    done = earlier_evaluation(argv)
+    if done is None:
+        return run(eval_entry, argv)
+    print(f"reusing {parse(eval_entry, argv).output}: evaluated already for the same weights and protocol "
+          f"(--eval_args --recompute evaluates again)", flush=True)
+    return done["seconds"]["total"]
+
+
+def keep_earlier(result: Path) -> None:
+    """Move an earlier result file out of the way to <name>.N (the next free N), with a line that says
+    so: a result file is never overwritten."""
+    if not result.exists():
+        return
+    number = 1
+    while result.with_name(f"{result.name}.{number}").exists():
+        number += 1
+    kept = result.with_name(f"{result.name}.{number}")
+    try:
+        os.replace(result, kept)
+    except OSError as err:
+        raise WriteFailed(kept, failure_cause(err, kept), f"{result} is unchanged; choose another --out") from err
+    print(f"{result} held an earlier result: kept as {kept}")
+
+
 def device_name(device: str) -> str:
     """The GPU's name, or "cpu"."""
     resolved = resolve_device(device)
@@ -209,7 +258,7 @@ def summarise(plan: Plan, smoke: bool, seconds: dict[str, float]) -> dict[str, A
         "random_init_linear_top1_final": baseline["linear"]["top1"], "random_init_knn_top1": baseline["knn"]["top1"],
         "test_patches": ours["test_patches"],
         # Wall-clock of main.py in this process (data set loading included) over the epochs trained;
-        # a resumed run's covers only what this invocation trained.
+        # a resumed run's covers only what this invocation trained. A reused evaluation counts its own seconds.
         "train_seconds": seconds["train"], "train_seconds_per_epoch": seconds["train"] / row.trained_epochs,
         "eval_seconds": seconds["evaluate"], "random_init_eval_seconds": seconds["baseline"],
         "gpu": device_name(train.device), "torch": torch.__version__, "git_commit": ckpt.git_commit(),
@@ -224,6 +273,8 @@ def main(args: argparse.Namespace) -> None:
         for entry, argv in ((train_entry, plan.train), (eval_entry, plan.evaluate), (eval_entry, plan.baseline)):
             print(command_line(entry, argv))
         return
+    check_writable(args.out, "--out", "the result folder")  # before the training and the evaluations
+    check_writable(plan.checkpoint.parents[1], "--run_dir", "the run folder")
     try:
         seconds = {"train": run(train_entry, plan.train)}
     except Stopped as stop:  # a half-trained run is not evaluated; this process exits with 130 or 143
@@ -233,11 +284,11 @@ def main(args: argparse.Namespace) -> None:
     if not plan.checkpoint.is_file():
         raise UserError(f"training ended without {plan.checkpoint} (stopped early?): run the same command again "
                         f"to continue it")
-    seconds["evaluate"] = run(eval_entry, plan.evaluate)
-    seconds["baseline"] = run(eval_entry, plan.baseline)
+    seconds["evaluate"] = evaluate_once(plan.evaluate)
+    seconds["baseline"] = evaluate_once(plan.baseline)
     text = json.dumps(summarise(plan, args.smoke, seconds), indent=2)
-    plan.result.parent.mkdir(parents=True, exist_ok=True)
-    ckpt.atomic_write(plan.result, lambda tmp: tmp.write_text(text + "\n"))
+    keep_earlier(plan.result)
+    write_or_print(plan.result, text + "\n", "--out")
     print(f"results: {plan.result}")
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from pathlib import Path
 from typing import Any
@@ -62,7 +63,9 @@ def load_result(path: Path) -> dict[str, Any]:
 
 
 def duration(seconds: float) -> str:
-    """42 s, 6.6 min, 1.2 h."""
+    """42 s, 6.6 min, 1.2 h; "—" where no time was measured (NaN or infinite)."""
+    if not math.isfinite(seconds):
+        return "—"
     if seconds < 100:
         return f"{seconds:.0f} s" if seconds >= 10 else f"{seconds:.1f} s"
     return f"{seconds / 60:.1f} min" if seconds < 6000 else f"{seconds / 3600:.1f} h"

@@ -264,7 +264,7 @@ class TestCache:
         def refuse(path: Path, write) -> None:
             raise PermissionError(13, "Permission denied")
 
-        monkeypatch.setattr("features.atomic_write", refuse)
+        monkeypatch.setattr("plumbing.files.atomic_write", refuse)
         (features, _), hit = cached_features(tmp_path / "x.features", {"split": "test"},
                                              lambda: (torch.ones(2, 1), torch.zeros(2)))
         out, err = capsys.readouterr()
