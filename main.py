@@ -45,7 +45,7 @@ from plumbing import distributed
 from plumbing.cli import ArgumentParser, banner, default_workers, require, run_cli
 from plumbing.device import resolve_device
 from plumbing.errors import Stopped, UserError
-from plumbing.memory_plan import MemoryPlan, choose_chunks
+from plumbing.memory_plan import MemoryPlan, check_slices, choose_chunks
 from plumbing.pictures import log_patch_grids
 from plumbing.preemption import Preemption, refuse_restart_after_stop
 from plumbing.speed import AMP_DTYPES, compile_model
@@ -174,8 +174,10 @@ def get_args_parser() -> argparse.ArgumentParser:
     running.add_argument("--patch_chunks", type=chunks_flag, default="1",
                          help="run each step's batch in K slices along the patch axis: the loss and gradient of "
                               "the whole batch, activation memory about 1/K, each slice normalised by its own "
-                              "BatchNorm statistics as on K GPUs under the official nn.DataParallel "
-                              "(docs/multi-gpu.md); "
+                              "BatchNorm statistics as on K GPUs under the official nn.DataParallel, cut as it "
+                              "cut them (x.chunk(K): fewer slices where ⌈P·B/K⌉ patches fit fewer times; the "
+                              "memory line says which) and of at least two patches each (K ≤ P·B/2; "
+                              "docs/multi-gpu.md); "
                               "auto: the smallest K that fits, from a measurement before the first step "
                               "(default %(default)s: the plain step)")
     running.add_argument("--precision", default="fp32", choices=tuple(AMP_DTYPES),
@@ -290,8 +292,15 @@ def build_training(args: argparse.Namespace, device: torch.device, steps_per_epo
                     args=record)
 
 
+def refuse_impossible_slices(args: argparse.Namespace) -> None:
+    """A --patch_chunks K that would cut a slice of one patch from this rank's step (P·B/W patches),
+    refused before the data is read (plumbing/memory_plan.check_slices)."""
+    if args.patch_chunks != "auto":
+        check_slices(int(args.patch_chunks), args.num_patches * (args.bs // distributed.launch_from_env().world_size))
+
+
 def plan_chunks(args: argparse.Namespace, training: Training, device: torch.device) -> tuple[MemoryPlan, int]:
-    """(the memory plan of this rank's step, K for --patch_chunks), measured before the first step."""
+    """(the memory plan of this rank's step, the slices of --patch_chunks), measured before the first step."""
     plan = step_memory_plan(args, training.encoder, device, args.bs // distributed.get_world_size())
     return plan, choose_chunks(args.patch_chunks, plan)
 
@@ -308,6 +317,7 @@ def main(args: argparse.Namespace) -> None:
     from torch.utils.tensorboard import SummaryWriter  # here: importing main.py for its flags loads no TensorBoard
 
     validate_args(args)
+    refuse_impossible_slices(args)
     run_dir = args.output_dir or default_run_dir(args)
     refuse_restart_after_stop(run_dir)
     device = distributed.setup(resolve_device(args.device), args.dist_backend, args.dist_timeout, args.sync_bn)
@@ -318,14 +328,14 @@ def main(args: argparse.Namespace) -> None:
     monitor = build_monitor(args, device) if args.eval_every and distributed.is_main() else None
     training = build_training(args, device, patches.steps_per_epoch, run_dir)
     plan, chunks = distributed.fail_together(lambda: plan_chunks(args, training, device))  # before anything is written
-    training.chunks = distributed.max_over_ranks(chunks)  # the same K on every rank
+    training.chunks = distributed.max_over_ranks(chunks)  # the same slices on every rank
     if state is not None:
         training.load_state_dict(state, run_dir / ckpt.CHECKPOINT_DIR / ckpt.LAST)
 
     with Preemption() as preemption:  # from here on, SIGTERM and Ctrl-C stop at a step boundary with last.pt saved
         distributed.on_main(prepare_run_dir, run_dir, args)
         distributed.print_main(banner(args))
-        distributed.print_main(f"memory: {plan.describe(training.chunks)}")
+        distributed.print_main(f"memory: {plan.describe(training.chunks, args.patch_chunks)}")
         distributed.print_main(f"run folder: {run_dir}  ({patches.steps_per_epoch} steps per epoch, "
                                f"{patches.steps_per_epoch * args.epoch} in all, on {device} × "
                                f"{distributed.get_world_size()} processes)")

@@ -239,7 +239,8 @@ def memory_plans(tiny: bool) -> dict[str, Any]:
             k = plan.smallest_fit()
             plans[f"{patches} patches, {precision}"] = {"gib_at_k1": plan.need(1) / 2**30,
                                                          "free_gib": plan.available / 2**30, "auto_k": k,
-                                                         "line": plan.describe(k or plan.patches)}
+                                                         "line": plan.describe(k) if k else
+                                                         f"{plan.summary()}; no slices of two patches fit"}
     return {"arch": args.arch, "images": args.bs, "plans": plans}
 
 

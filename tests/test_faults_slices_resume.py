@@ -1,0 +1,130 @@
+"""Faults that end in one line and lose nothing: impossible --patch_chunks slices and a memory plan
+that cannot be made."""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import assert_one_line_error
+
+import engine
+from plumbing.errors import UserError
+from plumbing.memory_plan import GIB, MemoryPlan, check_slices, choose_chunks, plan_memory, slicing, whole_slices
+
+# The issue's run: 4 patches of 8 images, 32 patches per step.
+T = ["--data", "synthetic", "--arch", "resnet10-cifar", "--hidden_dim", "64", "--z_dim", "32", "--bs", "8",
+     "--num_patches", "4", "--epoch", "1", "--max_steps", "3", "--device", "cpu", "--workers", "0"]
+
+
+def chunk_sizes(n: int, k: int) -> list[int]:
+    """What torch really cuts: the sizes of x.chunk(k) for x of n rows."""
+    return [len(part) for part in torch.arange(n).chunk(k)]
+
+
+class TestSlices:
+    def test_the_slices_are_those_torch_chunk_gives(self) -> None:
+        for n in range(4, 70):
+            for k in range(1, n + 3):
+                sizes = chunk_sizes(n, k)
+                assert slicing(n, k) == (len(sizes), sizes[0], sizes[-1]), (n, k)
+
+    def test_a_k_runs_as_its_slices_or_is_refused_naming_the_nearest_that_works(self) -> None:
+        """Against brute force: a K is kept (as the number of slices x.chunk gives) exactly when every
+        slice holds two patches; a refusal names the most slices, at most K, that do."""
+        for n in range(4, 70):
+            valid = {len(chunk_sizes(n, k)) for k in range(1, n + 1) if min(chunk_sizes(n, k)) >= 2}
+            for k in range(1, n + 3):
+                sizes = chunk_sizes(n, k)
+                if min(sizes) >= 2:
+                    assert check_slices(k, n) == len(sizes)
+                    continue
+                nearest = max(c for c in valid if c <= k)
+                with pytest.raises(UserError, match=rf"use --patch_chunks {nearest} \(at most {max(valid)} slices"):
+                    check_slices(k, n)
+                assert whole_slices(n, k) == nearest
+                assert max(valid) <= n // 2
+
+    def test_auto_is_the_fewest_slices_that_fit_from_a_formula(self) -> None:
+        """smallest_fit against a search over every K, on plans whose room varies around each slice size."""
+        for n_images, patches in ((5, 5), (8, 4), (7, 3), (13, 2)):
+            n = n_images * patches
+            for room in range(n + 2):
+                plan = MemoryPlan(n_images, patches, per_patch=1.0, fixed=0.0, available=(room + 0.5) / 0.9,
+                                  where="this GPU", measured=True)
+                fitting = [len(chunk_sizes(n, k)) for k in range(1, n + 1)
+                           if min(chunk_sizes(n, k)) >= 2 and plan.fits(k)]
+                assert plan.smallest_fit() == min(fitting, default=None), (n, room)
+
+    def test_auto_answers_at_once_for_a_hundred_million_patches(self) -> None:
+        plan = MemoryPlan(8, 100_000_000, per_patch=1e5, fixed=1e9, available=64 * GIB, where="this machine",
+                          measured=False)
+        tick = time.perf_counter()
+        k = plan.smallest_fit()
+        assert time.perf_counter() - tick < 0.1
+        assert k is not None and plan.fits(k) and not plan.fits(k - 1) and min(slicing(plan.patches, k)[1:]) >= 2
+        huge = MemoryPlan(8, 100_000_000, per_patch=1e5, fixed=2e13, available=64 * GIB, where="this machine",
+                          measured=False)
+        tick = time.perf_counter()
+        with pytest.raises(UserError, match="does not fit even in slices of two patches.*lower --bs or --num_patches"):
+            choose_chunks("auto", huge)
+        assert time.perf_counter() - tick < 0.1
+
+    @pytest.mark.parametrize("k,nearest", [("32", 16), ("100", 16)])
+    def test_slices_of_one_patch_are_refused_before_anything_is_written(self, cli, tmp_path: Path, k: str,
+                                                                        nearest: int) -> None:
+        result = cli("main", *T, "--patch_chunks", k, "--output_dir", str(tmp_path / "run"))
+        assert_one_line_error(result, f"--patch_chunks {k}", "32 patches", "BatchNorm",
+                              f"use --patch_chunks {nearest}")
+        assert not (tmp_path / "run").exists()
+
+    def test_a_k_that_torch_cuts_into_fewer_slices_runs_and_reports_those(self, cli, tmp_path: Path,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+        """--patch_chunks 7 of 24 patches: x.chunk(7) gives 6 slices of 4; the plan says 6 and 6 run."""
+        ran = []
+        sliced = engine.backward_by_slices
+
+        def count(model, criterion, x, num_patches, amp_dtype, chunks):
+            ran.append((chunks, len(x.chunk(chunks))))
+            return sliced(model, criterion, x, num_patches, amp_dtype, chunks)
+
+        monkeypatch.setattr(engine, "backward_by_slices", count)
+        result = cli("main", *T, "--bs", "6", "--max_steps", "1", "--patch_chunks", "7",
+                     "--output_dir", str(tmp_path / "run"))
+        assert result.returncode == 0, result.stderr
+        assert "using K = 6: --patch_chunks 7 runs as x.chunk(7): 6 slices of 4 patches" in result.stdout
+        assert ran == [(6, 6)]
+
+
+class TestMeasurement:
+    @pytest.mark.parametrize("error", [
+        RuntimeError("[enforce fail at alloc_cpu.cpp:127] err == 0. DefaultCPUAllocator: can't allocate memory: "
+                     "you tried to allocate 262144000 bytes."),
+        torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"),
+    ])
+    def test_a_measurement_out_of_memory_is_one_line_naming_a_smaller_step(
+            self, cli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, error: RuntimeError) -> None:
+        def fail(*args: object) -> None:
+            raise error
+
+        monkeypatch.setattr("plumbing.memory_plan.activation_bytes", fail)
+        result = cli("main", *T, "--patch_chunks", "auto", "--output_dir", str(tmp_path / "run"))
+        assert_one_line_error(result, "measuring the memory of a step ran out of memory", "8 images", "lower --bs")
+        assert not (tmp_path / "run").exists()
+
+    def test_another_runtime_error_of_the_measurement_is_not_taken_for_memory(
+            self, monkeypatch: pytest.MonkeyPatch) -> None:
+        def fail(*args: object) -> None:
+            raise RuntimeError("Expected all tensors to be on the same device")
+
+        monkeypatch.setattr("plumbing.memory_plan.activation_bytes", fail)
+        with pytest.raises(RuntimeError, match="same device"):
+            plan_memory(torch.nn.Linear(2, 2), 1, torch.randn(4, 3, 8, 8), 2, None)
+
+    def test_a_hundred_million_patches_are_refused_in_seconds(self, cli, tmp_path: Path) -> None:
+        tick = time.perf_counter()
+        result = cli("main", *T, "--num_patches", "100000000", "--patch_chunks", "auto",
+                     "--output_dir", str(tmp_path / "run"))
+        assert_one_line_error(result, "does not fit even in slices of two patches", "800,000,000 per step")
+        assert time.perf_counter() - tick < 60 and not (tmp_path / "run").exists()
