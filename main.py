@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shlex
 from collections.abc import Sequence
 from functools import partial
 from pathlib import Path
@@ -247,18 +248,38 @@ def changed_flags(saved: dict[str, Any], args: argparse.Namespace) -> str:
 def resume_state(args: argparse.Namespace, run_dir: Path) -> dict[str, Any] | None:
     """The checkpoint to resume from, or None for a new run; refuse to overwrite an existing run.
     A run that torchrun restarts after a failure (--max_restarts) resumes from its last.pt as if
-    --resume had been given."""
+    --resume had been given. --resume continues last.pt and nothing else: where it is missing or is
+    not a training checkpoint, the refusal names the newest epoch checkpoint and the `cp` that makes
+    it last.pt (the user's choice, made visible, rather than a silent fallback)."""
     last = run_dir / ckpt.CHECKPOINT_DIR / ckpt.LAST
     restart = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0"))
     if restart and not args.resume and last.exists():
         distributed.print_main(f"torchrun restart {restart}: resuming from {last}")
         args.resume = True
+    newest = ckpt.newest_epoch_checkpoint(run_dir)
+    copy = shlex.join(["cp", str(newest), str(last)]) if newest else ""
+    restore = f"continue from its newest epoch checkpoint ({newest.name}) with `{copy}`" if newest else ""
     if not args.resume:
-        if ckpt.existing_checkpoints(run_dir):
+        if last.exists():
             raise UserError(f"{run_dir} already holds checkpoints: pass --resume to continue that run, "
                             f"or choose another --output_dir or --msg")
+        if ckpt.existing_checkpoints(run_dir):
+            fix = f"{restore}, then pass --resume" if newest else "choose another --output_dir or --msg"
+            raise UserError(f"{run_dir} holds checkpoints but no {ckpt.LAST}: {fix}")
         return None
-    state = ckpt.load_checkpoint(last)
+    if not last.exists() and newest:
+        raise UserError(f"--resume: {run_dir} has no {ckpt.CHECKPOINT_DIR}/{ckpt.LAST}: {restore}, then run this "
+                        f"command again")
+    then = f"move it out of {ckpt.CHECKPOINT_DIR}/ and {restore}" if newest else "start a run in another --output_dir"
+    try:
+        state = ckpt.load_checkpoint(last)
+    except UserError as err:
+        raise UserError(f"--resume: {err}{'; ' + then if last.exists() else ''}") from err
+    kind = ckpt.kind_of(state)
+    if kind:
+        use = f"; evaluate it with evaluate.py --model_path {last}" if "state dict" in kind else ""
+        raise UserError(f"--resume: {last} is {kind}, not a training checkpoint of main.py: it cannot be "
+                        f"resumed{use}; {then}")
     diff = changed_flags(state.get("args", {}), args)
     if diff:
         raise UserError(f"--resume: {last} was trained with {diff}: resume with the same flags")
@@ -339,6 +360,9 @@ def main(args: argparse.Namespace) -> None:
         distributed.print_main(f"run folder: {run_dir}  ({patches.steps_per_epoch} steps per epoch, "
                                f"{patches.steps_per_epoch * args.epoch} in all, on {device} × "
                                f"{distributed.get_world_size()} processes)")
+        if state is not None:
+            distributed.print_main(f"resuming from step {training.step} of epoch {training.epoch} "
+                                   f"({ckpt.LAST} of {run_dir})")
         writer = SummaryWriter(log_dir=str(run_dir)) if distributed.is_main() else None
         if writer is not None and state is None:  # what the encoder sees: the first step's patches
             patches.set_epoch(0)

@@ -1,15 +1,19 @@
-"""Faults that end in one line and lose nothing: impossible --patch_chunks slices and a memory plan
-that cannot be made."""
+"""Faults that end in one line and lose nothing: impossible --patch_chunks slices, a memory plan that
+cannot be made, and resumes from a folder without last.pt or with a foreign file there."""
 from __future__ import annotations
 
+import re
+import shlex
+import shutil
 import time
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import assert_one_line_error
+from conftest import TINY_RUN, assert_one_line_error
 
 import engine
+from plumbing import checkpoint as ckpt
 from plumbing.errors import UserError
 from plumbing.memory_plan import GIB, MemoryPlan, check_slices, choose_chunks, plan_memory, slicing, whole_slices
 
@@ -128,3 +132,66 @@ class TestMeasurement:
                      "--output_dir", str(tmp_path / "run"))
         assert_one_line_error(result, "does not fit even in slices of two patches", "800,000,000 per step")
         assert time.perf_counter() - tick < 60 and not (tmp_path / "run").exists()
+
+
+def a_run(cli, run: Path) -> Path:
+    """TINY_RUN with 2 steps per epoch, stopped after the first epoch: save_models/0.pt and last.pt."""
+    flags = [*TINY_RUN, "--train_subset", "32", "--epoch", "2", "--max_steps", "2", "--output_dir", str(run)]
+    assert cli("main", *flags).returncode == 0
+    return run / ckpt.CHECKPOINT_DIR
+
+
+class TestResume:
+    def test_without_last_pt_the_refusal_gives_the_cp_that_continues_and_it_does(self, cli, tmp_path: Path) -> None:
+        models = a_run(cli, tmp_path / "run")
+        (models / "last.pt").unlink()
+        epoch0 = (models / "0.pt").read_bytes()
+        flags = [*TINY_RUN, "--train_subset", "32", "--epoch", "2", "--output_dir", str(tmp_path / "run")]
+        refused = cli("main", *flags)
+        assert_one_line_error(refused, "no last.pt", "newest epoch checkpoint (0.pt)", "then pass --resume")
+        refused = cli("main", *flags, "--resume")
+        assert_one_line_error(refused, "--resume", "has no save_models/last.pt", "then run this command again")
+        command = shlex.split(re.search(r"`([^`]*)`", refused.stderr).group(1))
+        assert command == ["cp", str(models / "0.pt"), str(models / "last.pt")]
+        assert sorted(p.name for p in models.iterdir()) == ["0.pt"] and (models / "0.pt").read_bytes() == epoch0
+        shutil.copyfile(command[1], command[2])
+        resumed = cli("main", *flags, "--resume")
+        assert resumed.returncode == 0, resumed.stderr
+        assert f"resuming from step 2 of epoch 0 (last.pt of {tmp_path / 'run'})" in resumed.stdout
+        assert torch.load(models / "last.pt", weights_only=False)["step"] == 4 and (models / "1.pt").is_file()
+
+    def test_the_newest_epoch_checkpoint_is_the_highest_epoch(self, tmp_path: Path) -> None:
+        models = tmp_path / ckpt.CHECKPOINT_DIR
+        models.mkdir()
+        for name in ("2.pt", "9.pt", "10.pt", "export.pt", ".10.pt.tmp7"):
+            (models / name).write_bytes(b"")
+        assert ckpt.newest_epoch_checkpoint(tmp_path) == models / "10.pt"
+        assert ckpt.newest_epoch_checkpoint(tmp_path / "none") is None
+
+    @pytest.mark.parametrize("state,fragments", [
+        ({"backbone": {}, "pre_feature": {}, "stem": "cifar", "hidden_dim": 64, "source": "logs/x/29.pt"},
+         ["is an exported backbone (scripts/export.py, from logs/x/29.pt)", "cannot be resumed"]),
+        ({"module.backbone.conv1.weight": torch.zeros(2)},
+         ["is an official state dict", "cannot be resumed", "evaluate.py --model_path"]),
+        ({"lr": 0.3, "epochs": 5}, ["is a dict of epochs, lr", "not a training checkpoint", "cannot be resumed"]),
+    ])
+    @pytest.mark.parametrize("with_epoch", [False, True])
+    def test_a_foreign_file_at_last_pt_is_named_and_kept(self, cli, tmp_path: Path, state: dict,
+                                                         fragments: list[str], with_epoch: bool) -> None:
+        models = tmp_path / "run" / ckpt.CHECKPOINT_DIR
+        models.mkdir(parents=True)
+        torch.save(state, models / "last.pt")
+        if with_epoch:
+            (models / "3.pt").write_bytes(b"an epoch checkpoint")
+        before = (models / "last.pt").read_bytes()
+        result = cli("main", *T, "--resume", "--output_dir", str(tmp_path / "run"))
+        then = ["move it out of save_models/", f"cp {models / '3.pt'} {models / 'last.pt'}"] if with_epoch else \
+               ["start a run in another --output_dir"]
+        assert_one_line_error(result, str(models / "last.pt"), *fragments, *then)
+        assert "KeyError" not in result.stderr and (models / "last.pt").read_bytes() == before
+        assert sorted(p.name for p in models.iterdir()) == (["3.pt", "last.pt"] if with_epoch else ["last.pt"])
+
+    def test_evaluation_names_an_export_too(self, tmp_path: Path) -> None:
+        torch.save({"backbone": {}, "pre_feature": {}, "stem": "cifar", "source": "29.pt"}, tmp_path / "e.pt")
+        with pytest.raises(UserError, match="exported backbone .scripts/export.py, from 29.pt., not a training"):
+            ckpt.read_checkpoint(tmp_path / "e.pt")
