@@ -1,5 +1,6 @@
 """Faults that end in one line and lose nothing: impossible --patch_chunks slices, a memory plan that
-cannot be made, and resumes from a folder without last.pt or with a foreign file there."""
+cannot be made, resumes from a folder without last.pt or with a foreign file there, and a subset
+that an unbalanced class cannot give."""
 from __future__ import annotations
 
 import re
@@ -10,9 +11,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import TINY_RUN, assert_one_line_error
+from conftest import TINY_RUN, assert_one_line_error, write_image_folder
 
 import engine
+from dataset.catalog import class_balanced_subset, largest_balanced_subset
 from plumbing import checkpoint as ckpt
 from plumbing.errors import UserError
 from plumbing.memory_plan import GIB, MemoryPlan, check_slices, choose_chunks, plan_memory, slicing, whole_slices
@@ -195,3 +197,30 @@ class TestResume:
         torch.save({"backbone": {}, "pre_feature": {}, "stem": "cifar", "source": "29.pt"}, tmp_path / "e.pt")
         with pytest.raises(UserError, match="exported backbone .scripts/export.py, from 29.pt., not a training"):
             ckpt.read_checkpoint(tmp_path / "e.pt")
+
+
+class TestUnbalancedSubset:
+    def test_the_largest_subset_is_what_a_balanced_draw_can_give(self) -> None:
+        for counts in ([5, 2], [2, 5], [3, 3, 1], [4, 2, 2, 7], [1], [6, 6]):
+            targets = [c for c, count in enumerate(counts) for _ in range(count)]
+            works = [n for n in range(1, len(targets) + 1) if self.draws(targets, n)]
+            assert works == list(range(len(counts), largest_balanced_subset(targets) + 1)), counts
+
+    @staticmethod
+    def draws(targets: list[int], n: int) -> bool:
+        try:
+            return len(class_balanced_subset(targets, n)) == n
+        except UserError:
+            return False
+
+    def test_main_names_the_class_and_the_largest_train_subset(self, cli, tmp_path: Path) -> None:
+        """Class 'a' has 5 images and 'b' 2: --train_subset 6 takes 3 of each; 5 is the most that works."""
+        root = write_image_folder(tmp_path / "images", classes=("a",), sizes=[(32, 32)] * 5)
+        write_image_folder(root, classes=("b",), sizes=[(32, 32)] * 2)
+        flags = ["--data", "imagefolder", "--data_dir", str(root), *T[2:8], "--bs", "2", "--num_patches", "2",
+                 "--max_steps", "1", "--device", "cpu", "--workers", "0"]
+        result = cli("main", *flags, "--train_subset", "6", "--output_dir", str(tmp_path / "run"))
+        assert_one_line_error(result, "--train_subset 6 takes 3 images of class 'b', which has only 2",
+                              "use --train_subset 5 or less")
+        assert not (tmp_path / "run").exists()
+        assert cli("main", *flags, "--train_subset", "5", "--output_dir", str(tmp_path / "run")).returncode == 0
