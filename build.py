@@ -77,7 +77,7 @@ def build_monitor(args: argparse.Namespace, device: torch.device) -> KNNMonitor:
     --eval_subset), made by the run's --augment path on the device, in the run's precision."""
     batches, num_classes = {}, 0
     for split in ("train", "test"):
-        dataset = load_split(args.data, args.data_dir, split, args.eval_subset, args.download)
+        dataset = load_split(args.data, args.data_dir, split, args.eval_subset, args.download, flag="--eval_subset")
         recipe = PatchRecipe.of(args.data, args.augment, args.eval_patches, eval_seed(args.seed, split))
         batches[split] = EvaluationPatches(dataset, recipe, args.bs, args.workers, device, leave_signals_to_parent)
         num_classes = len(class_names(dataset))

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shlex
 from collections.abc import Sequence
 from functools import partial
 from pathlib import Path
@@ -46,7 +47,7 @@ from plumbing.cli import ArgumentParser, banner, default_workers, require, run_c
 from plumbing.device import resolve_device
 from plumbing.errors import Stopped, UserError
 from plumbing.files import TensorBoard, check_writable
-from plumbing.memory_plan import MemoryPlan, choose_chunks
+from plumbing.memory_plan import MemoryPlan, check_slices, choose_chunks
 from plumbing.pictures import log_patch_grids
 from plumbing.preemption import Preemption, refuse_restart_after_stop
 from plumbing.speed import AMP_DTYPES, compile_model
@@ -175,8 +176,10 @@ def get_args_parser() -> argparse.ArgumentParser:
     running.add_argument("--patch_chunks", type=chunks_flag, default="1",
                          help="run each step's batch in K slices along the patch axis: the loss and gradient of "
                               "the whole batch, activation memory about 1/K, each slice normalised by its own "
-                              "BatchNorm statistics as on K GPUs under the official nn.DataParallel "
-                              "(docs/multi-gpu.md); "
+                              "BatchNorm statistics as on K GPUs under the official nn.DataParallel, cut as it "
+                              "cut them (x.chunk(K): fewer slices where ⌈P·B/K⌉ patches fit fewer times; the "
+                              "memory line says which) and of at least two patches each (K ≤ P·B/2; "
+                              "docs/multi-gpu.md); "
                               "auto: the smallest K that fits, from a measurement before the first step "
                               "(default %(default)s: the plain step)")
     running.add_argument("--precision", default="fp32", choices=tuple(AMP_DTYPES),
@@ -246,18 +249,38 @@ def changed_flags(saved: dict[str, Any], args: argparse.Namespace) -> str:
 def resume_state(args: argparse.Namespace, run_dir: Path) -> dict[str, Any] | None:
     """The checkpoint to resume from, or None for a new run; refuse to overwrite an existing run.
     A run that torchrun restarts after a failure (--max_restarts) resumes from its last.pt as if
-    --resume had been given."""
+    --resume had been given. --resume continues last.pt and nothing else: where it is missing or is
+    not a training checkpoint, the refusal names the newest epoch checkpoint and the `cp` that makes
+    it last.pt (the user's choice, made visible, rather than a silent fallback)."""
     last = run_dir / ckpt.CHECKPOINT_DIR / ckpt.LAST
     restart = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0"))
     if restart and not args.resume and last.exists():
         distributed.print_main(f"torchrun restart {restart}: resuming from {last}")
         args.resume = True
+    newest = ckpt.newest_epoch_checkpoint(run_dir)
+    copy = shlex.join(["cp", str(newest), str(last)]) if newest else ""
+    restore = f"continue from its newest epoch checkpoint ({newest.name}) with `{copy}`" if newest else ""
     if not args.resume:
-        if ckpt.existing_checkpoints(run_dir):
+        if last.exists():
             raise UserError(f"{run_dir} already holds checkpoints: pass --resume to continue that run, "
                             f"or choose another --output_dir or --msg")
+        if ckpt.existing_checkpoints(run_dir):
+            fix = f"{restore}, then pass --resume" if newest else "choose another --output_dir or --msg"
+            raise UserError(f"{run_dir} holds checkpoints but no {ckpt.LAST}: {fix}")
         return None
-    state = ckpt.load_checkpoint(last)
+    if not last.exists() and newest:
+        raise UserError(f"--resume: {run_dir} has no {ckpt.CHECKPOINT_DIR}/{ckpt.LAST}: {restore}, then run this "
+                        f"command again")
+    then = f"move it out of {ckpt.CHECKPOINT_DIR}/ and {restore}" if newest else "start a run in another --output_dir"
+    try:
+        state = ckpt.load_checkpoint(last)
+    except UserError as err:
+        raise UserError(f"--resume: {err}{'; ' + then if last.exists() else ''}") from err
+    kind = ckpt.kind_of(state)
+    if kind:
+        use = f"; evaluate it with evaluate.py --model_path {last}" if "state dict" in kind else ""
+        raise UserError(f"--resume: {last} is {kind}, not a training checkpoint of main.py: it cannot be "
+                        f"resumed{use}; {then}")
     diff = changed_flags(state.get("args", {}), args)
     if diff:
         raise UserError(f"--resume: {last} was trained with {diff}: resume with the same flags")
@@ -287,8 +310,15 @@ def build_training(args: argparse.Namespace, device: torch.device, steps_per_epo
                     args=record)
 
 
+def refuse_impossible_slices(args: argparse.Namespace) -> None:
+    """A --patch_chunks K that would cut a slice of one patch from this rank's step (P·B/W patches),
+    refused before the data is read (plumbing/memory_plan.check_slices)."""
+    if args.patch_chunks != "auto":
+        check_slices(int(args.patch_chunks), args.num_patches * (args.bs // distributed.launch_from_env().world_size))
+
+
 def plan_chunks(args: argparse.Namespace, training: Training, device: torch.device) -> tuple[MemoryPlan, int]:
-    """(the memory plan of this rank's step, K for --patch_chunks), measured before the first step."""
+    """(the memory plan of this rank's step, the slices of --patch_chunks), measured before the first step."""
     plan = step_memory_plan(args, training.encoder, device, args.bs // distributed.get_world_size())
     return plan, choose_chunks(args.patch_chunks, plan)
 
@@ -303,6 +333,7 @@ def log_knn(monitor: KNNMonitor, training: Training, writer: Any, epoch: int) ->
 @distributed.entry_point
 def main(args: argparse.Namespace) -> None:
     validate_args(args)
+    refuse_impossible_slices(args)
     run_dir = args.output_dir or default_run_dir(args)
     refuse_restart_after_stop(run_dir)
     device = distributed.setup(resolve_device(args.device), args.dist_backend, args.dist_timeout, args.sync_bn)
@@ -314,17 +345,20 @@ def main(args: argparse.Namespace) -> None:
     monitor = build_monitor(args, device) if args.eval_every and distributed.is_main() else None
     training = build_training(args, device, patches.steps_per_epoch, run_dir)
     plan, chunks = distributed.fail_together(lambda: plan_chunks(args, training, device))  # before anything is written
-    training.chunks = distributed.max_over_ranks(chunks)  # the same K on every rank
+    training.chunks = distributed.max_over_ranks(chunks)  # the same slices on every rank
     if state is not None:
         training.load_state_dict(state, run_dir / ckpt.CHECKPOINT_DIR / ckpt.LAST)
 
     with Preemption() as preemption:  # from here on, SIGTERM and Ctrl-C stop at a step boundary with last.pt saved
         distributed.on_main(prepare_run_dir, run_dir, args)
         distributed.print_main(banner(args))
-        distributed.print_main(f"memory: {plan.describe(training.chunks)}")
+        distributed.print_main(f"memory: {plan.describe(training.chunks, args.patch_chunks)}")
         distributed.print_main(f"run folder: {run_dir}  ({patches.steps_per_epoch} steps per epoch, "
                                f"{patches.steps_per_epoch * args.epoch} in all, on {device} × "
                                f"{distributed.get_world_size()} processes)")
+        if state is not None:
+            distributed.print_main(f"resuming from step {training.step} of epoch {training.epoch} "
+                                   f"({ckpt.LAST} of {run_dir})")
         writer = TensorBoard(run_dir, "training goes on without them; checkpoints are still saved") \
             if distributed.is_main() else None
         if writer is not None and state is None:  # what the encoder sees: the first step's patches

@@ -163,13 +163,16 @@ def build_dataset(name: str, data_dir: pathlib.Path, split: str, transform: Call
 
 
 def load_split(name: str, data_dir: pathlib.Path, split: str, subset: int | None = None, download: bool = True,
-               skip_bad_images: bool = False) -> Dataset:
+               skip_bad_images: bool = False, flag: str | None = None) -> Dataset:
     """:func:`build_dataset`'s split, or a fixed class-balanced Subset of `subset` of its images (at
-    most all of them; :func:`class_balanced_subset` with seed 0)."""
+    most all of them; :func:`class_balanced_subset` with seed 0). flag names the subset's flag in a
+    refusal (default: --<split>_subset, as main.py and evaluate.py call it)."""
     dataset = build_dataset(name, data_dir, split, download=download, skip_bad_images=skip_bad_images)
     if subset is None:
         return dataset
-    return Subset(dataset, class_balanced_subset(dataset.targets, min(subset, len(dataset)), seed=0))
+    indices = class_balanced_subset(dataset.targets, min(subset, len(dataset)), seed=0,
+                                    names=getattr(dataset, "classes", None), flag=flag or f"--{split}_subset")
+    return Subset(dataset, indices)
 
 
 def unwrap_subsets(dataset: Dataset) -> tuple[Dataset, list[int]]:
@@ -185,25 +188,37 @@ def class_names(dataset: Dataset) -> list[str]:
     return unwrap_subsets(dataset)[0].classes  # type: ignore[attr-defined]
 
 
-def class_balanced_subset(targets: Sequence[int], n: int, seed: int = 0) -> list[int]:
+def largest_balanced_subset(targets: Sequence[int]) -> int:
+    """The most items a class-balanced subset (:func:`class_balanced_subset`) of targets can hold: with
+    m the fewest items of a class and r the rank of the first class that has m, m·C + r (the r classes
+    before it give one more each)."""
+    _, counts = np.unique(np.asarray(targets), return_counts=True)
+    return int(counts.min() * len(counts) + np.argmax(counts == counts.min()))
+
+
+def class_balanced_subset(targets: Sequence[int], n: int, seed: int = 0, names: Sequence[str] | None = None,
+                          flag: str = "a subset of") -> list[int]:
     """Sorted indices of a fixed subset of ``n`` items, as equal per class as possible.
 
     With C classes, each class gets ``n // C`` items and the first ``n mod C`` classes (in label
     order) one more, drawn without replacement by ``numpy.random.default_rng(seed)``: the same
-    (targets, n, seed) gives the same subset on every run.
+    (targets, n, seed) gives the same subset on every run. A refusal names the class that is too
+    small (by names[label] where given) and the largest n that works, as `flag` (the caller's flag).
     """
     labels = np.asarray(targets)
-    classes = np.unique(labels)
-    if not len(classes) <= n <= len(labels):
-        raise UserError(f"cannot take a class-balanced subset of {n} from {len(labels)} items in "
-                        f"{len(classes)} classes: use between {len(classes)} and {len(labels)}")
+    classes, counts = np.unique(labels, return_counts=True)
+    quotas = [n // len(classes) + (rank < n % len(classes)) for rank in range(len(classes))]
+    largest = largest_balanced_subset(labels)
+    if n < len(classes):
+        raise UserError(f"{flag} {n} cannot hold one image of each of the {len(classes)} classes: use {flag} between "
+                        f"{len(classes)} and {largest}")
+    if n > largest:
+        rank = next(rank for rank, count in enumerate(counts) if quotas[rank] > count)
+        name = repr(names[classes[rank]]) if names is not None else str(classes[rank])
+        raise UserError(f"{flag} {n} takes {quotas[rank]} images of class {name}, which has only {counts[rank]}: use "
+                        f"{flag} {largest} or less (the largest class-balanced subset of these {len(labels)} images)")
     rng = np.random.default_rng(seed)
     picked = []
-    for rank, label in enumerate(classes):
-        members = np.flatnonzero(labels == label)
-        quota = n // len(classes) + (rank < n % len(classes))
-        if quota > len(members):
-            raise UserError(f"class {label} has only {len(members)} items, fewer than the "
-                            f"{quota} a balanced subset of {n} needs: use a smaller subset")
-        picked.append(rng.choice(members, size=quota, replace=False))
+    for label, quota in zip(classes, quotas):
+        picked.append(rng.choice(np.flatnonzero(labels == label), size=quota, replace=False))
     return sorted(np.concatenate(picked).tolist())  # (n,)

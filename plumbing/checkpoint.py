@@ -23,6 +23,8 @@ from plumbing.files import write_file, write_text
 
 CHECKPOINT_DIR = "save_models"
 LAST = "last.pt"
+TRAINING_KEYS = ("model", "optimizer", "scheduler", "step", "rng")  # what main.py's Training.save writes
+EXPORT_KEYS = ("backbone", "pre_feature", "stem")  # what scripts/export.py writes
 
 
 @functools.cache
@@ -67,7 +69,24 @@ def read_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]
         return strip_module_prefix(state["model"]), record
     if state and all(isinstance(v, torch.Tensor) for v in state.values()):
         return strip_module_prefix(state), {"args": {}}
+    if all(key in state for key in EXPORT_KEYS):
+        raise UserError(f"{path} is {kind_of(state)}, not a training checkpoint: load it into torchvision's resnet18 "
+                        f"as scripts/export.py's docstring shows, or pass the checkpoint it was exported from")
     raise UserError(f"{path} is neither a training checkpoint (a dict with 'model') nor a state dict of tensors")
+
+
+def kind_of(state: dict[str, Any]) -> str:
+    """What a checkpoint dict is, in words for a message; "" for a training checkpoint of main.py
+    (every key of TRAINING_KEYS)."""
+    if all(key in state for key in TRAINING_KEYS):
+        return ""
+    if all(key in state for key in EXPORT_KEYS):
+        return f"an exported backbone (scripts/export.py, from {state.get('source', 'an unnamed checkpoint')})"
+    if state and all(isinstance(v, torch.Tensor) for v in state.values()):
+        official = all(str(key).startswith("module.") for key in state)
+        return "an official state dict (nn.DataParallel's 'module.' weights)" if official else "a state dict of weights"
+    keys = sorted(map(str, state))
+    return f"a dict of {', '.join(keys[:4])}{' …' if len(keys) > 4 else ''}" if keys else "an empty dict"
 
 
 def strip_module_prefix(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -127,6 +146,12 @@ def link_or_copy(source: Path, target: Path) -> None:
 def existing_checkpoints(run_dir: Path) -> list[Path]:
     """Checkpoint files already in a run folder."""
     return sorted((run_dir / CHECKPOINT_DIR).glob("*.pt"))
+
+
+def newest_epoch_checkpoint(run_dir: Path) -> Path | None:
+    """save_models/<epoch>.pt of the highest epoch in a run folder (9.pt before 10.pt), or None."""
+    epochs = [path for path in existing_checkpoints(run_dir) if path.stem.isdigit()]
+    return max(epochs, key=lambda path: int(path.stem), default=None)
 
 
 def write_run_record(run_dir: Path, args: dict[str, Any]) -> None:

@@ -69,6 +69,7 @@ sys.path.insert(0, str(ROOT))
 import evaluate as eval_entry  # noqa: E402
 import main as train_entry  # noqa: E402
 from build import build_encoder, step_memory_plan, training_patches  # noqa: E402
+from dataset.catalog import build_dataset, largest_balanced_subset  # noqa: E402
 from engine import NonFiniteGuard, StepLog  # noqa: E402
 from plumbing.checkpoint import git_commit  # noqa: E402
 from plumbing.cli import ArgumentParser, run_cli  # noqa: E402
@@ -82,7 +83,9 @@ from scripts import benchmark, reproduce  # noqa: E402
 ROW = "cifar10-1ep"
 FAST = ["--augment", "batched", "--precision", "bf16", "--channels_last"]
 # --tiny: a few hundred images and a few steps, whatever the data (the synthetic set by default).
-TINY_TRAIN = ["--train_subset", "1600", "--bs", "32", "--num_patches", "8", "--hidden_dim", "512", "--z_dim", "128"]
+TINY_IMAGES = 1600  # the class-balanced training images of --tiny
+TINY_TRAIN = ["--train_subset", str(TINY_IMAGES), "--bs", "32", "--num_patches", "8", "--hidden_dim", "512",
+              "--z_dim", "128"]
 TINY_EVAL = ["--train_subset", "640", "--test_subset", "200", "--test_patches", "8", "--linear_epochs", "10"]
 FULL_EVAL = ["--eval_bs", "100", "--forward_bs", "12800"]  # 128 patches of 100 images per forward
 WARMUP_STEPS = 3  # before the checked step: cuDNN autotuning, the epoch's order copied to the device
@@ -188,6 +191,22 @@ def data_flags(data_dir: Path | None) -> list[str]:
                     f"as torchvision stores it or at an ImageFolder tree, or leave it out for the synthetic set")
 
 
+def refuse_small_data(data_dir: Path | None, tiny: bool) -> None:
+    """Refuse, before anything runs, a --data_dir that is not CIFAR-10 or an image folder, or that
+    holds too few training images for the check (--tiny: a class-balanced TINY_IMAGES; else one
+    batch of the row), in gpu_check's own flags: its stages would name main.py's."""
+    flags = data_flags(data_dir)
+    if data_dir is None:
+        return
+    targets = build_dataset(flags[1], data_dir, "train", download=False).targets
+    usable, need = (largest_balanced_subset(targets), TINY_IMAGES) if tiny else (len(targets), reproduce.ROWS[ROW].bs)
+    if usable < need:
+        what = (f"at most {usable:,} of them class-balanced, and --tiny trains on {need:,}" if tiny else
+                f"and the check trains in batches of {need}")
+        raise UserError(f"--data_dir {data_dir} holds {len(targets):,} training images, {what}: point --data_dir at "
+                        f"CIFAR-10 (50,000 training images), or leave it out for the built-in synthetic set")
+
+
 def make_plan(args: argparse.Namespace, work: Path, out: Path) -> reproduce.Plan:
     """The row's training, evaluation and baseline commands on the fast path and on the data given."""
     train = [*FAST, *data_flags(args.data_dir), *(TINY_TRAIN if args.tiny else [])]
@@ -267,7 +286,8 @@ def memory_plans(tiny: bool) -> dict[str, Any]:
             k = plan.smallest_fit()
             plans[f"{patches} patches, {precision}"] = {"gib_at_k1": plan.need(1) / 2**30,
                                                          "free_gib": plan.available / 2**30, "auto_k": k,
-                                                         "line": plan.describe(k or plan.patches)}
+                                                         "line": plan.describe(k) if k else
+                                                         f"{plan.summary()}; no slices of two patches fit"}
     return {"arch": args.arch, "images": args.bs, "plans": plans}
 
 
@@ -427,7 +447,7 @@ def save(record: dict[str, Any], attempt: Path) -> None:
 def main(args: argparse.Namespace) -> None:
     if not args.tiny and not torch.cuda.is_available():
         raise UserError("no usable GPU: run this on a GPU machine, or pass --tiny for the CPU chain")
-    data_flags(args.data_dir)  # refuse a wrong --data_dir before anything runs
+    refuse_small_data(args.data_dir, args.tiny)  # a wrong or too small --data_dir, before anything runs
     work_root = args.work_dir or args.out / "work"
     check_writable(args.out, "--out", "the output folder")  # and the big files' folder, before anything runs
     check_writable(work_root, "--work_dir", "the work folder")

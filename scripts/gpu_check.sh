@@ -8,7 +8,20 @@
 #   bash scripts/gpu_check.sh --data_dir /data/cifar10 --out /results/gpu_check --work_dir /scratch/gpu_check
 #   bash scripts/gpu_check.sh --tiny --data_dir /data/cifar10         # the same chain on the CPU, toy sizes
 #   bash scripts/gpu_check.sh --help                                  # every flag; scripts/gpu_check.py: details
-# Paths are relative to the folder it is called from. PYTHON picks the interpreter (default: python3, else python).
+# Paths are relative to the folder it is called from. PYTHON picks the interpreter (default: python3, else python);
+# one that cannot import the requirements stops here with one line (exit 2), before anything is written.
 set -euo pipefail
-PYTHON="${PYTHON:-$(command -v python3 || command -v python)}"
+PYTHON="${PYTHON:-$(command -v python3 || command -v python || true)}"
+if [ -z "$PYTHON" ]; then
+    echo "error: neither python3 nor python is on PATH: install Python 3 and requirements.txt, or set PYTHON" >&2
+    exit 2
+elif ! command -v "$PYTHON" >/dev/null; then
+    echo "error: PYTHON=$PYTHON is not a program: set PYTHON to a Python 3 that has requirements.txt" >&2
+    exit 2
+fi
+if ! problem="$("$PYTHON" -c "import torch, torchvision, numpy, tqdm, tensorboard" 2>&1)"; then
+    echo "error: $PYTHON cannot import the requirements ($(printf '%s\n' "$problem" | tail -n 1)): install them with" \
+         "$PYTHON -m pip install -r $(dirname "$0")/../requirements.txt, or set PYTHON to a Python that has them" >&2
+    exit 2
+fi
 exec "$PYTHON" "$(dirname "$0")/gpu_check.py" "$@"

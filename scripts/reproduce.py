@@ -13,12 +13,15 @@ Usage:
 main.py and evaluate.py run in this process, one after the other; their command lines (from the
 folder reproduce.py ran in) are printed and recorded in the result file, so each step can be rerun
 by hand, or under torchrun. Both evaluations read the data the training read (--data, --data_dir,
---download of the training flags, --train_args included) unless --eval_args says otherwise. --out
-and --run_dir are checked writable before anything runs. Run again, the command continues the
-training run in --run_dir (a finished one is only evaluated; an evaluation whose result file is there
-for the same checkpoint content and protocol is reused, not run again, unless --eval_args
---recompute), and writes a new result file: an earlier one is kept as <row>.json.N (the next free
-N), never overwritten. A new --run_dir trains afresh. A SIGTERM or Ctrl-C during the training
+--download of the training flags, --train_args included) unless --eval_args says otherwise. What
+reproduce.py sets itself cannot come through --train_args or --eval_args (--output_dir, --resume,
+--device, the row's --epoch and --train_epochs, --max_steps; --ckpt, --random_init, --output): each
+is refused in one line naming the flag to use, before anything runs; --out and --run_dir are
+checked writable then too. Run again, the command continues the training run in --run_dir (a
+finished one is only evaluated; an evaluation whose result file is there for the same checkpoint
+content and protocol is reused, not run again, unless --eval_args --recompute), and writes a new
+result file: an earlier one is kept as <row>.json.N (the next free N), never overwritten. A new
+--run_dir trains afresh. A SIGTERM or Ctrl-C during the training
 stops it with last.pt saved and ends reproduce.py there, with main.py's status (143 or 130),
 without evaluating the half-trained run. Rows and protocols: scripts/rows.py.
 """
@@ -134,11 +137,54 @@ def model_flags(train: argparse.Namespace) -> list[str]:
     return flags({"arch": train.arch, "hidden_dim": train.hidden_dim, "z_dim": train.z_dim})
 
 
+def split_flags(text: str, flag: str) -> list[str]:
+    """The flags of --train_args or --eval_args, split as a shell would; a quote left open is a UserError."""
+    try:
+        return shlex.split(text)
+    except ValueError as err:  # "No closing quotation", "No escaped character"
+        raise UserError(f"{flag} {text!r} cannot be split as a shell would ({err}): close its quotes") from err
+
+
+def own_train_flags(row: Row) -> dict[str, str]:
+    """main.py's flags that reproduce.py sets itself ({dest: what to do instead}): a --train_args that
+    changes one would train a run reproduce.py does not evaluate, or could never finish the row."""
+    schedule = (f"the row's checkpoint {row.checkpoint} is that of {shlex.join(row.schedule_flags())}: drop it, or "
+                f"reproduce the row of that schedule")
+    return {"output_dir": "pass reproduce.py --run_dir instead",
+            "resume": "drop it: reproduce.py resumes the run in --run_dir by itself",
+            "device": "pass reproduce.py --device instead", "epoch": schedule, "train_epochs": schedule,
+            "max_steps": f"it would stop the training before the row's checkpoint {row.checkpoint} or change nothing: "
+                         f"drop it (--smoke runs the whole chain in seconds)"}
+
+
+# evaluate.py's flags that reproduce.py sets itself, and what to do instead.
+OWN_EVAL = {"ckpt": "reproduce.py evaluates the row's checkpoint: evaluate another one with evaluate.py itself",
+            "random_init": "drop it: reproduce.py evaluates the random-init baseline too",
+            "output": "pass reproduce.py --out for the result file instead",
+            "device": "pass reproduce.py --device instead"}
+
+
+def refuse_own_flags(entry: ModuleType, ours: list[str], extra: list[str], own: dict[str, str], flag: str) -> None:
+    """A UserError when the flags of `flag` (extra, placed after ours) change a value reproduce.py sets
+    in ours, whatever their spelling (an abbreviation, --flag=value)."""
+    before, after = parse(entry, ours), parse(entry, ours + extra)
+    for dest, instead in own.items():
+        if getattr(after, dest) != getattr(before, dest):
+            value = "" if isinstance(getattr(after, dest), bool) else f" ({getattr(after, dest)})"
+            raise UserError(f"{flag} may not set --{dest}{value}: {instead}")
+
+
 def continuation(train: argparse.Namespace, run_dir: Path) -> list[str]:
     """["--resume"] when run_dir holds a run these training flags continue, [] when it holds none;
-    a run trained with other flags is refused with reproduce.py's own flags in the message."""
+    a run trained with other flags is refused with reproduce.py's own flags in the message, and so
+    is a run whose last.pt is gone (naming the `cp` from its newest epoch checkpoint)."""
     last = run_dir / ckpt.CHECKPOINT_DIR / ckpt.LAST
     if not last.exists():
+        newest = ckpt.newest_epoch_checkpoint(run_dir)
+        if newest is not None:
+            raise UserError(f"{run_dir} holds epoch checkpoints but no {ckpt.LAST}: continue from its newest "
+                            f"({newest.name}) with `{shlex.join(['cp', str(newest), str(last)])}` and run this "
+                            f"command again, or pass a new --run_dir to train afresh")
         return []
     diff = train_entry.changed_flags(ckpt.load_checkpoint(last).get("args", {}), train)
     if diff:
@@ -157,7 +203,9 @@ def make_plan(args: argparse.Namespace) -> Plan:
     device = "cpu" if args.smoke else args.device
     settings = {**row.settings(), **(SMOKE_TRAIN if args.smoke else {})}
     fixed = flags(settings) + ["--data_dir", str(args.data_dir), "--device", device, "--output_dir", str(run_dir)]
-    train = fixed + row.schedule_flags() + shlex.split(args.train_args)
+    extra_train, extra_eval = split_flags(args.train_args, "--train_args"), split_flags(args.eval_args, "--eval_args")
+    refuse_own_flags(train_entry, fixed + row.schedule_flags(), extra_train, own_train_flags(row), "--train_args")
+    train = fixed + row.schedule_flags() + extra_train
     train += continuation(parse(train_entry, train), run_dir)
     trained = parse(train_entry, train)
 
@@ -165,9 +213,10 @@ def make_plan(args: argparse.Namespace) -> Plan:
     eval_json, baseline_json = checkpoint.with_suffix(".eval.json"), checkpoint.with_suffix(".random_init.eval.json")
     protocol = SMOKE_EVAL if args.smoke else official_eval()
     common = [*eval_data_flags(trained), "--device", device, *protocol]
-    evaluate = ["--ckpt", str(checkpoint), *common, "--output", str(eval_json), *shlex.split(args.eval_args)]
-    baseline = ["--random_init", *model_flags(trained), *common, "--output", str(baseline_json),
-                *shlex.split(args.eval_args)]
+    refuse_own_flags(eval_entry, ["--ckpt", str(checkpoint), *common, "--output", str(eval_json)], extra_eval,
+                     OWN_EVAL, "--eval_args")
+    evaluate = ["--ckpt", str(checkpoint), *common, "--output", str(eval_json), *extra_eval]
+    baseline = ["--random_init", *model_flags(trained), *common, "--output", str(baseline_json), *extra_eval]
     for argv in (evaluate, baseline):
         parse(eval_entry, argv)
     return Plan(row=row, train=train, evaluate=evaluate, baseline=baseline, checkpoint=checkpoint, eval_json=eval_json,
@@ -281,9 +330,11 @@ def main(args: argparse.Namespace) -> None:
         print(f"reproduce: {stop} stopped the training, so nothing was evaluated: run the same reproduce.py command "
               f"again to continue the training and evaluate it", file=sys.stderr, flush=True)
         raise
-    if not plan.checkpoint.is_file():
-        raise UserError(f"training ended without {plan.checkpoint} (stopped early?): run the same command again "
-                        f"to continue it")
+    if not plan.checkpoint.is_file():  # the flags that stop training early are refused: the run was past it
+        step = ckpt.load_checkpoint(plan.checkpoint.with_name(ckpt.LAST)).get("step")
+        raise UserError(f"training ended without {plan.checkpoint}: the run in {plan.checkpoint.parent.parent} "
+                        f"(last.pt at step {step}) was already past that epoch's end, and that file is gone: it "
+                        f"cannot be written again; pass a new --run_dir to train afresh")
     seconds["evaluate"] = evaluate_once(plan.evaluate)
     seconds["baseline"] = evaluate_once(plan.baseline)
     text = json.dumps(summarise(plan, args.smoke, seconds), indent=2)

@@ -3,12 +3,15 @@ when another fails, fresh attempt folders, and a verdict that says what it measu
 from __future__ import annotations
 
 import json
+import os
+import shlex
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import ROOT, assert_one_line_error, write_shapes_folder
+from conftest import ROOT, assert_one_line_error, write_image_folder, write_shapes_folder
 
 import engine
 from scripts import gpu_check
@@ -142,6 +145,38 @@ class TestStages:
         assert_one_line_error(cli("scripts.gpu_check", "--tiny", "--data_dir", str(tmp_path / "empty")),
                               "cifar-10-batches-py", "train/")
         assert not (tmp_path / "gpu_check").exists()
+
+    def test_a_folder_too_small_is_refused_in_gpu_checks_own_flags(self, cli, tmp_path: Path) -> None:
+        """Five images: the stages would say "--train_subset … lower it" and "lower --bs", flags gpu_check has not."""
+        data = write_image_folder(tmp_path / "five", classes=("a", "b", "c", "d", "e"), sizes=[(32, 32)],
+                                  splits=("train", "test"))
+        result = cli("scripts.gpu_check", "--tiny", "--data_dir", str(data))
+        assert_one_line_error(result, f"--data_dir {data} holds 5 training images", "--tiny trains on 1,600",
+                              "leave it out for the built-in synthetic set")
+        assert "--train_subset" not in result.stderr and "--bs" not in result.stderr
+        assert not (tmp_path / "gpu_check").exists()
+
+
+class TestLauncher:
+    def test_a_python_without_torch_is_one_line_naming_it(self, tmp_path: Path) -> None:
+        """A python3 first on PATH that is a real interpreter without site-packages (-I -S): no torch."""
+        bin_dir = tmp_path / "bin"
+        bin_dir.mkdir()
+        fake = bin_dir / "python3"
+        fake.write_text(f"#!/bin/sh\nexec {shlex.quote(sys.executable)} -I -S \"$@\"\n")
+        fake.chmod(0o755)
+        assert subprocess.run([str(fake), "-c", "import torch"], capture_output=True, check=False).returncode != 0
+        env = {k: v for k, v in os.environ.items() if k != "PYTHON"}
+        env["PATH"] = f"{bin_dir}{os.pathsep}{env['PATH']}"
+        done = subprocess.run(["bash", str(ROOT / "scripts" / "gpu_check.sh"), "--tiny"], cwd=tmp_path, env=env,
+                              capture_output=True, text=True, timeout=60, check=False)
+        assert_one_line_error(done, f"{fake} cannot import the requirements", "No module named 'torch'",
+                              f"{fake} -m pip install -r", "requirements.txt", "set PYTHON")
+        assert done.returncode == 2 and sorted(p.name for p in tmp_path.iterdir()) == ["bin"]
+        env["PYTHON"] = str(tmp_path / "missing")
+        done = subprocess.run(["bash", str(ROOT / "scripts" / "gpu_check.sh"), "--tiny"], cwd=tmp_path, env=env,
+                              capture_output=True, text=True, timeout=60, check=False)
+        assert_one_line_error(done, f"PYTHON={tmp_path / 'missing'} is not a program")
 
 
 class TestVerdict:

@@ -106,6 +106,44 @@ class TestRows:
         assert_one_line_error(cli("scripts.reproduce", "cifar10-2ep", "--dry_run"), "cifar10-2ep", "cifar10-1ep")
 
 
+class TestWhatReproduceRefuses:
+    @pytest.mark.parametrize("option,value,fragments", [
+        ("--train_args", "--output_dir B", ["--train_args may not set --output_dir (B)", "reproduce.py --run_dir"]),
+        ("--train_args", "--output_d=B", ["--train_args may not set --output_dir (B)", "reproduce.py --run_dir"]),
+        ("--train_args", "--resume --augment batched", ["may not set --resume", "resumes the run in --run_dir"]),
+        ("--train_args", "--max_steps 1", ["may not set --max_steps (1)", "before the row's checkpoint 0.pt"]),
+        ("--train_args", "--epoch 30", ["may not set --epoch (30)", "that of --epoch 2 --train_epochs 1"]),
+        ("--train_args", "--train_epochs 2", ["may not set --train_epochs (2)", "--epoch 2 --train_epochs 1"]),
+        ("--train_args", "--device cuda:1", ["may not set --device (cuda:1)", "reproduce.py --device"]),
+        ("--eval_args", "--output x.json", ["--eval_args may not set --output (x.json)", "reproduce.py --out"]),
+        ("--eval_args", "--model_path x.pt", ["--eval_args may not set --ckpt (x.pt)", "the row's checkpoint"]),
+        ("--eval_args", "--random_init --knn_k 10", ["may not set --random_init", "baseline"]),
+        ("--train_args", "--msg 'a b", ["--train_args", "No closing quotation", "close its quotes"]),
+        ("--eval_args", "--knn_k 20 \\", ["--eval_args", "No escaped character"]),
+    ])
+    def test_flags_reproduce_sets_itself_and_broken_quotes_are_one_line(self, cli, tmp_path: Path, option: str,
+                                                                        value: str, fragments: list[str]) -> None:
+        result = cli("scripts.reproduce", "cifar10-1ep", "--dry_run", "--run_dir", "A", f"{option}={value}")
+        assert_one_line_error(result, *fragments)
+        assert sorted(p.name for p in tmp_path.iterdir()) == []  # nothing trained, nothing written
+
+    def test_the_rows_own_values_pass(self, cli) -> None:
+        train_argv, _, _ = dry_run(cli, "cifar10-10ep", "--run_dir", "A", "--train_args", "--epoch 10 --output_dir A")
+        train = main.get_args_parser().parse_args(train_argv)
+        assert (train.epoch, train.train_epochs, train.output_dir) == (10, None, Path("A"))
+        assert_one_line_error(cli("scripts.reproduce", "cifar10-10ep", "--dry_run", "--train_args=--train_epochs 9"),
+                              "may not set --train_epochs (9)", "9.pt is that of --epoch 10")
+
+    def test_a_run_without_last_pt_names_the_cp_that_continues_it(self, cli, tmp_path: Path) -> None:
+        models = tmp_path / "A" / "save_models"
+        models.mkdir(parents=True)
+        (models / "0.pt").write_bytes(b"epoch 0")
+        result = cli("scripts.reproduce", "cifar10-10ep", "--dry_run", "--run_dir", "A")
+        assert_one_line_error(result, "no last.pt", "`cp A/save_models/0.pt A/save_models/last.pt`",
+                              "run this command again")
+        assert sorted(p.name for p in models.iterdir()) == ["0.pt"]
+
+
 class TestOneEpochProtocol:
     def test_checkpoint_equals_the_first_epoch_of_an_uninterrupted_two_epoch_run(self, cli, tmp_path: Path) -> None:
         tiny = [*TINY_RUN, "--train_subset", "32", "--deterministic"]  # 32 images in batches of 16: 2 steps
@@ -154,6 +192,10 @@ class TestSmoke:
         changed = cli("scripts.reproduce", "cifar10-1ep", "--smoke", "--train_args", "--num_patches 6")
         assert_one_line_error(changed, "--num_patches 4 (now 6)", "--train_args", "--run_dir")
         assert (tmp_path / record["checkpoint"]).read_bytes() == checkpoint
+
+        (tmp_path / record["checkpoint"]).unlink()  # a finished run whose row checkpoint is gone: no loop
+        gone = cli("scripts.reproduce", "cifar10-1ep", "--smoke")
+        assert_one_line_error(gone, "training ended without", "cannot be written again", "pass a new --run_dir")
 
     def test_a_stopped_training_is_not_evaluated_and_the_same_command_continues_it(
             self, cli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
