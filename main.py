@@ -15,6 +15,10 @@ backward, the optimizer under the non-finite guard) → engine.fit (the epochs, 
 """
 from __future__ import annotations
 
+if __name__ == "__main__":  # first: Ctrl-C while the modules below load ends in one line, status 130
+    from plumbing.errors import interrupt_in_one_line
+    interrupt_in_one_line()
+
 import argparse
 import os
 from collections.abc import Sequence
