@@ -38,10 +38,13 @@ INTERRUPTED = "error: interrupted (Ctrl-C); files are written whole or not at al
 
 
 def speaks() -> bool:
-    """Whether this process tells the user what every process of a launch would tell alike: local
-    rank 0 under torchrun (its LOCAL_RANK; one process per machine, as before the process group
-    forms), and a process started without torchrun."""
-    return os.environ.get("LOCAL_RANK", "0") == "0"
+    """Whether this process tells the user what every process of a launch would tell alike: every
+    process but the local ranks other than 0 of a launch of several processes (WORLD_SIZE > 1 and
+    LOCAL_RANK > 0: one process per machine speaks, as before the process group forms). Outside a
+    launch (no WORLD_SIZE, or 1) a process always speaks, whatever its LOCAL_RANK says; one whose
+    variables are not numbers speaks too (and main.py refuses them)."""
+    world, local = (os.environ.get(name, "").strip() for name in ("WORLD_SIZE", "LOCAL_RANK"))
+    return not (world.isdecimal() and int(world) > 1 and local.isdecimal() and int(local) > 0)
 
 
 def _quit_interrupted(signum: int, frame: object) -> None:

@@ -207,11 +207,11 @@ class TestTorchrun:
 @pytest.fixture
 def launched(monkeypatch: pytest.MonkeyPatch):
     """launched(rank): the environment torchrun gives rank `rank` of 2 on one machine (no group forms:
-    every refusal tested here comes first)."""
+    every refusal tested here comes first, and no store answers at MASTER_PORT)."""
     def set_rank(rank: int) -> None:
-        for name, value in (("RANK", rank), ("LOCAL_RANK", rank), ("WORLD_SIZE", WORLD), ("LOCAL_WORLD_SIZE", WORLD)):
+        for name, value in (("RANK", rank), ("LOCAL_RANK", rank), ("WORLD_SIZE", WORLD), ("LOCAL_WORLD_SIZE", WORLD),
+                            ("MASTER_ADDR", "127.0.0.1"), ("MASTER_PORT", free_port())):
             monkeypatch.setenv(name, str(value))
-        monkeypatch.delenv("MASTER_ADDR", raising=False)
     return set_rank
 
 
