@@ -1,8 +1,11 @@
-"""Faults at a run's start end in one line and lose nothing: torchrun's variables checked first and
-refused by every rank that has them wrong, a rank that never joins named within --dist_timeout,
-and Ctrl-C while an entry point is still importing."""
+"""Faults at a run's start and stop end in one line and lose nothing: torchrun's variables checked
+first and refused by every rank that has them wrong, a rank that never joins named within
+--dist_timeout, SIGTERM and Ctrl-C honoured after the step they come in, and Ctrl-C while an entry
+point is still importing."""
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
 import sys
 import time
@@ -13,6 +16,7 @@ import torch
 from conftest import ROOT, TINY_RUN, Result, assert_one_line_error, run_script
 from test_distributed import free_port
 
+import engine
 from plumbing import distributed
 from plumbing.distributed import TORCHRUN_VARIABLES
 
@@ -116,6 +120,50 @@ class TestARankThatNeverJoins:
         assert_one_line_error(result, "could not reach this launch's store at 127.0.0.1:",
                               "within --dist_timeout (0.05 minutes)", "start rank 0")
         assert 3 <= seconds < 30 and not (tmp_path / "run").exists()
+
+
+@pytest.fixture
+def signal_in_step(monkeypatch: pytest.MonkeyPatch):
+    """signal_in_step(signum, step): this process sends itself signum as its step `step` begins
+    (counted from 1 in this process, once); the step then runs to its end."""
+    def arm(signum: int, step: int) -> None:
+        real_step, calls = engine.train_step, []
+
+        def train_step(*args, **kwargs):
+            calls.append(1)
+            if len(calls) == step:
+                os.kill(os.getpid(), signum)  # the handler runs now, inside the step
+            return real_step(*args, **kwargs)
+        monkeypatch.setattr(engine, "train_step", train_step)
+    return arm
+
+
+@pytest.fixture
+def restore_determinism():
+    yield
+    torch.use_deterministic_algorithms(False)
+
+
+class TestAStopAfterTheStep:
+    # 8 steps an epoch, the step values read every 1000 steps: before, a stop waited for the epoch's end
+    FLAGS = [*TINY_RUN, "--train_subset", "128", "--epoch", "3", "--log_every", "1000", "--deterministic"]
+
+    @pytest.mark.parametrize("signum,status", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+    def test_a_signal_during_step_3_stops_after_it_and_resume_continues_exactly(
+            self, cli, signal_in_step, restore_determinism, tmp_path: Path, signum: int, status: int) -> None:
+        signal_in_step(signum, 3)
+        stopped = cli("main", *self.FLAGS, "--output_dir", "run")
+        assert stopped.returncode == status and "Traceback" not in stopped.stderr, stopped.stderr
+        name = signal.Signals(signum).name
+        assert f"{name}: stopped at step 3, last.pt saved" in stopped.stdout and "done:" not in stopped.stdout
+        assert torch.load(tmp_path / "run/save_models/last.pt", weights_only=False)["step"] == 3
+        assert cli("main", *self.FLAGS, "--output_dir", "run", "--resume", "--max_steps", "5").returncode == 0
+        assert cli("main", *self.FLAGS, "--output_dir", "straight", "--max_steps", "5").returncode == 0
+        ours, reference = (torch.load(tmp_path / name / "save_models/last.pt", weights_only=False)
+                           for name in ("run", "straight"))
+        assert ours["step"] == reference["step"] == 5
+        for key, value in reference["model"].items():
+            assert torch.equal(ours["model"][key], value), key
 
 
 # `python -c INTERRUPT_AT_IMPORT <entry point>`: runs the entry point as a program (with --help) and
