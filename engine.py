@@ -246,11 +246,10 @@ class StepLog:
     """The values of every step, kept on the device and read by the host every `every` steps.
 
     A read (:meth:`flush`) stacks the pending steps' values (whatever the criterion returns),
-    averages them over ranks together with the stop flag in one all-reduce, copies them to the
-    host once, hands each step to the guard, writes one TensorBoard point per value and step
-    (writer None: not logged) and updates the progress bar. Between reads the host queues work
-    without waiting for the device. patches_per_step (P·B over all ranks) gives the logged
-    throughput, per read.
+    averages them over ranks in one all-reduce, copies them to the host once, hands each step to
+    the guard, writes one TensorBoard point per value and step (writer None: not logged) and
+    updates the progress bar. Between reads the host queues work without waiting for the device.
+    patches_per_step (P·B over all ranks) gives the logged throughput, per read.
     """
 
     def __init__(self, writer: SummaryWriter | None, every: int, guard: NonFiniteGuard, patches_per_step: int) -> None:
@@ -269,10 +268,9 @@ class StepLog:
         """Whether the host reads at this step."""
         return step % self.every == 0
 
-    def flush(self, stop_requested: bool) -> bool:
-        """Read, check and log the pending steps (at least one: reads follow a step); return whether
-        any rank asked to stop (SIGTERM, Ctrl-C)."""
-        rows, stop = mean_over_ranks(torch.stack([v for _, _, v in self.pending]), stop_requested)  # (n, K); flag
+    def flush(self) -> None:
+        """Read, check and log the pending steps (at least one: reads follow a step)."""
+        rows = mean_over_ranks(torch.stack([v for _, _, v in self.pending]))  # (n, K)
         now = time.perf_counter()
         rate = len(rows) * self.patches_per_step / (now - self.tick)
         self.tick = now
@@ -287,7 +285,6 @@ class StepLog:
         if self.bar is not None:
             self.bar.set_postfix({name: f"{value:.4g}" for name, value in {**stats, "lr": lr}.items()}, refresh=False)
         self.pending = []
-        return stop
 
 
 @dataclass(frozen=True)
@@ -313,11 +310,10 @@ def fit(training: Training, batches: Any, log: StepLog, schedule: Schedule, pree
 
     Each epoch ends with <epoch>.pt (last.pt the same file) and then after_epoch(epoch); last.pt is
     also written every schedule.save_every steps and at a stop: --max_steps, or a SIGTERM / Ctrl-C
-    that the entered `preemption` caught on any rank (read with the step values, every --log_every
-    steps). Returns None when the schedule (or --max_steps) ended, or the signal that stopped the
-    run, the same on every rank (SIGTERM over SIGINT where ranks got different ones), after a line
-    saying so. batches: the training patches (dataset/patch_sources.py), with set_epoch(epoch,
-    start_step) and steps_per_epoch.
+    that the entered `preemption` caught on any rank (looked at after every step, see
+    :func:`train_one_epoch`). Returns None when the schedule (or --max_steps) ended, or the signal
+    that stopped the run, the same on every rank, after a line saying so. batches: the training
+    patches (dataset/patch_sources.py), with set_epoch(epoch, start_step) and steps_per_epoch.
     """
     steps_per_epoch = training.steps_per_epoch
     end = schedule.end(steps_per_epoch)
@@ -326,14 +322,13 @@ def fit(training: Training, batches: Any, log: StepLog, schedule: Schedule, pree
         if training.step >= stop_step:
             break
         batches.set_epoch(epoch, start_step=training.step - epoch * steps_per_epoch)
-        stopped = train_one_epoch(training, batches, log, stop_step, schedule.save_every, preemption)
+        stop = train_one_epoch(training, batches, log, stop_step, schedule.save_every, preemption)
         complete = training.step == (epoch + 1) * steps_per_epoch
         if complete:
             training.save_epoch()
         else:
             training.save()
-        if stopped:
-            stop = signal.Signals(max_over_ranks(preemption.signum))  # a rank without a signal learns it
+        if stop is not None:
             print_main(f"{stop.name}: stopped at step {training.step}, last.pt saved; continue with --resume "
                        f"from {training.run_dir}")
             return stop
@@ -345,14 +340,19 @@ def fit(training: Training, batches: Any, log: StepLog, schedule: Schedule, pree
 
 
 def train_one_epoch(training: Training, batches: Iterable[torch.Tensor], log: StepLog, stop_step: int,
-                    save_every: int | None, preemption: Preemption) -> bool:
+                    save_every: int | None, preemption: Preemption) -> signal.Signals | None:
     """Train on batches (patch-major (P·B, C, H, W) tensors on the device) until training.step
     reaches stop_step (the end of this epoch, or an earlier --max_steps) or the batches end, so a
     run resumed mid-epoch finishes the epoch with the steps that remain in it.
 
-    The host reads the step values every log.every steps, before every save and at the end; a
+    After every step the ranks agree on a SIGTERM or Ctrl-C that any of them caught, with one
+    all-reduce of a host value (distributed.max_over_ranks; nothing in one process): no device value
+    is read and the host does not wait for the device, so every rank stops after the same step: the
+    one during which the signal came (the next, if it came while the ranks agreed). The host reads
+    the step values every log.every steps, before every save, at a stop and at the end; a
     non-finite loss past the guard's budget raises there. last.pt is written every save_every
-    steps. Returns True when a read found a stop request on any rank: the caller saves and stops.
+    steps. Returns the signal that stopped the run (SIGTERM over Ctrl-C where ranks got different
+    ones; the caller saves and stops), or None.
     """
     training.wrapped.train()
     log.tick = time.perf_counter()
@@ -365,11 +365,16 @@ def train_one_epoch(training: Training, batches: Iterable[torch.Tensor], log: St
         training.scheduler.step()
         training.step += 1
         log.add(training.step, lr, stats)
+        stop = max_over_ranks(preemption.signum)  # 0 on every rank, or the same signal on all
         save_due = bool(save_every) and training.step % save_every == 0
-        if (log.due(training.step) or save_due) and log.flush(preemption.requested):
-            return True
+        if log.due(training.step) or save_due or stop:
+            log.flush()
+        if stop:
+            return signal.Signals(stop)
         if save_due:
             training.save()
         if training.step >= stop_step:
             break
-    return bool(log.pending) and log.flush(preemption.requested)
+    if log.pending:
+        log.flush()
+    return None

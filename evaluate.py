@@ -22,6 +22,10 @@ products use TF32, and `--channels_last` lays the encoder and the patches out ch
 """
 from __future__ import annotations
 
+if __name__ == "__main__":  # first: Ctrl-C while the modules below load ends in one line, status 130
+    from plumbing.errors import interrupt_in_one_line
+    interrupt_in_one_line()
+
 import argparse
 import json
 import sys

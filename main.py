@@ -15,7 +15,12 @@ backward, the optimizer under the non-finite guard) → engine.fit (the epochs, 
 """
 from __future__ import annotations
 
+if __name__ == "__main__":  # first: Ctrl-C while the modules below load ends in one line, status 130
+    from plumbing.errors import interrupt_in_one_line
+    interrupt_in_one_line()
+
 import argparse
+import math
 import os
 import shlex
 from collections.abc import Sequence
@@ -152,8 +157,9 @@ def get_args_parser() -> argparse.ArgumentParser:
                          help="continue the run in the run folder from its save_models/last.pt")
     logging.add_argument("--log_every", type=int, default=10,
                          help="read the step values (loss, invariance, coding rate) from the device every N steps: "
-                              "the progress bar, the non-finite check, SIGTERM and Ctrl-C act then; TensorBoard "
-                              "still gets every step (default %(default)s; 1 waits for the GPU at every step)")
+                              "the progress bar and the non-finite check act then; TensorBoard still gets every "
+                              "step, and SIGTERM and Ctrl-C stop the run after the step they come in (default "
+                              "%(default)s; 1 waits for the GPU at every step)")
     logging.add_argument("--save_every_steps", type=int, default=None,
                          help="also write last.pt every N steps, so a killed run loses at most N steps "
                               "(default: at the end of every epoch and at a stop only)")
@@ -201,15 +207,20 @@ def get_args_parser() -> argparse.ArgumentParser:
     dist_group.add_argument("--dist_timeout", type=float, default=10.0,
                             help="minutes a process waits for the others (rank 0 downloading data or writing a "
                                  "checkpoint, a rank that died or hangs) before it stops with one line instead of "
-                                 "hanging (%(default)s)")
+                                 "hanging; also how long the ranks wait for each other to start (%(default)s; at "
+                                 "most a week, 10080)")
     dist_group.add_argument("--sync_bn", action="store_true",
                             help="BatchNorm statistics over the global batch (SyncBatchNorm, GPUs only); off by "
                                  "default: the official nn.DataParallel normalised each GPU's share separately")
     return parser
 
 
+MAX_DIST_TIMEOUT = 7 * 24 * 60  # minutes, a week: longer is a hang, and past ~1.4e12 Python's timedelta overflows
+
+
 def validate_args(args: argparse.Namespace) -> None:
-    """Refuse impossible flag values before anything is built or written."""
+    """Refuse torchrun variables that do not make a launch (distributed.launch_from_env) and
+    impossible flag values, before anything is built or written."""
     world = distributed.launch_from_env().world_size
     require([
         (args.num_patches >= 2, "--num_patches must be at least 2 (the invariance term compares patches)"),
@@ -226,7 +237,8 @@ def validate_args(args: argparse.Namespace) -> None:
         (args.log_every >= 1, "--log_every must be at least 1"),
         (not (args.compile and args.sync_bn), "--compile with --sync_bn is not supported (SyncBatchNorm breaks "
                                               "torch.compile's graph): drop one of them"),
-        (args.dist_timeout > 0, "--dist_timeout must be positive (minutes)"),
+        (math.isfinite(args.dist_timeout) and 0 < args.dist_timeout <= MAX_DIST_TIMEOUT,
+         f"--dist_timeout must be a positive, finite number of minutes, at most {MAX_DIST_TIMEOUT} (a week)"),
         (args.bs % world == 0, f"--bs {args.bs} is the global batch and must split evenly over the {world} "
                                f"processes: use a multiple of {world}"),
         (args.eval_every >= 0 and args.eval_patches >= 1, "--eval_every must be ≥ 0 and --eval_patches ≥ 1"),

@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterable
 from typing import NoReturn
 
 from plumbing.checkpoint import git_commit
-from plumbing.errors import Stopped, UserError, one_line, speaks
+from plumbing.errors import INTERRUPTED, Stopped, UserError, interrupt_as_usual, one_line, speaks
 
 
 class ArgumentParser(argparse.ArgumentParser):
@@ -45,10 +45,11 @@ def run_cli(main: Callable[[argparse.Namespace], None], parser: argparse.Argumen
     `error: <message>` on stderr and exit status 2 (as argparse does for a bad flag), Ctrl-C
     `error: interrupted` and status 130, without a traceback. A training run catches its own
     first Ctrl-C or SIGTERM and stops at a step boundary with last.pt saved, says so, and ends
-    with :class:`errors.Stopped`: status 130 or 143, nothing more printed."""
-    args = parser.parse_args(argv)
+    with :class:`errors.Stopped`: status 130 or 143, nothing more printed. Before it, while the entry
+    point imported its modules, errors.interrupt_in_one_line gave Ctrl-C the same line and status."""
+    interrupt_as_usual()
     try:
-        main(args)
+        main(parser.parse_args(argv))
     except Stopped as stop:
         sys.exit(stop.status)
     except UserError as err:
@@ -59,8 +60,7 @@ def run_cli(main: Callable[[argparse.Namespace], None], parser: argparse.Argumen
             os._exit(2)
         sys.exit(2)
     except KeyboardInterrupt:
-        print("\nerror: interrupted (Ctrl-C); files are written whole or not at all, so what was saved is intact",
-              file=sys.stderr)
+        print(f"\n{INTERRUPTED}", file=sys.stderr)
         sys.exit(130)
 
 

@@ -1,11 +1,13 @@
 """Data-parallel training on torch.distributed: set-up from torchrun, rank helpers, a gather
 with gradients.
 
-Launched by `torchrun --nproc_per_node N main.py …`, every process reads RANK, LOCAL_RANK and
-WORLD_SIZE from its environment, joins one process group (NCCL on GPUs, gloo on CPUs) and trains
-a DistributedDataParallel copy of the encoder on its B/W images of each global batch of B.
-Without torchrun (or with one process) there is no process group and every helper here is the
-identity, so the same code runs as a single process.
+Launched by `torchrun --nproc_per_node N main.py …`, every process reads RANK, LOCAL_RANK,
+WORLD_SIZE, LOCAL_WORLD_SIZE, MASTER_ADDR and MASTER_PORT from its environment (checked first:
+:func:`launch_from_env`), joins one process group (NCCL on GPUs, gloo on CPUs) and trains a
+DistributedDataParallel copy of the encoder on its B/W images of each global batch of B; a small
+gloo group next to it agrees on host values, such as a stop signal after every step, without
+touching a device. Without torchrun (or with one process) there is no process group and every
+helper here is the identity, so the same code runs as a single process.
 
 Gradient scaling. With W ranks, rank r embeds its images into z_r (P, B/W, d) and computes
 
@@ -24,6 +26,8 @@ from __future__ import annotations
 
 import functools
 import os
+import socket
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -49,12 +53,65 @@ class Launch(NamedTuple):
     local_world_size: int
 
 
+TORCHRUN_VARIABLES = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
+_RELAUNCH = (f"launch with torchrun, which sets {', '.join(TORCHRUN_VARIABLES[:-1])} and {TORCHRUN_VARIABLES[-1]} "
+             f"together, or unset them to train in one process")
+
+
+class LaunchError(UserError):
+    """torchrun's variables are missing or malformed, or a rank did not join: what this process found
+    in its own environment or store, so every process that meets one says so (not only local rank 0)."""
+
+
+def _names(names: list[str]) -> str:
+    """"A", "A and B", "A, B and C"."""
+    return " and ".join([", ".join(names[:-1]), names[-1]] if len(names) > 1 else names)
+
+
+def _told(name: str) -> str:
+    """How the message names a bound: "WORLD_SIZE=2", or "WORLD_SIZE, which is not set: one process"."""
+    value = os.environ.get(name)
+    return f"{name}={value}" if value is not None else f"{name}, which is not set: one process"
+
+
+def _env_integer(name: str, default: int, low: int, high: int, why: str) -> int:
+    """The integer in the variable `name` (default when it is absent), from low to high; `why` says
+    where the range comes from."""
+    text = os.environ.get(name)
+    if text is None:
+        return default
+    try:
+        value = int(text)
+    except ValueError:
+        raise LaunchError(f"{name}={text!r} is not an integer: {_RELAUNCH}") from None
+    if not low <= value <= high:
+        allowed = f"{low}" if low == high else f"at least {low}" if high == sys.maxsize else f"from {low} to {high}"
+        raise LaunchError(f"{name}={value} must be {allowed} ({why}): {_RELAUNCH}")
+    return value
+
+
 def launch_from_env() -> Launch:
-    """Read torchrun's RANK, LOCAL_RANK, WORLD_SIZE and LOCAL_WORLD_SIZE (absent: one process)."""
-    env = os.environ
-    world_size = int(env.get("WORLD_SIZE", "1"))
-    return Launch(int(env.get("RANK", "0")), int(env.get("LOCAL_RANK", "0")), world_size,
-                  int(env.get("LOCAL_WORLD_SIZE", str(world_size))))
+    """Where this process sits, from torchrun's variables, checked; a LaunchError names the first
+    one that is wrong, and says to launch with torchrun or to unset them.
+
+    Without WORLD_SIZE, or with 1, this is one process: RANK, LOCAL_RANK and LOCAL_WORLD_SIZE may be
+    absent or say the same (0, 0, 1). A leftover value that names another process (LOCAL_RANK=3 in a
+    shell that a launch left behind) is refused, not ignored: it says that this process was meant to
+    be one of several, and alone it would train the whole run into the run folder that the others
+    write too. With WORLD_SIZE > 1 all of TORCHRUN_VARIABLES are set, with 0 ≤ RANK < WORLD_SIZE,
+    1 ≤ LOCAL_WORLD_SIZE ≤ WORLD_SIZE, 0 ≤ LOCAL_RANK < LOCAL_WORLD_SIZE and a MASTER_PORT from 1 to 65535.
+    """
+    world = _env_integer("WORLD_SIZE", 1, 1, sys.maxsize, "it counts the processes")
+    missing = [name for name in TORCHRUN_VARIABLES if not os.environ.get(name, "").strip()]
+    if world > 1 and missing:
+        raise LaunchError(f"WORLD_SIZE={world} but {_names(missing)} {'is' if len(missing) == 1 else 'are'} not "
+                          f"set: {_RELAUNCH}")
+    local_world = _env_integer("LOCAL_WORLD_SIZE", world, 1, world, f"at most {_told('WORLD_SIZE')}")
+    rank = _env_integer("RANK", 0, 0, world - 1, f"below {_told('WORLD_SIZE')}")
+    local_rank = _env_integer("LOCAL_RANK", 0, 0, local_world - 1, f"below {_told('LOCAL_WORLD_SIZE')}")
+    if world > 1:
+        _env_integer("MASTER_PORT", 0, 1, 65535, "a TCP port")
+    return Launch(rank, local_rank, world, local_world)
 
 
 def is_initialized() -> bool:
@@ -101,9 +158,12 @@ def setup(device: torch.device, backend: str, timeout_minutes: float, sync_bn: b
     """Join torchrun's process group when launched with several processes; return this rank's device.
 
     Under torchrun a CUDA device becomes cuda:LOCAL_RANK. Every check here runs before the group
-    forms and gives the same answer on every rank of a machine, so a refusal stops them all.
+    forms and gives the same answer on every rank of a machine, so a refusal stops them all; a rank
+    that does not join within timeout_minutes is named in one line (:func:`_joined_store`).
     Collectives that wait longer than timeout_minutes (a dead or stuck rank) raise instead of hanging.
+    Next to the main group every rank joins a gloo group for host values (:func:`max_over_ranks`).
     """
+    global _host_group
     launch = launch_from_env()
     if launch.world_size == 1:
         return device
@@ -113,10 +173,10 @@ def setup(device: torch.device, backend: str, timeout_minutes: float, sync_bn: b
         if device.index is not None:
             raise UserError(f"--device {device} names one GPU, but under torchrun each process takes "
                             f"the GPU of its LOCAL_RANK: use --device cuda (or auto)")
-        if launch.local_world_size > torch.cuda.device_count():  # the same answer on every rank of the machine
-            raise UserError(f"torchrun started {launch.local_world_size} processes on this machine but it "
-                            f"has {torch.cuda.device_count()} GPUs: use --nproc_per_node "
-                            f"{torch.cuda.device_count()}")
+        gpus = torch.cuda.device_count()
+        if launch.local_world_size > gpus:  # the same answer on every rank of the machine
+            raise UserError(f"torchrun started {launch.local_world_size} processes on this machine but it has {gpus} "
+                            f"GPUs, one for each LOCAL_RANK below {gpus}: use --nproc_per_node {gpus}")
         device = torch.device("cuda", launch.local_rank)
     backend = choose_backend(backend, device)
     if sync_bn and device.type != "cuda":
@@ -125,25 +185,71 @@ def setup(device: torch.device, backend: str, timeout_minutes: float, sync_bn: b
         torch.cuda.set_device(device)
     timeout = timedelta(minutes=timeout_minutes)
     dist.init_process_group(backend, timeout=timeout, device_id=device if device.type == "cuda" else None,
-                            **_attempt_store(launch, timeout))
+                            store=_joined_store(launch, timeout), rank=launch.rank, world_size=launch.world_size)
+    _host_group = dist.new_group(backend="gloo", timeout=timeout)
     _start_heartbeat(launch.rank)
     return device
 
 
-def _attempt_store(launch: Launch, timeout: timedelta) -> dict:
-    """init_process_group's store, rank and world size: the launch's key-value store (torchrun's
-    agent store, or one that rank 0 hosts without torchrun) under a prefix of this attempt, so that
-    the workers torchrun restarts (--max_restarts) never read the addresses of the ones that died;
-    {} (the env:// default) when no MASTER_ADDR and MASTER_PORT say where the store is."""
+_host_group: dist.ProcessGroup | None = None  # every rank, over gloo: collectives of host values (max_over_ranks)
+
+
+def _ranks(ranks: list[int]) -> str:
+    """"rank 1", "ranks 1, 2"."""
+    return f"rank{'s' * (len(ranks) > 1)} {', '.join(map(str, ranks))}"
+
+
+def _joined_store(launch: Launch, timeout: timedelta) -> dist.Store:
+    """The launch's key-value store (torchrun's agent store, or one that rank 0 hosts without
+    torchrun) under a prefix of this attempt, so that the workers torchrun restarts (--max_restarts)
+    never read the addresses of the ones that died, once every rank has arrived in it.
+
+    Within `timeout` in all, this rank reaches the store, sets its key joined/<rank> and waits for
+    the others' (polling: torch's own waits log C++ warnings and stacks before they raise). A store
+    that cannot be reached or hosted, or a rank that never comes (not started, or started with
+    another MASTER_PORT), is then one line (LaunchError) instead of torch's DistStoreError.
+    """
     env = os.environ
-    if "MASTER_ADDR" not in env or "MASTER_PORT" not in env:
-        return {}
+    address, minutes = f"{env['MASTER_ADDR']}:{env['MASTER_PORT']}", f"{timeout.total_seconds() / 60:g} minutes"
+    deadline = time.monotonic() + timeout.total_seconds()
     host = env.get("TORCHELASTIC_USE_AGENT_STORE") != "True" and launch.rank == 0
-    store = dist.TCPStore(env["MASTER_ADDR"], int(env["MASTER_PORT"]), launch.world_size, is_master=host,
-                          timeout=timeout)
-    attempt = env.get("TORCHELASTIC_RESTART_COUNT", "0")
-    return {"store": dist.PrefixStore(f"emp-ssl/attempt-{attempt}/", store), "rank": launch.rank,
-            "world_size": launch.world_size}
+    if not host and not _reachable(env["MASTER_ADDR"], int(env["MASTER_PORT"]), deadline):
+        raise LaunchError(f"could not reach this launch's store at {address} within --dist_timeout ({minutes}): "
+                          f"start rank 0, which hosts it, with the same MASTER_ADDR and MASTER_PORT")
+    try:
+        store = dist.TCPStore(env["MASTER_ADDR"], int(env["MASTER_PORT"]), launch.world_size, is_master=host,
+                              timeout=timeout, wait_for_workers=False)
+    except RuntimeError as err:  # torch's DistNetworkError: the port is taken, or it is not a store's
+        raise LaunchError(f"cannot {'host' if host else 'use'} this launch's store at {address} "
+                          f"({one_line(err, sentence=True)}): choose another MASTER_PORT") from err
+    store = dist.PrefixStore(f"emp-ssl/attempt-{env.get('TORCHELASTIC_RESTART_COUNT', '0')}/", store)
+    keys = [f"joined/{rank}" for rank in range(launch.world_size)]
+    try:
+        store.set(keys[launch.rank], "1")
+        while not store.check(keys) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        absent = [rank for rank, key in enumerate(keys) if not store.check([key])]
+    except RuntimeError as err:  # the store's host has gone
+        raise LaunchError(f"this launch's store at {address} went away while the ranks joined (its host, rank 0 "
+                          f"without torchrun, stopped): see its output") from err
+    if absent:
+        raise LaunchError(f"{_ranks(absent)} did not join within --dist_timeout ({minutes}): start every rank "
+                          f"with the same WORLD_SIZE, MASTER_ADDR and MASTER_PORT (torchrun starts them all), or "
+                          f"give a slow start a larger --dist_timeout")
+    return store
+
+
+def _reachable(address: str, port: int, deadline: float) -> bool:
+    """Whether a TCP connection to address:port opens before the deadline (time.monotonic()),
+    trying every 0.1 s."""
+    while True:
+        try:
+            socket.create_connection((address, port), timeout=1).close()
+            return True
+        except OSError:
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.1)
 
 
 HEARTBEAT_S = 0.5  # how often every rank says it is alive
@@ -256,15 +362,16 @@ def peer_stopped(err: BaseException, stopped: list[int] | None = None) -> PeerSt
     """The one line for a collective that failed or timed out: which ranks stopped (default: watched
     now, :func:`stopped_ranks`), and what to do."""
     stopped = [rank for rank in (stopped_ranks() if stopped is None else stopped) if rank != get_rank()]
-    who = (f"rank{'s' * (len(stopped) > 1)} {', '.join(map(str, stopped))} stopped" if stopped else
-           "another rank did not answer within --dist_timeout")
+    who = f"{_ranks(stopped)} stopped" if stopped else "another rank did not answer within --dist_timeout"
     return PeerStopped(f"{who} ({one_line(err, sentence=True)}): see its output; this rank stops too. A torchrun "
                        f"restart (--max_restarts) resumes from last.pt")
 
 
 def cleanup() -> None:
     """Stop the heartbeat and leave the process group, if any."""
+    global _host_group
     _stop_heartbeat()
+    _host_group = None
     if is_initialized():
         dist.destroy_process_group()
 
@@ -273,7 +380,8 @@ def entry_point(main: Callable[..., None]) -> Callable[..., None]:
     """Wrap an entry point's main(args): leave the process group at exit, and let one process
     report a UserError. Before the group forms every rank refuses alike, so local rank 0 of each
     machine reports; afterwards rank 0 reports (:func:`fail_together` brings other ranks' messages to it).
-    Every other process exits with status 2 and says nothing. When a collective fails because ranks
+    Every other process exits with status 2 and says nothing, but for a :class:`LaunchError` (its own
+    environment, or the ranks it waited for), which every rank says. When a collective fails because ranks
     stopped (killed, out of memory, an error), every surviving rank says which in one line
     (:class:`PeerStopped`) and exits with status 2, within --dist_timeout. A run that a signal
     stopped (:class:`errors.Stopped`) leaves the group on every rank, which then exits with
@@ -283,8 +391,8 @@ def entry_point(main: Callable[..., None]) -> Callable[..., None]:
     def run(*args: object) -> None:
         try:
             main(*args)
-        except PeerStopped:
-            raise  # every survivor says so (the rank that would report may be the one that stopped)
+        except (PeerStopped, LaunchError):
+            raise  # every rank says so (the rank that would report may be the one that stopped, or not there)
         except Stopped:
             cleanup()  # every rank stopped at the same step, as they finish
             raise
@@ -392,27 +500,28 @@ def gather_with_grad(x: torch.Tensor, dim: int = 0) -> torch.Tensor:
 
 
 def max_over_ranks(value: int) -> int:
-    """The largest of every rank's value (value itself in one process). Collective."""
+    """The largest of every rank's value (value itself in one process). Collective, on the host
+    whatever the backend: one all-reduce of a CPU tensor over the gloo group that :func:`setup` makes
+    next to the main one, written and read through its NumPy view, so no device value is read and
+    the host waits for no GPU, only for the other ranks' hosts to reach the same call (about 0.3 ms
+    on one machine): cheap enough for every step (the stop signal, engine.train_one_epoch)."""
     if not is_initialized():
         return value
-    device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
-    packed = torch.tensor([value], device=device)
-    dist.all_reduce(packed, op=dist.ReduceOp.MAX)
-    return int(packed.item())
+    packed = torch.zeros(1, dtype=torch.int64)  # on the host
+    packed.numpy()[0] = value  # the NumPy view shares its memory: no operator, no read
+    dist.all_reduce(packed, op=dist.ReduceOp.MAX, group=_host_group)
+    return int(packed.numpy()[0])
 
 
-def mean_over_ranks(values: torch.Tensor, flag: bool = False) -> tuple[list, bool]:
-    """(values averaged over ranks, as nested Python lists; whether flag is set on any rank).
+def mean_over_ranks(values: torch.Tensor) -> list:
+    """values averaged over ranks, as nested Python lists.
 
     values: any float tensor on this rank's device (e.g. (steps, K) statistics), the same shape on
-    every rank; the mean of equal-sized local losses is the global loss. One all-reduce carries
-    the values and the flag (a SIGTERM that reaches one rank first still stops all of them at the
-    same step), and one device-to-host copy reads them: the only synchronisation of a read.
+    every rank; the mean of equal-sized local losses is the global loss. One all-reduce and one
+    device-to-host copy read them: the only synchronisation of a read.
     """
-    packed = torch.cat([values.detach().float().reshape(-1),
-                        torch.tensor([float(flag)], device=values.device)])  # (numel + 1,)
+    packed = values.detach().to(torch.float32, copy=True)  # all_reduce works in place: a copy
     if is_initialized():
         dist.all_reduce(packed, op=dist.ReduceOp.SUM)
-        packed[:-1] /= get_world_size()
-    host = packed.cpu()  # the one device-to-host copy
-    return host[:-1].view(values.shape).tolist(), bool(host[-1] > 0)
+        packed /= get_world_size()
+    return packed.cpu().tolist()  # the one device-to-host copy

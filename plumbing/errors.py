@@ -5,13 +5,16 @@ Entry points (plumbing.cli.run_cli) catch :class:`UserError` and print its messa
 (``error: …``) and exit with status 2, without a traceback. Leaf modules raise it for input the
 user can fix (a missing data folder, an impossible flag value); a bug raises anything else and
 keeps its traceback. A training run that a signal stopped raises :class:`Stopped` after the line
-that says so, and the process exits with 128 + the signal's number.
+that says so, and the process exits with 128 + the signal's number. Ctrl-C elsewhere ends a program
+with the line :data:`INTERRUPTED` and status 130, also while it is still importing torch
+(:func:`interrupt_in_one_line`).
 """
 from __future__ import annotations
 
 import os
 import re
 import signal
+import sys
 
 
 class Stopped(Exception):
@@ -31,11 +34,37 @@ class UserError(Exception):
     exit_at_once = False
 
 
+INTERRUPTED = "error: interrupted (Ctrl-C); files are written whole or not at all, so what was saved is intact"
+
+
 def speaks() -> bool:
-    """Whether this process tells the user what every process of a launch would tell alike: local
-    rank 0 under torchrun (its LOCAL_RANK; one process per machine, as before the process group
-    forms), and a process started without torchrun."""
-    return os.environ.get("LOCAL_RANK", "0") == "0"
+    """Whether this process tells the user what every process of a launch would tell alike: every
+    process but the local ranks other than 0 of a launch of several processes (WORLD_SIZE > 1 and
+    LOCAL_RANK > 0: one process per machine speaks, as before the process group forms). Outside a
+    launch (no WORLD_SIZE, or 1) a process always speaks, whatever its LOCAL_RANK says; one whose
+    variables are not numbers speaks too (and main.py refuses them)."""
+    world, local = (os.environ.get(name, "").strip() for name in ("WORLD_SIZE", "LOCAL_RANK"))
+    return not (world.isdecimal() and int(world) > 1 and local.isdecimal() and int(local) > 0)
+
+
+def _quit_interrupted(signum: int, frame: object) -> None:
+    print(f"\n{INTERRUPTED}", file=sys.stderr)
+    raise SystemExit(128 + signum)
+
+
+def interrupt_in_one_line() -> None:
+    """Until :func:`plumbing.cli.run_cli` starts, Ctrl-C ends the program with the line and the
+    status 130 that run_cli gives, instead of a KeyboardInterrupt traceback from the middle of
+    `import torch`. An entry point run as a program calls it before its other imports; a program
+    started with Ctrl-C ignored (in the background) keeps ignoring it."""
+    if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+        signal.signal(signal.SIGINT, _quit_interrupted)
+
+
+def interrupt_as_usual() -> None:
+    """Undo :func:`interrupt_in_one_line`: Ctrl-C raises KeyboardInterrupt again."""
+    if signal.getsignal(signal.SIGINT) is _quit_interrupted:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def one_line(err: BaseException, typed: bool = False, sentence: bool = False) -> str:

@@ -1,8 +1,9 @@
 """Stopping a run cleanly: SIGTERM (what clusters send before preemption) and Ctrl-C.
 
 While :class:`Preemption` is entered, the first SIGTERM or Ctrl-C (SIGINT) is remembered instead of
-killing the process: the training loop reads the flag at its next read of the step values (every
---log_every steps, at a step boundary), saves last.pt and says so in one line, and the process then
+killing the process: the training loop looks at it after every step (the ranks of a launch agree on
+it there with one all-reduce of a host value, no device read: distributed.max_over_ranks), stops
+after the step that was running, saves last.pt and says so in one line, and the process then
 exits with 128 + the signal's number (errors.Stopped: 130 after Ctrl-C, 143 after SIGTERM), not 0,
 so that a shell chain, a scheduler or torchrun's agent does not take the run for a finished one
 (workers that torchrun restarts after such a stop end at once: :func:`refuse_restart_after_stop`).
@@ -27,11 +28,11 @@ from plumbing.errors import Stopped, speaks
 
 
 class Preemption:
-    """While entered, remembers a SIGTERM or the first Ctrl-C in :attr:`requested` (its number in
-    :attr:`signum`, 0 before any); a second Ctrl-C raises KeyboardInterrupt."""
+    """While entered, remembers a SIGTERM or the first Ctrl-C: its number in :attr:`signum` (0
+    before any); a second Ctrl-C raises KeyboardInterrupt."""
 
     def __enter__(self) -> Preemption:
-        self.requested, self.signum = False, 0
+        self.signum = 0
         self._previous = {sig: signal.signal(sig, self._request) for sig in (signal.SIGTERM, signal.SIGINT)}
         return self
 
@@ -40,12 +41,12 @@ class Preemption:
             signal.signal(sig, handler)
 
     def _request(self, signum: int, frame: Any) -> None:
-        if signum == signal.SIGINT and self.requested:
+        if signum == signal.SIGINT and self.signum:
             raise KeyboardInterrupt
-        self.requested, self.signum = True, signum
+        self.signum = signum
         if signum == signal.SIGINT and speaks():  # one process per machine says so
-            print("\nCtrl-C: stopping at the next read of the step values, then saving last.pt "
-                  "(Ctrl-C again quits at once, without saving)", file=sys.stderr, flush=True)
+            print("\nCtrl-C: stopping after this step, then saving last.pt (Ctrl-C again quits at once, "
+                  "without saving)", file=sys.stderr, flush=True)
 
 
 def refuse_restart_after_stop(run_dir: Path) -> None:

@@ -47,9 +47,13 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import TypeVar
 
-import torch
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+if __name__ == "__main__":  # first: Ctrl-C while the modules below load ends in one line, status 130
+    from plumbing.errors import interrupt_in_one_line
+    interrupt_in_one_line()
+
+import torch  # noqa: E402
 
 from build import patch_shape, training_patches  # noqa: E402
 from dataset import AUGMENTS, TrainingPatches  # noqa: E402

@@ -32,12 +32,16 @@ from dataclasses import replace
 from functools import partial
 from pathlib import Path
 
-import torch
-import torch.nn as nn
-import torch.nn.functional as F
-from torch.utils.data import Dataset, Subset
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root, for `python scripts/…`
+
+if __name__ == "__main__":  # first: Ctrl-C while the modules below load ends in one line, status 130
+    from plumbing.errors import interrupt_in_one_line
+    interrupt_in_one_line()
+
+import torch  # noqa: E402
+import torch.nn as nn  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+from torch.utils.data import Dataset, Subset  # noqa: E402
 
 from dataset import AUGMENTS, DATASETS, EvaluationPatches, PatchRecipe, build_dataset  # noqa: E402
 from dataset.catalog import DATA_DEFAULTS  # noqa: E402

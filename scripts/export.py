@@ -24,9 +24,13 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import torch
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+if __name__ == "__main__":  # first: Ctrl-C while the modules below load ends in one line, status 130
+    from plumbing.errors import interrupt_in_one_line
+    interrupt_in_one_line()
+
+import torch  # noqa: E402
 
 from hubconf import emp_ssl_resnet18  # noqa: E402
 from model import ENCODER_DEFAULTS, RESNET18_ARCHS, Encoder  # noqa: E402

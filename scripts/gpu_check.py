@@ -61,10 +61,14 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TextIO
 
-import torch
-
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+if __name__ == "__main__":  # first: Ctrl-C while the modules below load ends in one line, status 130
+    from plumbing.errors import interrupt_in_one_line
+    interrupt_in_one_line()
+
+import torch  # noqa: E402
 
 import evaluate as eval_entry  # noqa: E402
 import main as train_entry  # noqa: E402

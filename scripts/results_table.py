@@ -19,6 +19,11 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+if __name__ == "__main__":  # first: Ctrl-C while the modules below load ends in one line, status 130
+    from plumbing.errors import interrupt_in_one_line
+    interrupt_in_one_line()
+
+
 from plumbing.cli import ArgumentParser, run_cli  # noqa: E402
 from plumbing.errors import UserError  # noqa: E402
 from scripts.rows import RESULT_FIELDS, ROWS, field_problem  # noqa: E402

@@ -38,6 +38,7 @@ class TestImageFolders:
 
     def test_under_torchrun_every_process_skips_but_only_local_rank_0_warns(self, monkeypatch,
                                                                             corrupt_tree: Path) -> None:
+        monkeypatch.setenv("WORLD_SIZE", "2")
         monkeypatch.setenv("LOCAL_RANK", "1")
         with warnings.catch_warnings():
             warnings.simplefilter("error")  # a warning would fail the test

@@ -22,6 +22,7 @@ from loss import EMPSSLLoss
 from model import Encoder
 from plumbing import distributed
 from plumbing.errors import UserError
+from plumbing.host_sync import HostSyncs
 
 P, B, WORLD = 4, 8, 2  # patches, global batch, ranks
 
@@ -74,8 +75,10 @@ def rank_worker(rank: int, port: int, out: Path) -> None:
     mine = [v[rank * B // WORLD:(rank + 1) * B // WORLD] for v in views]  # P × (B/W, C, H, W)
     net = distributed.wrap(model, device, sync_bn=False)
     parts, grads = step_and_grads(net, mine, criterion, model)
-    values, stop = distributed.mean_over_ranks(torch.stack(list(parts.values())), flag=rank == 1)  # (K,)
-    result.update(parts=dict(zip(parts, values, strict=True)), grads=grads, stop=stop)
+    values = distributed.mean_over_ranks(torch.stack(list(parts.values())))  # (K,)
+    with HostSyncs() as watched:  # the stop signal's agreement, after every step of a run
+        agreed = distributed.max_over_ranks(signal.SIGTERM if rank == 1 else 0)
+    result.update(parts=dict(zip(parts, values, strict=True)), grads=grads, stop=(agreed, watched.syncs))
 
     def only_rank_1_fails() -> str:
         if rank == 1:
@@ -124,7 +127,8 @@ class TestGatherWithoutProcessGroup:
     def test_collective_helpers_run_the_step_once_in_one_process(self) -> None:
         assert distributed.fail_together(lambda: 7) == 7 and distributed.main_first(lambda: 8) == 8
         assert distributed.on_main(lambda x: x + 1, 8) == 9
-        assert distributed.mean_over_ranks(torch.tensor([[2.5, -1.0]]), True) == ([[2.5, -1.0]], True)
+        assert distributed.mean_over_ranks(torch.tensor([[2.5, -1.0]])) == [[2.5, -1.0]]
+        assert distributed.max_over_ranks(signal.SIGTERM) == signal.SIGTERM
         assert (distributed.get_rank(), distributed.get_world_size(), distributed.is_main()) == (0, 1, True)
 
 
@@ -147,7 +151,8 @@ class TestTwoRanks:
         for result in two_ranks:
             for name in ("loss", "invariance", "coding_rate"):
                 assert result["parts"][name] == pytest.approx(parts[name].item(), rel=1e-5), name
-            assert result["stop"], "rank 1's flag (a SIGTERM) must reach every rank in the same read"
+            # rank 1's SIGTERM reaches every rank in the same call, a host value: nothing waits for a device
+            assert result["stop"] == (signal.SIGTERM, [])
             assert result["grads"].keys() == grads.keys()
             # float32 sums in another order differ by ~1e-6 of a gradient's norm; a gather whose
             # backward does not sum over ranks is off by 2e-2 to 5e-1
@@ -207,11 +212,11 @@ class TestTorchrun:
 @pytest.fixture
 def launched(monkeypatch: pytest.MonkeyPatch):
     """launched(rank): the environment torchrun gives rank `rank` of 2 on one machine (no group forms:
-    every refusal tested here comes first)."""
+    every refusal tested here comes first, and no store answers at MASTER_PORT)."""
     def set_rank(rank: int) -> None:
-        for name, value in (("RANK", rank), ("LOCAL_RANK", rank), ("WORLD_SIZE", WORLD), ("LOCAL_WORLD_SIZE", WORLD)):
+        for name, value in (("RANK", rank), ("LOCAL_RANK", rank), ("WORLD_SIZE", WORLD), ("LOCAL_WORLD_SIZE", WORLD),
+                            ("MASTER_ADDR", "127.0.0.1"), ("MASTER_PORT", free_port())):
             monkeypatch.setenv(name, str(value))
-        monkeypatch.delenv("MASTER_ADDR", raising=False)
     return set_rank
 
 
@@ -302,6 +307,25 @@ class TestARankThatDies:
             assert torch.equal(ours["model"][key], value), key
 
 
+SIGTERM_RANK_1_IN_STEP_3 = """
+import os, signal, sys
+sys.path.insert(0, {root!r})
+import engine
+real_step, calls = engine.train_step, []
+
+def train_step(*args, **kwargs):
+    calls.append(1)
+    if len(calls) == 3 and os.environ["RANK"] == "1":
+        os.kill(os.getpid(), signal.SIGTERM)  # rank 1 alone, as its step 3 begins
+    return real_step(*args, **kwargs)
+
+engine.train_step = train_step
+import main
+from plumbing.cli import run_cli
+run_cli(main.main, main.get_args_parser())
+"""
+
+
 def wait_for(path: Path, seconds: float = 120) -> None:
     """Poll until path exists (at most `seconds`)."""
     deadline = time.monotonic() + seconds
@@ -369,3 +393,26 @@ class TestAStopUnderTorchrun:
         assert f"SIGTERM: stopped at step {step}, last.pt saved" in stdout  # rank 0 learnt rank 1's signal
         assert "SIGTERM stopped this run in an earlier attempt of this torchrun job: not restarting" in stderr
         assert "torchrun restart" not in stdout and "done:" not in stdout  # the restart trained nothing
+
+    def test_sigterm_to_one_worker_in_a_step_stops_both_after_that_step(self, tmp_path: Path) -> None:
+        """Rank 1 alone gets SIGTERM during its step 3 of an 8-step epoch, and the step values are
+        read every 1000 steps: both ranks stop after step 3 (they agree after every step, on the
+        host), not at the epoch's end; last.pt holds step 3 and --resume continues exactly."""
+        flags = [*TINY_RUN, "--train_subset", "128", "--epoch", "100", "--log_every", "1000", "--deterministic",
+                 "--dist_timeout", "2"]
+        script = tmp_path / "sigterm_rank_1.py"
+        script.write_text(SIGTERM_RANK_1_IN_STEP_3.format(root=str(ROOT)))
+        run = tmp_path / "stopped"
+        stopped = torchrun(*flags, "--output_dir", str(run), cwd=tmp_path, script=script)
+        assert stopped.returncode == 1 and "exitcode  : 143" in stopped.stderr, stopped.stderr[-3000:]
+        assert "SIGTERM: stopped at step 3, last.pt saved" in stopped.stdout, stopped.stdout[-3000:]
+        assert torch.load(run / "save_models" / "last.pt", weights_only=False)["step"] == 3
+        end = ["--max_steps", "5"]
+        resumed = torchrun(*flags, "--output_dir", str(run), "--resume", *end, cwd=tmp_path)
+        straight = torchrun(*flags, "--output_dir", str(tmp_path / "straight"), *end, cwd=tmp_path)
+        assert resumed.returncode == straight.returncode == 0, resumed.stderr[-3000:] + straight.stderr[-3000:]
+        ours, reference = (torch.load(folder / "save_models" / "last.pt", weights_only=False)
+                           for folder in (run, tmp_path / "straight"))
+        assert ours["step"] == reference["step"] == 5
+        for key, value in reference["model"].items():
+            assert torch.equal(ours["model"][key], value), key
