@@ -156,10 +156,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     logging.add_argument("--resume", action="store_true",
                          help="continue the run in the run folder from its save_models/last.pt")
     logging.add_argument("--log_every", type=int, default=10,
-                         help="read the step values (loss, invariance, coding rate) from the device every N steps: "
-                              "the progress bar and the non-finite check act then; TensorBoard still gets every "
-                              "step, and SIGTERM and Ctrl-C stop the run after the step they come in (default "
-                              "%(default)s; 1 waits for the GPU at every step)")
+                         help="read the step values (loss, invariance, coding rate) from the device every N steps, "
+                              "when the progress bar and the non-finite check act (TensorBoard still gets every step; "
+                              "SIGTERM and Ctrl-C stop after the step under way) (%(default)s; 1 waits at every step)")
     logging.add_argument("--save_every_steps", type=int, default=None,
                          help="also write last.pt every N steps, so a killed run loses at most N steps "
                               "(default: at the end of every epoch and at a stop only)")
