@@ -155,6 +155,16 @@ class Training:
         ckpt.set_rng_state(state["rng"])
         self.step = state["step"]
 
+    def take_step(self, x: torch.Tensor, guard: NonFiniteGuard | None) -> dict[str, torch.Tensor]:
+        """One step of the run on patches x (P·B, C, H, W): :func:`train_step` on its parts in its
+        slices under the guard, then the schedule's step; step + 1. No host read: returns the step's
+        values on the device (what train_one_epoch logs, and the scripts time)."""
+        stats = train_step(self.wrapped, self.criterion, self.optimizer, x, self.num_patches, self.amp_dtype, guard,
+                           self.chunks)
+        self.scheduler.step()
+        self.step += 1
+        return stats
+
     def save(self, name: str = ckpt.LAST) -> Path:
         """Write save_models/<name> (rank 0; the others wait and stop too if it fails)."""
         state = {"model": self.encoder.state_dict(), "optimizer": self.optimizer.state_dict(),
@@ -360,10 +370,7 @@ def train_one_epoch(training: Training, batches: Iterable[torch.Tensor], log: St
                    leave=False, disable=not is_main())
     for x in log.bar:
         lr = training.optimizer.param_groups[0]["lr"]
-        stats = train_step(training.wrapped, training.criterion, training.optimizer, x, training.num_patches,
-                           training.amp_dtype, log.guard, training.chunks)
-        training.scheduler.step()
-        training.step += 1
+        stats = training.take_step(x, log.guard)
         log.add(training.step, lr, stats)
         stop = max_over_ranks(preemption.signum)  # 0 on every rank, or the same signal on all
         save_due = bool(save_every) and training.step % save_every == 0

@@ -58,7 +58,7 @@ import torch  # noqa: E402
 from build import patch_shape, training_patches  # noqa: E402
 from dataset import AUGMENTS, TrainingPatches  # noqa: E402
 from dataset.catalog import DATA_DEFAULTS  # noqa: E402
-from engine import NonFiniteGuard, Training, seed_everything, train_step  # noqa: E402
+from engine import NonFiniteGuard, Training, seed_everything  # noqa: E402
 from loss import total_coding_rate  # noqa: E402
 from main import build_training  # noqa: E402
 from main import get_args_parser as training_flags  # noqa: E402
@@ -226,17 +226,10 @@ def fresh_training(run: argparse.Namespace, device: torch.device, steps_per_epoc
 
 def training_step(training: Training, source: Iterator[torch.Tensor],
                   guard: NonFiniteGuard) -> Callable[[], dict[str, torch.Tensor]]:
-    """main.py's step between two reads of its values, as a closure: the next batch of source,
-    engine.train_step on the run's parts under the non-finite guard in its --patch_chunks slices,
-    the schedule's step; no host read. Returns the step's values, on the device."""
-    def step() -> dict[str, torch.Tensor]:
-        stats = train_step(training.wrapped, training.criterion, training.optimizer, next(source),
-                           training.num_patches, training.amp_dtype, guard, training.chunks)
-        training.scheduler.step()
-        training.step += 1
-        return stats
-
-    return step
+    """main.py's step between two reads of its values, as a closure: Training.take_step (the one
+    engine's loop takes) on the next batch of source; no host read. Returns the step's values, on
+    the device."""
+    return lambda: training.take_step(next(source), guard)
 
 
 def bench_train(args: argparse.Namespace, cfg: dict, device: torch.device) -> dict:
