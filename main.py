@@ -22,7 +22,6 @@ if __name__ == "__main__":  # first: Ctrl-C while the modules below load ends in
 import argparse
 import math
 import os
-import shlex
 from collections.abc import Sequence
 from functools import partial
 from pathlib import Path
@@ -268,21 +267,19 @@ def resume_state(args: argparse.Namespace, run_dir: Path) -> dict[str, Any] | No
     if restart and not args.resume and last.exists():
         distributed.print_main(f"torchrun restart {restart}: resuming from {last}")
         args.resume = True
-    newest = ckpt.newest_epoch_checkpoint(run_dir)
-    copy = shlex.join(["cp", str(newest), str(last)]) if newest else ""
-    restore = f"continue from its newest epoch checkpoint ({newest.name}) with `{copy}`" if newest else ""
+    restore = ckpt.restore_last(run_dir)  # "" when no epoch checkpoint is there
     if not args.resume:
         if last.exists():
             raise UserError(f"{run_dir} already holds checkpoints: pass --resume to continue that run, "
                             f"or choose another --output_dir or --msg")
         if ckpt.existing_checkpoints(run_dir):
-            fix = f"{restore}, then pass --resume" if newest else "choose another --output_dir or --msg"
+            fix = f"{restore}, then pass --resume" if restore else "choose another --output_dir or --msg"
             raise UserError(f"{run_dir} holds checkpoints but no {ckpt.LAST}: {fix}")
         return None
-    if not last.exists() and newest:
+    if not last.exists() and restore:
         raise UserError(f"--resume: {run_dir} has no {ckpt.CHECKPOINT_DIR}/{ckpt.LAST}: {restore}, then run this "
                         f"command again")
-    then = f"move it out of {ckpt.CHECKPOINT_DIR}/ and {restore}" if newest else "start a run in another --output_dir"
+    then = f"move it out of {ckpt.CHECKPOINT_DIR}/ and {restore}" if restore else "start a run in another --output_dir"
     try:
         state = ckpt.load_checkpoint(last)
     except UserError as err:

@@ -9,6 +9,7 @@ import functools
 import json
 import os
 import random
+import shlex
 import shutil
 import subprocess
 import sys
@@ -152,6 +153,17 @@ def newest_epoch_checkpoint(run_dir: Path) -> Path | None:
     """save_models/<epoch>.pt of the highest epoch in a run folder (9.pt before 10.pt), or None."""
     epochs = [path for path in existing_checkpoints(run_dir) if path.stem.isdigit()]
     return max(epochs, key=lambda path: int(path.stem), default=None)
+
+
+def restore_last(run_dir: Path) -> str:
+    """How to make a run folder's newest epoch checkpoint its last.pt, for a message: "continue from
+    its newest epoch checkpoint (9.pt) with `cp <run>/save_models/9.pt <run>/save_models/last.pt`";
+    "" when the folder holds no epoch checkpoint."""
+    newest = newest_epoch_checkpoint(run_dir)
+    if newest is None:
+        return ""
+    copy = shlex.join(["cp", str(newest), str(run_dir / CHECKPOINT_DIR / LAST)])
+    return f"continue from its newest epoch checkpoint ({newest.name}) with `{copy}`"
 
 
 def write_run_record(run_dir: Path, args: dict[str, Any]) -> None:

@@ -184,11 +184,10 @@ def continuation(train: argparse.Namespace, run_dir: Path) -> list[str]:
     is a run whose last.pt is gone (naming the `cp` from its newest epoch checkpoint)."""
     last = run_dir / ckpt.CHECKPOINT_DIR / ckpt.LAST
     if not last.exists():
-        newest = ckpt.newest_epoch_checkpoint(run_dir)
-        if newest is not None:
-            raise UserError(f"{run_dir} holds epoch checkpoints but no {ckpt.LAST}: continue from its newest "
-                            f"({newest.name}) with `{shlex.join(['cp', str(newest), str(last)])}` and run this "
-                            f"command again, or pass a new --run_dir to train afresh")
+        restore = ckpt.restore_last(run_dir)
+        if restore:
+            raise UserError(f"{run_dir} holds epoch checkpoints but no {ckpt.LAST}: {restore} and run this command "
+                            f"again, or pass a new --run_dir to train afresh")
         return []
     diff = train_entry.changed_flags(ckpt.load_checkpoint(last).get("args", {}), train)
     if diff:
