@@ -23,7 +23,7 @@ Usage:
     python scripts/benchmark.py --threads 1            # CPU sizes, one core
     python scripts/benchmark.py --tiny --device cpu --steps 2 --warmup 1   # toy sizes, seconds
     python scripts/benchmark.py --full --workers 8 --precision bf16 --channels_last   # paper size on a GPU
-    python scripts/benchmark.py --data imagefolder --data_dir /path/to/images   # your own images
+    python scripts/benchmark.py --data imagefolder --data_dir data/cifar10-slice   # scripts/make_cifar_slice.py's
 
 --data imagefolder reads an ImageFolder tree, <data_dir>/train/<class>/<image> (and val/ or test/
 beside it); --data cifar10 reads torchvision's CIFAR-10 folder (<data_dir>/cifar-10-batches-py/)

@@ -3,7 +3,7 @@ paths (batched on the device, pil in DataLoader workers), and the probes' time.
 
 Usage:
     python scripts/benchmark_eval.py                      # synthetic images, CPU-sized, a few minutes
-    python scripts/benchmark_eval.py --data imagefolder --data_dir /path/to/images --images 64
+    python scripts/benchmark_eval.py --data imagefolder --data_dir data/cifar10-slice --images 64  # make_cifar_slice.py
     python scripts/benchmark_eval.py --device cuda --images 5000 --eval_bs 500 --workers 16 \
         --knn_train 50000 --knn_test 10000 --linear_train 50000 --linear_epochs 5
 

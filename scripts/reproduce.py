@@ -8,6 +8,7 @@ Usage:
     python scripts/reproduce.py cifar10-1ep --train_args "--data imagefolder --data_dir /data/cifar10-jpeg"
     python scripts/reproduce.py cifar100-10ep --dry_run                       # print the commands only
     python scripts/reproduce.py cifar10-1ep --smoke                           # the same chain, tiny, CPU, seconds
+    python scripts/reproduce.py cifar10-30ep-to-cifar100                      # a transfer row: cifar10-30ep's run
     python scripts/results_table.py results/*.json                            # the README's table
 
 main.py and evaluate.py run in this process, one after the other; their command lines (from the
@@ -24,6 +25,10 @@ result file: an earlier one is kept as <row>.json.N (the next free N), never ove
 --run_dir trains afresh. A SIGTERM or Ctrl-C during the training
 stops it with last.pt saved and ends reproduce.py there, with main.py's status (143 or 130),
 without evaluating the half-trained run. Rows and protocols: scripts/rows.py.
+
+A transfer row (`<source row>-to-<target>`) trains its source row exactly as `reproduce.py <source
+row>` does, in the source row's run folder, unless the source checkpoint is there already (then it is
+reused and main.py does not run); both evaluations read the target data set, in --target_data_dir.
 """
 from __future__ import annotations
 
@@ -58,7 +63,7 @@ from plumbing.device import resolve_device  # noqa: E402
 from plumbing.errors import Stopped, UserError  # noqa: E402
 from plumbing.files import WriteFailed, check_writable, failure_cause, write_or_print  # noqa: E402
 from probes import KNN_K, KNN_T, OFFICIAL_LINEAR  # noqa: E402
-from scripts.rows import PUBLISHED_LABEL, ROWS, Row  # noqa: E402
+from scripts.rows import ALL_ROWS, Row  # noqa: E402
 
 # --smoke: the row's schedule and checkpoint at a size that runs anywhere in seconds (one step per epoch).
 SMOKE_TRAIN = {"data": "synthetic", "arch": "resnet10-cifar", "hidden_dim": 64, "z_dim": 32, "num_patches": 4,
@@ -69,10 +74,13 @@ SMOKE_EVAL = ["--train_subset", "20", "--test_subset", "20", "--test_patches", "
 
 def get_args_parser() -> argparse.ArgumentParser:
     parser = ArgumentParser("EMP-SSL reproduction", description="Train and evaluate one row of the paper's "
-                            f"results table. Rows: {', '.join(ROWS)}.")
+                            f"results table. Rows: {', '.join(ALL_ROWS)}.")
     parser.add_argument("row", help="the row to reproduce (see scripts/rows.py)")
     parser.add_argument("--data_dir", type=Path, default=DATA_DEFAULTS["data_dir"],
                         help="folder of the data set (default: %(default)s)")
+    parser.add_argument("--target_data_dir", type=Path, default=None,
+                        help="a transfer row's folder of the target data set (default: --data_dir, which holds both "
+                             "CIFARs as torchvision keeps them)")
     parser.add_argument("--device", default="auto", help="auto (CUDA when present, else CPU), cpu, cuda or cuda:N")
     parser.add_argument("--train_args", default="", help="extra main.py flags, e.g. the fast path: "
                         "\"--augment batched --precision bf16 --channels_last\"; they come last, so they win")
@@ -82,8 +90,9 @@ def get_args_parser() -> argparse.ArgumentParser:
                         help="folder of the result file (%(default)s); an earlier result file of the row there is "
                              "kept as <name>.json.N, never overwritten")
     parser.add_argument("--run_dir", type=Path, default=None,
-                        help="training run folder (default: logs/reproduce/<row>, or <row>-smoke); a run already "
-                             "there is continued (a finished one only evaluated), so pass a new one to train afresh")
+                        help="training run folder (default: logs/reproduce/<row>, or <row>-smoke; a transfer row's "
+                             "is its source row's); a run already there is continued (a finished one only evaluated), "
+                             "so pass a new one to train afresh")
     parser.add_argument("--dry_run", action="store_true", help="print the commands and stop")
     parser.add_argument("--smoke", action="store_true", help="the same chain on synthetic data, on the CPU, at a "
                         "tiny size (seconds); the result file is <row>.smoke.json with \"smoke\": true")
@@ -130,10 +139,17 @@ def official_eval() -> list[str]:
     return flags({"test_patches": TEST_PATCHES, "knn_k": KNN_K, "knn_t": KNN_T, **linear})
 
 
-def eval_data_flags(train: argparse.Namespace) -> list[str]:
-    """evaluate.py's data flags for the data a training run read: --data, --data_dir, --download."""
-    download = "--download" if train.download else "--no-download"
-    return ["--data", train.data, "--data_dir", str(train.data_dir), download]
+def eval_data_flags(train: argparse.Namespace, row: Row, args: argparse.Namespace) -> list[str]:
+    """evaluate.py's data flags (--data, --data_dir, --download): the data the training read, or a
+    transfer row's target in --target_data_dir (else --data_dir). At --smoke size the training's data
+    stands in for the target: there is no second synthetic set."""
+    if args.target_data_dir is not None and row.target_data is None:
+        raise UserError(f"--target_data_dir is for transfer rows, and {row.name} evaluates on the data it trained "
+                        f"on: drop it (--eval_args \"--data_dir …\" evaluates on other data)")
+    transfer = row.target_data is not None and not args.smoke
+    data, data_dir = (row.target_data, args.target_data_dir or args.data_dir) if transfer else (train.data,
+                                                                                                train.data_dir)
+    return ["--data", str(data), "--data_dir", str(data_dir), "--download" if train.download else "--no-download"]
 
 
 def model_flags(train: argparse.Namespace) -> list[str]:
@@ -198,11 +214,12 @@ def continuation(train: argparse.Namespace, run_dir: Path) -> list[str]:
 
 def make_plan(args: argparse.Namespace) -> Plan:
     """Every command of the row, checked by the entry points' parsers before anything runs."""
-    row = ROWS.get(args.row)
+    row = ALL_ROWS.get(args.row)
     if row is None:
-        raise UserError(f"unknown row {args.row!r}: choose one of {', '.join(ROWS)}")
-    name = f"{row.name}.smoke" if args.smoke else row.name
-    run_dir = args.run_dir or Path("logs") / "reproduce" / name.replace(".", "-")
+        raise UserError(f"unknown row {args.row!r}: choose one of {', '.join(ALL_ROWS)}")
+    name, trained_as = (f"{row.name}.smoke", f"{row.source_row or row.name}-smoke") if args.smoke else \
+        (row.name, row.source_row or row.name)
+    run_dir = args.run_dir or Path("logs") / "reproduce" / trained_as
     device = "cpu" if args.smoke else args.device
     settings = {**row.settings(), **(SMOKE_TRAIN if args.smoke else {})}
     fixed = flags(settings) + ["--data_dir", str(args.data_dir), "--device", device, "--output_dir", str(run_dir)]
@@ -213,9 +230,10 @@ def make_plan(args: argparse.Namespace) -> Plan:
     trained = parse(train_entry, train)
 
     checkpoint = run_dir / ckpt.CHECKPOINT_DIR / row.checkpoint
-    eval_json, baseline_json = checkpoint.with_suffix(".eval.json"), checkpoint.with_suffix(".random_init.eval.json")
+    stem = checkpoint.stem + ("" if row.target_data is None else f".to-{row.target_data}")  # 29, 29.to-cifar100
+    eval_json, baseline_json = (checkpoint.with_name(f"{stem}{kind}.eval.json") for kind in ("", ".random_init"))
     protocol = SMOKE_EVAL if args.smoke else official_eval()
-    common = [*eval_data_flags(trained), "--device", device, *protocol]
+    common = [*eval_data_flags(trained, row, args), "--device", device, *protocol]
     refuse_own_flags(eval_entry, ["--ckpt", str(checkpoint), *common, "--output", str(eval_json)], extra_eval,
                      OWN_EVAL, "--eval_args")
     evaluate = ["--ckpt", str(checkpoint), *common, "--output", str(eval_json), *extra_eval]
@@ -271,6 +289,21 @@ def evaluate_once(argv: list[str]) -> float:
     return done["seconds"]["total"]
 
 
+def train_once(plan: Plan) -> float:
+    """main.py with the plan's flags, unless the plan is a transfer row whose source checkpoint is there
+    already: then it is reused, with a line that says so. The training's seconds (0 when reused)."""
+    if plan.row.source_row is not None and plan.checkpoint.is_file():
+        print(f"reusing {plan.checkpoint}: {plan.row.source_row} trained it already (this transfer row only "
+              f"evaluates it)", flush=True)
+        return 0.0
+    try:
+        return run(train_entry, plan.train)
+    except Stopped as stop:  # a half-trained run is not evaluated; this process exits with 130 or 143
+        print(f"reproduce: {stop} stopped the training, so nothing was evaluated: run the same reproduce.py command "
+              f"again to continue the training and evaluate it", file=sys.stderr, flush=True)
+        raise
+
+
 def keep_earlier(result: Path) -> None:
     """Move an earlier result file out of the way to <name>.N (the next free N), with a line that says
     so: a result file is never overwritten."""
@@ -293,17 +326,30 @@ def device_name(device: str) -> str:
     return torch.cuda.get_device_name(resolved) if resolved.type == "cuda" else "cpu"
 
 
+def transfer_fields(row: Row, source_data: str, target_data: str, smoke: bool) -> dict[str, str]:
+    """A transfer row's own keys of the result file (rows.TRANSFER_FIELDS): the data sets as they ran."""
+    words = f"the encoder of {row.source_row} (trained on {source_data}), frozen, evaluated on {target_data}"
+    if smoke:
+        words += (f"; --smoke: the source row's smoke run, evaluated on its own training data standing in for "
+                  f"{row.target_data} (there is no second synthetic set): it only shows that the chain runs")
+    return {"source_row": str(row.source_row), "source_data": source_data, "target_data": target_data,
+            "transfer": words}
+
+
 def summarise(plan: Plan, smoke: bool, seconds: dict[str, float]) -> dict[str, Any]:
-    """The result file: the row, what ran, the published number, ours, the baseline and the times."""
+    """The result file: the row, what ran, the published number, ours, the baseline and the times (and a
+    transfer row's data sets)."""
     ours, baseline = (json.loads(path.read_text()) for path in (plan.eval_json, plan.baseline_json))
     train = parse(train_entry, plan.train)
-    row = plan.row
+    row = replace(plan.row, num_patches=train.num_patches, data=train.data,
+                  target_data=plan.row.target_data and ours["data"])  # as they ran, --smoke's included
+    transfer = {} if row.source_row is None else transfer_fields(plan.row, train.data, ours["data"], smoke)
     return {
-        "row": row.name, "smoke": smoke, "protocol": replace(row, num_patches=train.num_patches).protocol,
+        "row": row.name, "smoke": smoke, "protocol": row.protocol,
         "data": train.data, "arch": train.arch,
         "num_patches": train.num_patches, "bs": train.bs, "lr": train.lr, "schedule_epochs": train.epoch,
         "trained_epochs": row.trained_epochs, "checkpoint": str(plan.checkpoint), "resumed": train.resume,
-        "published_linear_top1": row.published, "published_label": PUBLISHED_LABEL + row.note,
+        "published_linear_top1": row.published, "published_label": row.published_label,
         "linear_top1_final": ours["linear"]["top1"],
         "linear_top1_best_over_test_epochs": ours["linear"]["best_top1_over_test_epochs (official reporting)"],
         "knn_top1": ours["knn"]["top1"],
@@ -315,7 +361,7 @@ def summarise(plan: Plan, smoke: bool, seconds: dict[str, float]) -> dict[str, A
         "eval_seconds": seconds["evaluate"], "random_init_eval_seconds": seconds["baseline"],
         "gpu": device_name(train.device), "torch": torch.__version__, "git_commit": ckpt.git_commit(),
         "commands": [command_line(train_entry, plan.train), command_line(eval_entry, plan.evaluate),
-                     command_line(eval_entry, plan.baseline)],
+                     command_line(eval_entry, plan.baseline)], **transfer,
     }
 
 
@@ -327,12 +373,7 @@ def main(args: argparse.Namespace) -> None:
         return
     check_writable(args.out, "--out", "the result folder")  # before the training and the evaluations
     check_writable(plan.checkpoint.parents[1], "--run_dir", "the run folder")
-    try:
-        seconds = {"train": run(train_entry, plan.train)}
-    except Stopped as stop:  # a half-trained run is not evaluated; this process exits with 130 or 143
-        print(f"reproduce: {stop} stopped the training, so nothing was evaluated: run the same reproduce.py command "
-              f"again to continue the training and evaluate it", file=sys.stderr, flush=True)
-        raise
+    seconds = {"train": train_once(plan)}
     if not plan.checkpoint.is_file():  # the flags that stop training early are refused: the run was past it
         step = ckpt.load_checkpoint(plan.checkpoint.with_name(ckpt.LAST)).get("step")
         raise UserError(f"training ended without {plan.checkpoint}: the run in {plan.checkpoint.parent.parent} "

@@ -13,13 +13,18 @@ A row fixes the data set, the backbone, the patches per image P, the cosine sche
 The published numbers are the linear-probe top-1 (percent, bag-of-features over 128 patches) of
 the paper and the official README, as the official script printed them: presumably its best test
 epoch of the 100-epoch linear probe, i.e. selected on the test set.
+
+A transfer row (`TRANSFER_ROWS`, e.g. `cifar10-30ep-to-cifar100`) is a row of the table trained as
+that row (its source, the same run folder) and evaluated on another data set (its target); the
+official README reports no such number, so its published value is None.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 PUBLISHED_LABEL = ("linear top-1 as the official script printed it: presumably the best test epoch of its "
                    "100-epoch linear probe (selected on the test set)")
+NO_PUBLISHED_LABEL = "none: the official README reports no transfer result"
 
 @dataclass(frozen=True)
 class Row:
@@ -31,10 +36,12 @@ class Row:
     num_patches: int
     schedule_epochs: int
     trained_epochs: int
-    published: float  # linear top-1, percent, as the official script printed it
+    published: float | None  # linear top-1, percent, as the official script printed it; None: not reported
     note: str = ""
     bs: int = 100
     lr: float = 0.3
+    source_row: str | None = None  # a transfer row: the row whose training it evaluates …
+    target_data: str | None = None  # … on this data set
 
     @property
     def checkpoint(self) -> str:
@@ -43,12 +50,21 @@ class Row:
 
     @property
     def protocol(self) -> str:
-        """The protocol in words, precise enough to tell the two one-epoch rows apart."""
+        """The protocol in words, precise enough to tell the two one-epoch rows apart (and, for a
+        transfer row, the data sets it was trained and evaluated on)."""
         if not self.stops_early:
-            return f"{self.num_patches} patches, {self.schedule_epochs} epochs; {self.checkpoint}"
-        origin = " (the official one-epoch command)" if self.schedule_epochs == 2 else ""
-        return (f"{self.num_patches} patches, epoch 1 of a {self.schedule_epochs}-epoch cosine schedule{origin}; "
-                f"{self.checkpoint}")
+            words = f"{self.num_patches} patches, {self.schedule_epochs} epochs; {self.checkpoint}"
+        else:
+            origin = " (the official one-epoch command)" if self.schedule_epochs == 2 else ""
+            words = (f"{self.num_patches} patches, epoch 1 of a {self.schedule_epochs}-epoch cosine schedule{origin}; "
+                     f"{self.checkpoint}")
+        transfer = f"; trained on {self.data}, evaluated on {self.target_data}" if self.target_data else ""
+        return words + transfer
+
+    @property
+    def published_label(self) -> str:
+        """What the published number is, or that there is none."""
+        return NO_PUBLISHED_LABEL if self.published is None else PUBLISHED_LABEL + self.note
 
     def settings(self) -> dict[str, object]:
         """main.py flags (without dashes) that define the row's model and optimisation; every row runs
@@ -87,21 +103,40 @@ ROWS: dict[str, Row] = {row.name: row for row in [
     Row("imagenet100-200p-10ep", "imagenet100", "resnet18-imagenet", 200, 10, 10, 78.9),
 ]}
 
-# Every key of a result file and its kind: "top1" (a percentage), "seconds" (≥ 0), or a Python type.
+
+def transfer(source: Row, target: str) -> Row:
+    """The transfer row of a source row: its training (every setting, the checkpoint), evaluated on target."""
+    return replace(source, name=f"{source.name}-to-{target}", published=None, note="", source_row=source.name,
+                   target_data=target)
+
+
+TRANSFER_ROWS: dict[str, Row] = {row.name: row for row in [
+    transfer(ROWS[source], target) for source, target in (("cifar10-30ep", "cifar100"), ("cifar100-30ep", "cifar10"),
+                                                           ("cifar10-1ep", "cifar100"), ("cifar100-1ep", "cifar10"))]}
+ALL_ROWS: dict[str, Row] = {**ROWS, **TRANSFER_ROWS}
+
+# Every key of a result file and its kind: "top1" (a percentage), "top1 or null", "seconds" (≥ 0), or a Python type.
 RESULT_FIELDS: dict[str, object] = {
     "row": str, "smoke": bool, "protocol": str, "data": str, "arch": str, "num_patches": int, "bs": int,
     "lr": float, "schedule_epochs": int, "trained_epochs": int, "checkpoint": str, "resumed": bool,
-    "published_linear_top1": "top1", "published_label": str,
+    "published_linear_top1": "top1 or null", "published_label": str,
     "linear_top1_final": "top1", "linear_top1_best_over_test_epochs": "top1", "knn_top1": "top1",
     "random_init_linear_top1_final": "top1", "random_init_knn_top1": "top1", "test_patches": int,
     "train_seconds": "seconds", "train_seconds_per_epoch": "seconds", "eval_seconds": "seconds",
     "random_init_eval_seconds": "seconds", "gpu": str, "torch": str, "git_commit": str, "commands": list,
 }
+# The keys a transfer row's result file adds: the source row, the data sets it was trained and
+# evaluated on (as they ran: --smoke's stand-ins included), and the transfer in words.
+TRANSFER_FIELDS: dict[str, object] = {"source_row": str, "source_data": str, "target_data": str, "transfer": str}
 
 
 def field_problem(key: str, value: object) -> str | None:
-    """Why value is not a valid `key` of a result file, or None when it is."""
-    kind = RESULT_FIELDS[key]
+    """Why value is not a valid `key` of a result file (a transfer row's too), or None when it is."""
+    kind = {**RESULT_FIELDS, **TRANSFER_FIELDS}[key]
+    if kind == "top1 or null":  # None: nothing was published (a transfer row)
+        if value is None:
+            return None
+        kind = "top1"
     if kind in ("top1", "seconds") or kind in (int, float):
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             return f"{key} should be a number, not {value!r}"

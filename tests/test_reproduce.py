@@ -15,7 +15,7 @@ from conftest import ROOT, TINY_RUN, assert_one_line_error, write_cifar_batches,
 import engine
 import evaluate
 import main
-from scripts.rows import ROWS
+from scripts.rows import ROWS, TRANSFER_ROWS
 
 # Written from the paper and the official README (REFERENCE.md, "Published numbers"), not from the
 # code: data set, backbone, patches, schedule (--epoch), epochs trained, published linear top-1 (%).
@@ -47,6 +47,13 @@ SECONDS_KEYS = ["train_seconds", "train_seconds_per_epoch", "eval_seconds", "ran
 OTHER_KEYS = ["row", "smoke", "protocol", "data", "arch", "num_patches", "bs", "lr", "schedule_epochs",
               "trained_epochs", "checkpoint", "resumed", "published_label", "test_patches", "gpu", "torch",
               "git_commit", "commands"]
+TRANSFER_KEYS = ["source_row", "source_data", "target_data", "transfer"]
+
+# The transfer rows the project promises: {row: (source row, target data set)}.
+TRANSFER = {"cifar10-30ep-to-cifar100": ("cifar10-30ep", "cifar100"),
+            "cifar100-30ep-to-cifar10": ("cifar100-30ep", "cifar10"),
+            "cifar10-1ep-to-cifar100": ("cifar10-1ep", "cifar100"),
+            "cifar100-1ep-to-cifar10": ("cifar100-1ep", "cifar10")}
 
 
 def dry_run(cli, row: str, *flags: str) -> tuple[list[str], list[str], list[str]]:
@@ -238,3 +245,64 @@ class TestSmoke:
             evaluation = json.loads((tmp_path / "logs/reproduce/cifar10-1ep-smoke/save_models" / name).read_text())
             assert (evaluation["data"], evaluation["data_dir"]) == ("cifar10", str(folder))
             assert evaluation["train_images"] == 20 and evaluation["test_images"] == 20
+
+
+class TestTransferRows:
+    @pytest.mark.parametrize("name", list(TRANSFER))
+    def test_the_source_rows_training_then_both_evaluations_on_the_target(self, cli, name: str) -> None:
+        """--dry_run prints the source row's own training command (same run folder), then the trained
+        checkpoint and the random init evaluated on the target in --target_data_dir, official protocol."""
+        source, target = TRANSFER[name]
+        train_argv, eval_argv, baseline_argv = dry_run(cli, name, "--data_dir", "src", "--target_data_dir", "tgt")
+        assert train_argv == dry_run(cli, source, "--data_dir", "src")[0]
+        train = main.get_args_parser().parse_args(train_argv)
+        assert train.output_dir == Path("logs/reproduce") / source and train.data_dir == Path("src")
+        checkpoint = train.output_dir / "save_models" / ROWS[source].checkpoint
+        for argv, random_init in ((eval_argv, False), (baseline_argv, True)):
+            ev = evaluate.get_args_parser().parse_args(argv)
+            assert (ev.data, ev.data_dir, ev.random_init) == (target, Path("tgt"), random_init)
+            assert ev.ckpt == (None if random_init else checkpoint)
+            assert (ev.test_patches, ev.knn_k, ev.knn_t, ev.linear_epochs, ev.linear_lr) == (128, 20, 0.07, 100, 0.03)
+            kind = ".random_init" if random_init else ""
+            assert ev.output == checkpoint.with_name(f"{checkpoint.stem}.to-{target}{kind}.eval.json")
+        default = evaluate.get_args_parser().parse_args(dry_run(cli, name, "--data_dir", "src")[1])
+        assert default.data_dir == Path("src")  # the target beside the source, as torchvision keeps both CIFARs
+        assert TRANSFER_ROWS[name].published is None and name not in ROWS
+
+    def test_target_data_dir_is_refused_for_a_row_of_the_paper(self, cli) -> None:
+        result = cli("scripts.reproduce", "cifar10-1ep", "--dry_run", "--target_data_dir", "tgt")
+        assert_one_line_error(result, "--target_data_dir is for transfer rows", "drop it")
+
+    def test_smoke_trains_the_source_once_then_reuses_its_checkpoint(self, cli, tmp_path: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+        result = cli("scripts.reproduce", "cifar10-1ep-to-cifar100", "--smoke")
+        assert result.returncode == 0, result.stderr
+        assert "main.py" in result.stdout.split("evaluate.py")[0]  # the source row trained first
+        path = tmp_path / "results" / "cifar10-1ep-to-cifar100.smoke.json"
+        record = json.loads(path.read_text())
+        assert set(record) == set(PERCENT_KEYS + SECONDS_KEYS + OTHER_KEYS + TRANSFER_KEYS)
+        assert record["published_linear_top1"] is None and "no transfer result" in record["published_label"]
+        assert (record["source_row"], record["source_data"], record["target_data"]) == \
+               ("cifar10-1ep", "synthetic", "synthetic")
+        assert "standing in for cifar100" in record["transfer"] and record["smoke"] is True
+        assert all(0 <= record[k] <= 100 for k in PERCENT_KEYS[1:]) and record["train_seconds"] > 0
+        run = tmp_path / "logs/reproduce/cifar10-1ep-smoke/save_models"  # the source row's own --smoke run folder
+        assert record["checkpoint"] == "logs/reproduce/cifar10-1ep-smoke/save_models/0.pt"
+        for name in ("0.to-cifar100.eval.json", "0.to-cifar100.random_init.eval.json"):
+            assert json.loads((run / name).read_text())["data"] == "synthetic"
+        assert "--random_init" in record["commands"][2] and "0.to-cifar100" in record["commands"][1]
+
+        before = ((run / "0.pt").read_bytes(), (run / "0.pt").stat().st_mtime_ns)
+
+        def no_training(args) -> None:
+            raise AssertionError("main.py ran again")
+
+        monkeypatch.setattr(main, "main", no_training)
+        again = cli("scripts.reproduce", "cifar10-1ep-to-cifar100", "--smoke")
+        assert again.returncode == 0, again.stderr
+        assert "reusing logs/reproduce/cifar10-1ep-smoke/save_models/0.pt" in again.stdout
+        assert "main.py" not in again.stdout.split("results:")[0]
+        assert ((run / "0.pt").read_bytes(), (run / "0.pt").stat().st_mtime_ns) == before
+        second = json.loads(path.read_text())
+        assert second["train_seconds"] == 0 and second["knn_top1"] == record["knn_top1"]
+        assert json.loads(path.with_name(path.name + ".1").read_text()) == record  # the first kept

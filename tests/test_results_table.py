@@ -20,6 +20,12 @@ RESULT = {
     "commands": ["python main.py …", "python evaluate.py …", "python evaluate.py … --random_init"],
 }
 
+TRANSFER = {**RESULT, "row": "cifar10-30ep-to-cifar100", "published_linear_top1": None,
+            "published_label": "none: the official README reports no transfer result",
+            "linear_top1_final": 61.04, "knn_top1": 52.36, "random_init_linear_top1_final": 18.2,
+            "random_init_knn_top1": 12.74, "eval_seconds": 1300.0, "source_row": "cifar10-30ep",
+            "source_data": "cifar10", "target_data": "cifar100", "transfer": "the encoder of cifar10-30ep, frozen"}
+
 
 def write(folder: Path, name: str, record: dict | str) -> Path:
     path = folder / name
@@ -50,11 +56,29 @@ class TestTable:
     def test_all_rows_lists_the_unmeasured_ones(self, cli, tmp_path: Path) -> None:
         result = cli("scripts.results_table", "--all_rows", str(write(tmp_path, "a.json", RESULT)))
         assert result.returncode == 0, result.stderr
-        rows = [cells(line) for line in result.stdout.splitlines()[2:] if line.startswith("|")]
+        published, transfers = result.stdout.split("### Transfer")
+        rows = [cells(line) for line in published.splitlines()[2:] if line.startswith("|")]
         assert len(rows) == 18 and rows[0][0] == "`cifar10-1ep`" and rows[0][3] == "83.0"
         unmeasured = {row[0]: row for row in rows[1:]}
         assert unmeasured["`imagenet100-200p-10ep`"][2:4] == ["78.9", "not yet measured"]
         assert all(row[3] == "not yet measured" for row in rows[1:])
+        names = [cells(line)[0] for line in transfers.splitlines() if line.startswith("| `")]
+        assert names == ["`cifar10-30ep-to-cifar100`", "`cifar100-30ep-to-cifar10`", "`cifar10-1ep-to-cifar100`",
+                         "`cifar100-1ep-to-cifar10`"]
+
+    def test_transfer_rows_have_their_own_table_under_their_own_heading(self, cli, tmp_path: Path) -> None:
+        files = [write(tmp_path, "t.json", TRANSFER), write(tmp_path, "a.json", RESULT)]
+        result = cli("scripts.results_table", *map(str, files))
+        assert result.returncode == 0, result.stderr
+        published, transfers = result.stdout.split("### Transfer")
+        assert "cifar100" not in published and "`cifar10-1ep`" not in transfers
+        assert [cells(line)[0] for line in published.splitlines() if line.startswith("| `")] == ["`cifar10-1ep`"]
+        lines = [cells(line) for line in transfers.splitlines() if line.startswith("|")]
+        assert lines[0][:5] == ["Row", "Source → target", "kNN", "Linear, final epoch", "Random init, linear / kNN"]
+        assert lines[2] == ["`cifar10-30ep-to-cifar100`", "`cifar10-30ep` (cifar10) → cifar100", "52.4", "61.0",
+                            "18.2 / 12.7", "21.7 min", "NVIDIA H200"]
+        alone = cli("scripts.results_table", str(files[0]))  # no empty table of published rows
+        assert alone.returncode == 0 and "Published¹" not in alone.stdout and "### Transfer" in alone.stdout
 
 
 class TestMalformed:
@@ -64,6 +88,8 @@ class TestMalformed:
         (json.dumps({k: v for k, v in RESULT.items() if k != "knn_top1"}), "missing key knn_top1"),
         (json.dumps({**RESULT, "linear_top1_final": "82.9"}), "linear_top1_final should be a number"),
         (json.dumps({**RESULT, "knn_top1": 0.74e3}), "knn_top1 should be a percentage"),
+        (json.dumps({k: v for k, v in TRANSFER.items() if k != "target_data"}), "missing key target_data"),
+        (json.dumps({**TRANSFER, "published_linear_top1": "none"}), "published_linear_top1 should be a number"),
     ])
     def test_refused_with_one_line_naming_the_file(self, cli, tmp_path: Path, content: str, fragment: str) -> None:
         good, bad = write(tmp_path, "good.json", RESULT), write(tmp_path, "bad.json", content)
