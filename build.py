@@ -52,8 +52,9 @@ def build_scheduler(optimizer: torch.optim.Optimizer, total_steps: int) -> torch
 
 
 def training_patches(args: argparse.Namespace, device: torch.device) -> TrainingPatches:
-    """This process's patches at every step: (P·B/W, C, H, W) on the device, made by --augment, in
-    the seeded, resumable order of a ResumableSampler split over the ranks. Only rank 0 downloads."""
+    """This process's patches at every step: (P·B/W, C, H, W) on the device, made by --augment from
+    crops of --crop_scale of the image's area, in the seeded, resumable order of a ResumableSampler
+    split over the ranks. Only rank 0 downloads."""
     dataset = load_split(args.data, args.data_dir, "train", args.train_subset,
                          download=args.download and distributed.is_main(), skip_bad_images=args.skip_bad_images)
     if args.train_subset is not None and len(dataset) < args.train_subset:
@@ -61,7 +62,7 @@ def training_patches(args: argparse.Namespace, device: torch.device) -> Training
                         f"lower it")
     sampler = ResumableSampler(len(dataset), args.bs, seed=args.seed, rank=distributed.get_rank(),
                                world_size=distributed.get_world_size())
-    recipe = PatchRecipe.of(args.data, args.augment, args.num_patches, args.seed)
+    recipe = PatchRecipe.of(args.data, args.augment, args.num_patches, args.seed, args.crop_scale)
     layout = memory_format(args.channels_last)
     return TrainingPatches(dataset, recipe, sampler, args.workers, device, layout, leave_signals_to_parent)
 
@@ -74,11 +75,13 @@ def patch_shape(args: argparse.Namespace) -> tuple[int, int, int]:
 
 def build_monitor(args: argparse.Namespace, device: torch.device) -> KNNMonitor:
     """The --eval_every kNN: --eval_patches patches per image of each split (or of a class-balanced
-    --eval_subset), made by the run's --augment path on the device, in the run's precision."""
+    --eval_subset), made by the run's --augment path and --crop_scale on the device, in the run's
+    precision."""
     batches, num_classes = {}, 0
     for split in ("train", "test"):
         dataset = load_split(args.data, args.data_dir, split, args.eval_subset, args.download, flag="--eval_subset")
-        recipe = PatchRecipe.of(args.data, args.augment, args.eval_patches, eval_seed(args.seed, split))
+        recipe = PatchRecipe.of(args.data, args.augment, args.eval_patches, eval_seed(args.seed, split),
+                                args.crop_scale)
         batches[split] = EvaluationPatches(dataset, recipe, args.bs, args.workers, device, leave_signals_to_parent)
         num_classes = len(class_names(dataset))
     return KNNMonitor(batches, num_classes, args.eval_patches, device, AMP_DTYPES[args.precision])

@@ -12,8 +12,9 @@ and caches the features there (or in --cache_dir), keyed by checkpoint, data and
 ignores them. Every output is checked writable before a feature is computed; a result file that
 still cannot be written at the end is printed on stdout before the error.
 
-The patches are made as the checkpoint's training made them (its --augment; `batched`, the batched
-augmentation on the evaluation device, for an official checkpoint) unless --augment says otherwise
+The patches are made as the checkpoint's training made them (its --augment and --crop_scale; `batched`,
+the batched augmentation on the evaluation device, and the official 0.25 of the area, for an official
+checkpoint or a checkpoint older than --crop_scale) unless --augment or --crop_scale says otherwise
 (`pil`: the official per-patch PIL pipeline in DataLoader workers); either way an image's patches
 depend only on (--seed, split, its index in the full split), from a random stream separate from
 training's. The default is float32 throughout, for parity with the official
@@ -42,7 +43,7 @@ from torch.utils.data import Dataset
 
 from dataset import AUGMENTS, DATASETS, EvaluationPatches, PatchRecipe, class_names, load_split
 from dataset.catalog import DATA_DEFAULTS
-from dataset.patch_sources import DEFAULT_AUGMENT
+from dataset.patch_sources import DEFAULT_AUGMENT, DEFAULT_CROP_SCALE, crop_scale_flag
 from dataset.seeding import eval_seed
 from features import (
     FORWARD_BS,
@@ -66,7 +67,7 @@ from plumbing.speed import AMP_DTYPES, memory_format, prepare_model
 from probes import KNN_K, KNN_T, OFFICIAL_LINEAR, LinearSettings, knn_accuracy, linear_probe
 
 # Flags that default to the checkpoint's training args, else to these official defaults.
-FROM_CHECKPOINT = {**DATA_DEFAULTS, **ENCODER_DEFAULTS, "augment": DEFAULT_AUGMENT}
+FROM_CHECKPOINT = {**DATA_DEFAULTS, **ENCODER_DEFAULTS, "augment": DEFAULT_AUGMENT, "crop_scale": DEFAULT_CROP_SCALE}
 # Flags that change how an evaluation runs or where it writes, not the numbers it computes; every other
 # flag is its protocol, recorded in the result file (scripts/reproduce.py reuses a result of the same one).
 RUNNING_FLAGS = ("device", "workers", "download", "eval_bs", "forward_bs", "recompute", "cache_dir", "output",
@@ -106,6 +107,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     feats.add_argument("--augment", default=None, choices=tuple(AUGMENTS),
                        help="how the patches are made (default: as the checkpoint was trained, else "
                             f"{DEFAULT_AUGMENT}): " + "; ".join(f"{name}: {what}" for name, what in AUGMENTS.items()))
+    feats.add_argument("--crop_scale", type=crop_scale_flag, default=None, metavar="S",
+                       help="the share of the image's area each patch covers, in (0, 1] (default: the checkpoint's "
+                            f"training --crop_scale, else the official {DEFAULT_CROP_SCALE})")
     feats.add_argument("--view", default="patches", choices=("patches", "full"),
                        help="patches: the official bag-of-features over --test_patches augmented patches (default); "
                             "full: every whole image once, without augmentation (the usual single-view protocol)")
@@ -248,7 +252,8 @@ def split_features(args: argparse.Namespace, model: Encoder, device: torch.devic
     if args.view == "full":
         batches = full_view_loader(dataset, args.data, args.eval_bs, args.workers, pin_memory=device.type == "cuda")
     else:
-        recipe = PatchRecipe.of(args.data, args.augment, args.test_patches, eval_seed(args.seed, split))
+        recipe = PatchRecipe.of(args.data, args.augment, args.test_patches, eval_seed(args.seed, split),
+                                args.crop_scale)
         batches = EvaluationPatches(dataset, recipe, args.eval_bs, args.workers, device, leave_signals_to_parent)
     dtype = AMP_DTYPES[args.precision]
     layout = memory_format(args.channels_last)
@@ -262,8 +267,8 @@ def extract(args: argparse.Namespace, model: Encoder, device: torch.device, spli
     base_key = {"weights": cache.weights, "arch": args.arch, "hidden_dim": args.hidden_dim, "z_dim": args.z_dim,
                 "data": args.data, "data_dir": None if args.data == "synthetic" else str(args.data_dir.resolve()),
                 "test_patches": args.test_patches, "seed": args.seed, "precision": args.precision,
-                "channels_last": args.channels_last, "augment": args.augment, "view": args.view,
-                "code": code_fingerprint()}
+                "channels_last": args.channels_last, "augment": args.augment, "crop_scale": args.crop_scale,
+                "view": args.view, "code": code_fingerprint()}
     tensors = {}
     for split, dataset in splits.items():
         key = {**base_key, "split": split, "subset": len(dataset)}
@@ -353,7 +358,7 @@ def main(args: argparse.Namespace) -> None:
         "data_dir": str(args.data_dir), "train_images": len(tensors["train"][1]),
         "test_images": len(tensors["test"][1]), "num_classes": num_classes,
         "train_subset": args.train_subset, "test_subset": args.test_subset, "test_patches": args.test_patches,
-        "augment": args.augment, "seed": args.seed, "precision": args.precision,
+        "augment": args.augment, "crop_scale": args.crop_scale, "seed": args.seed, "precision": args.precision,
         "channels_last": args.channels_last, "git_commit": ckpt.git_commit(),
         "protocol": flags, **probes, "seconds": seconds,
     }

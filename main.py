@@ -40,7 +40,7 @@ from build import (
 )
 from dataset import AUGMENTS, DATASETS
 from dataset.catalog import DATA_DEFAULTS
-from dataset.patch_sources import DEFAULT_AUGMENT
+from dataset.patch_sources import DEFAULT_AUGMENT, DEFAULT_CROP_SCALE, crop_scale_flag
 from engine import NonFiniteGuard, Schedule, StepLog, Training, fit, seed_everything
 from features import KNNMonitor
 from model import ARCHS, ENCODER_DEFAULTS
@@ -57,8 +57,11 @@ from plumbing.preemption import Preemption, refuse_restart_after_stop
 from plumbing.speed import AMP_DTYPES, compile_model
 
 # Flags that define what a run computes: a resumed run must keep them.
-RUN_DEFINING = ("data", "train_subset", "num_patches", "augment", "arch", "hidden_dim", "z_dim", "patch_sim",
-                "tcr", "eps", "bs", "optimizer", "lr", "wd", "lars_eta", "epoch", "seed", "precision", "patch_chunks")
+RUN_DEFINING = ("data", "train_subset", "num_patches", "augment", "crop_scale", "arch", "hidden_dim", "z_dim",
+                "patch_sim", "tcr", "eps", "bs", "optimizer", "lr", "wd", "lars_eta", "epoch", "seed", "precision",
+                "patch_chunks")
+# Run-defining flags newer than some checkpoints: the value a checkpoint without the key was trained with.
+BEFORE_THE_FLAG = {"crop_scale": DEFAULT_CROP_SCALE}
 
 
 def chunks_flag(text: str) -> str:
@@ -104,6 +107,9 @@ def get_args_parser() -> argparse.ArgumentParser:
                       help="DataLoader worker processes (default: %(default)s: 8, or the machine's cores if fewer)")
     data.add_argument("--augment", default=DEFAULT_AUGMENT, choices=tuple(AUGMENTS),
                       help="; ".join(f"{name}: {what}" for name, what in AUGMENTS.items()) + " (default: %(default)s)")
+    data.add_argument("--crop_scale", type=crop_scale_flag, default=DEFAULT_CROP_SCALE, metavar="S",
+                      help="the share of the image's area each patch covers, in (0, 1]: both ends of "
+                           "RandomResizedCrop's scale range are S (official %(default)s)")
     data.add_argument("--skip_bad_images", action="store_true",
                       help="decode every image of a folder data set once and leave out unreadable ones "
                            "with a warning (default: stop with the file's name when one is met)")
@@ -251,7 +257,9 @@ def default_run_dir(args: argparse.Namespace) -> Path:
 
 def changed_flags(saved: dict[str, Any], args: argparse.Namespace) -> str:
     """The run-defining flags whose value in a checkpoint's args differs from args, as
-    "--bs 16 (now 32), …"; empty when a resume may continue that run."""
+    "--bs 16 (now 32), …"; empty when a resume may continue that run. A flag that the checkpoint's
+    args lack counts as its BEFORE_THE_FLAG value, if it has one."""
+    saved = {**BEFORE_THE_FLAG, **saved}
     changed = [k for k in RUN_DEFINING if k in saved and saved[k] != getattr(args, k)]
     return ", ".join(f"--{k} {saved[k]} (now {getattr(args, k)})" for k in changed)
 

@@ -18,7 +18,7 @@ import torch
 
 from dataset import image_ops as ops
 from dataset.draws import ColorParams, Randomness, as_draw, crop_window, sample_colors, sample_crops
-from dataset.pil_pipeline import BLUR_SIGMA, SOLARIZE_THRESHOLD
+from dataset.pil_pipeline import BLUR_SIGMA, CROP_SCALE, SOLARIZE_THRESHOLD
 
 CPU_CHUNK_BYTES = 4 << 20  # on a CPU the photometric steps go by chunks of patches of about this size
 
@@ -98,12 +98,15 @@ def rank_patches(num_patches: int, global_batch: int, first: int, count: int, de
 
 
 def augment_images(images: torch.Tensor, num_patches: int, size: int, ratio: tuple[float, float],
-                   generator: Randomness, global_batch: int | None = None, first: int = 0) -> torch.Tensor:
+                   generator: Randomness, global_batch: int | None = None, first: int = 0,
+                   scale: tuple[float, float] = CROP_SCALE) -> torch.Tensor:
     """P augmented patches of every image, patch-major, normalised: the batched official pipeline.
 
     Parameters are drawn for the global batch of ``global_batch`` images (default: these images)
     and the patches of images first … first + B − 1 of it are made, so that every rank of a
     data-parallel run, each with its slice of the batch, makes the patches one process would.
+    The crops cover an area share drawn from ``scale`` (RandomResizedCrop's; default the official
+    (0.25, 0.25)), and the crop window follows it.
 
     Args:
         images: (B, 3, H, W) uint8 images on any device; generator (or draw callable) on that device.
@@ -113,11 +116,11 @@ def augment_images(images: torch.Tensor, num_patches: int, size: int, ratio: tup
     b, _, height, width = images.shape
     total = num_patches * (global_batch or b)
     rand = as_draw(generator)
-    crops = sample_crops(total, height, width, ratio, rand)
+    crops = sample_crops(total, height, width, ratio, rand, scale)
     colors = sample_colors(total, rand)
     mine = rank_patches(num_patches, global_batch or b, first, b, images.device)  # (P·B,)
     c = crops.take(mine)
-    x = ops.resized_crop(images.float() / 255, c, size, crop_window(height, width, ratio))  # (P·B, 3, S, S)
+    x = ops.resized_crop(images.float() / 255, c, size, crop_window(height, width, ratio, scale))  # (P·B, 3, S, S)
     return photometric(x, colors.take(mine))
 
 

@@ -86,8 +86,9 @@ def sample_crops(n: int, height: int, width: int, ratio: tuple[float, float], ge
 
     As torchvision: up to 10 tries of an area fraction ~ U(scale) and a log-uniform aspect ratio,
     w = round(√(area·ratio)), h = round(√(area/ratio)); the first try that fits is placed at a
-    uniform integer offset; if none fits, the central crop of the ratio range. For CIFAR this is
-    always a 16×16 window at offsets 0..16.
+    uniform integer offset; if none fits, the central crop of the ratio range. For CIFAR at the
+    official scale (0.25, 0.25) this is always a 16×16 window at offsets 0..16; at (S, S) a square
+    of side round(32·√S), the whole image at S = 1.
     """
     rand = as_draw(generator)
     area = height * width * _uniform(n, scale[0], scale[1], rand, CROP_TRIES)  # (n, tries)

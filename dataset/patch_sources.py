@@ -1,8 +1,9 @@
 """Patches of a data set, for the steps of training and for an evaluation sweep, on the device.
 
 :data:`AUGMENTS` is the one table of the ways patches are made (``--augment`` of main.py and
-evaluate.py); a :class:`PatchRecipe` says which one, for which data set, how many per image and
-from which random stream. The images come from one of two places:
+evaluate.py); a :class:`PatchRecipe` says which one, for which data set, how many per image, from
+which random stream and how large a share of the image each patch's crop covers (``--crop_scale``,
+:func:`crop_scale_flag`). The images come from one of two places:
 
 - :class:`DeviceImages`: with ``batched``, 32×32-kind data sets whose images fit in memory (CIFAR,
   the synthetic set, an image folder of equally sized images) live on the device as one uint8
@@ -21,6 +22,7 @@ split). Patches are patch-major, as the official ``torch.cat(views)``: (P·B, �
 """
 from __future__ import annotations
 
+import argparse
 import random
 import warnings
 from collections.abc import Callable, Iterator
@@ -35,7 +37,14 @@ from torchvision import transforms as T
 from dataset.batched_pipeline import augment_crops, augment_images
 from dataset.catalog import augmentation_kind, unwrap_subsets
 from dataset.draws import Randomness
-from dataset.pil_pipeline import CROP_RATIO, MultiPatch, crop_transform, patch_transform
+from dataset.pil_pipeline import (
+    CROP_RATIO,
+    DEFAULT_CROP_SCALE,
+    MultiPatch,
+    crop_scale_range,
+    crop_transform,
+    patch_transform,
+)
 from dataset.pixels import in_memory_pixels
 from dataset.sampler import ResumableSampler
 from dataset.seeding import KeyedUniform, SeededPatches, step_seed
@@ -51,29 +60,53 @@ DEFAULT_AUGMENT = "batched"
 WorkerInit = Callable[[int], None]  # run by every DataLoader worker as it starts (preemption.leave_signals_to_parent)
 
 
+def crop_scale_flag(text: str) -> float:
+    """--crop_scale (argparse type): the share S of the image's area each patch's crop covers, a
+    number in (0, 1]; anything else is refused with one line before anything runs."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not 0 < value <= 1:  # also refuses nan
+        raise argparse.ArgumentTypeError(f"expected the share of the image's area each patch covers, a number in "
+                                         f"(0, 1] (official {DEFAULT_CROP_SCALE}), got {text!r}")
+    return value
+
+
 @dataclass(frozen=True)
 class PatchRecipe:
     """How patches are made: the data set's augmentation kind ("cifar" or "imagenet") and patch size,
-    the --augment path, P patches per image, and the seed of their random stream."""
+    the --augment path, P patches per image, the seed of their random stream, and the share S of
+    the image's area each patch's crop covers (--crop_scale; RandomResizedCrop's scale (S, S))."""
 
     kind: str
     size: int
     augment: str
     num_patches: int
     seed: int
+    crop_scale: float = DEFAULT_CROP_SCALE
 
     @classmethod
-    def of(cls, data: str, augment: str, num_patches: int, seed: int) -> PatchRecipe:
-        """The recipe of --data, --augment and P patches from the stream `seed`."""
+    def of(cls, data: str, augment: str, num_patches: int, seed: int,
+           crop_scale: float = DEFAULT_CROP_SCALE) -> PatchRecipe:
+        """The recipe of --data, --augment, --crop_scale and P patches from the stream `seed`."""
         if augment not in AUGMENTS:
             raise UserError(f"unknown --augment {augment!r}: choose from {', '.join(AUGMENTS)}")
+        if not 0 < crop_scale <= 1:
+            raise UserError(f"--crop_scale {crop_scale} is not a share of the image's area: choose a number in (0, 1]")
         kind, size = augmentation_kind(data)
-        return cls(kind, size, augment, num_patches, seed)
+        return cls(kind, size, augment, num_patches, seed, crop_scale)
+
+    @property
+    def scale(self) -> tuple[float, float]:
+        """RandomResizedCrop's area range of the crops: (S, S)."""
+        return crop_scale_range(self.crop_scale)
 
     def worker_transform(self) -> T.Compose:
         """What DataLoader workers do to each patch of an image: the whole PIL pipeline (pil), or the
         crop, resize and flip only, ending in uint8 (batched: the rest runs on the device)."""
-        return patch_transform(self.kind, self.size) if self.augment == "pil" else crop_transform(self.kind, self.size)
+        make = patch_transform if self.augment == "pil" else crop_transform
+        return make(self.kind, self.size, self.crop_scale)
 
     def seeded(self, dataset: Dataset) -> SeededPatches:
         """dataset[i] → ([P patches of image i], label), drawn from a stream keyed by (seed, epoch, i)."""
@@ -106,7 +139,7 @@ class DeviceImages:
         first … first + B − 1 of a global batch (see :func:`dataset.batched_pipeline.augment_images`)."""
         recipe = self.recipe
         return augment_images(self.images[index], recipe.num_patches, recipe.size, CROP_RATIO[recipe.kind],
-                              randomness, global_batch, first)
+                              randomness, global_batch, first, recipe.scale)
 
 
 def patch_loader(patches: Dataset, batch: int, sampler: Sampler | None, workers: int, device: torch.device,

@@ -2,9 +2,9 @@
 
 Every patch of an image is an independent draw of the same PIL pipeline:
 
-1. RandomResizedCrop to ``size`` with area scale exactly 0.25 (for CIFAR a 16×16 window at an
-   integer offset 0..16, square, upsampled ×2 bilinearly; for ImageNet aspect ratio in
-   [3/4, 4/3], bicubic),
+1. RandomResizedCrop to ``size`` with area scale exactly S (--crop_scale; official 0.25: for CIFAR a
+   16×16 window at an integer offset 0..16, square, upsampled ×2 bilinearly; for ImageNet aspect
+   ratio in [3/4, 4/3], bicubic),
 2. horizontal flip (p 0.5), 3. colour jitter (0.4, 0.4, 0.4, 0.2; p 0.8, random order of the
    four operations per call), 4. grayscale (p 0.2), 5. PIL Gaussian blur with σ ~ U[0.1, 2.0]
    (p 0.1), 6. PIL solarize at 128 (p 0.1), 7. ToTensor and Normalize(0.5, 0.5): values in [-1, 1].
@@ -21,7 +21,8 @@ from PIL import Image, ImageFilter, ImageOps
 from torchvision import transforms as T
 
 # The official parameters, shared with the batched draws and operations (dataset/draws.py, dataset/image_ops.py).
-CROP_SCALE = (0.25, 0.25)  # area of the crop as a fraction of the image
+DEFAULT_CROP_SCALE = 0.25  # share S of the image's area each crop covers (--crop_scale), the official quarter
+CROP_SCALE = (DEFAULT_CROP_SCALE, DEFAULT_CROP_SCALE)  # RandomResizedCrop's area range: exactly S at both ends
 CROP_RATIO = {"cifar": (1.0, 1.0), "imagenet": (3 / 4, 4 / 3)}  # aspect ratio range of the crop
 P_FLIP, P_JITTER, P_GRAY, P_BLUR, P_SOLARIZE = 0.5, 0.8, 0.2, 0.1, 0.1
 JITTER = (0.4, 0.4, 0.4, 0.2)  # brightness, contrast, saturation, hue strengths of ColorJitter
@@ -66,14 +67,24 @@ class PILSolarize:
         return f"{type(self).__name__}(threshold={self.threshold})"
 
 
-def patch_transform(kind: str, size: int) -> T.Compose:
+def crop_scale_range(crop_scale: float) -> tuple[float, float]:
+    """RandomResizedCrop's ``scale`` for an area share S in (0, 1]: (S, S), every crop exactly S of
+    the image's area (before rounding its sides to pixels). Another S is a programming error
+    (ValueError; the flags refuse it first, dataset.patch_sources.crop_scale_flag)."""
+    if not 0 < crop_scale <= 1:
+        raise ValueError(f"crop_scale must be in (0, 1], got {crop_scale}")
+    return crop_scale, crop_scale
+
+
+def patch_transform(kind: str, size: int, crop_scale: float = DEFAULT_CROP_SCALE) -> T.Compose:
     """The per-patch augmentation: PIL RGB image -> float tensor (3, size, size) in [-1, 1].
 
     ``kind`` is "cifar" (square crop, bilinear) or "imagenet" (aspect ratio 3/4..4/3, bicubic);
-    any other value is a programming error (ValueError).
+    any other value is a programming error (ValueError). Each crop covers ``crop_scale`` of the
+    image's area.
     """
     return T.Compose([
-        *geometric_transform(kind, size).transforms,
+        *geometric_transform(kind, size, crop_scale).transforms,
         T.RandomApply([T.ColorJitter(*JITTER)], p=P_JITTER),
         T.RandomGrayscale(p=P_GRAY),
         T.RandomApply([PILGaussianBlur(*BLUR_SIGMA)], p=P_BLUR),
@@ -83,8 +94,9 @@ def patch_transform(kind: str, size: int) -> T.Compose:
     ])
 
 
-def geometric_transform(kind: str, size: int) -> T.Compose:
-    """The geometric first half of :func:`patch_transform`: RandomResizedCrop and flip (PIL → PIL).
+def geometric_transform(kind: str, size: int, crop_scale: float = DEFAULT_CROP_SCALE) -> T.Compose:
+    """The geometric first half of :func:`patch_transform`: RandomResizedCrop of ``crop_scale`` of
+    the area, and flip (PIL → PIL).
 
     ``kind`` is "cifar" (square crop, bilinear) or "imagenet" (aspect ratio 3/4..4/3, bicubic);
     any other value is a programming error (ValueError).
@@ -93,15 +105,15 @@ def geometric_transform(kind: str, size: int) -> T.Compose:
         raise ValueError(f"unknown augmentation kind {kind!r}: expected 'cifar' or 'imagenet'")
     mode = T.InterpolationMode.BILINEAR if kind == "cifar" else T.InterpolationMode.BICUBIC
     return T.Compose([
-        T.RandomResizedCrop(size, scale=CROP_SCALE, ratio=CROP_RATIO[kind], interpolation=mode),
+        T.RandomResizedCrop(size, scale=crop_scale_range(crop_scale), ratio=CROP_RATIO[kind], interpolation=mode),
         T.RandomHorizontalFlip(p=P_FLIP),
     ])
 
 
-def crop_transform(kind: str, size: int) -> T.Compose:
+def crop_transform(kind: str, size: int, crop_scale: float = DEFAULT_CROP_SCALE) -> T.Compose:
     """:func:`geometric_transform` ending in a uint8 tensor (3, size, size): the crops that DataLoader
     workers cut for the batched photometric half on the device."""
-    return T.Compose([*geometric_transform(kind, size).transforms, T.PILToTensor()])
+    return T.Compose([*geometric_transform(kind, size, crop_scale).transforms, T.PILToTensor()])
 
 
 class MultiPatch:
