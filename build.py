@@ -35,7 +35,7 @@ def build_encoder(args: argparse.Namespace, device: torch.device) -> Encoder:
 
 
 def build_criterion(args: argparse.Namespace) -> nn.Module:
-    """The objective: criterion(z (P, B, d), z_for_rate (P, W·B, d)) → (loss, {name: value})."""
+    """The objective: criterion(z (P, B, d), z_global (P, W·B, d)) → (loss, {name: detached value})."""
     return EMPSSLLoss(args.patch_sim, args.tcr, args.eps)
 
 

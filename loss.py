@@ -1,12 +1,15 @@
 """The EMP-SSL objective: cosine-to-mean invariance and the Total Coding Rate (TCR).
 
-Embeddings come as z of shape (P, B, d): P patch groups (patch index p of every image),
-B images, d-dimensional rows on the unit sphere. The loss minimised is
+The criterion is called as ``criterion(z, z_global)`` with z (P, B, d) this rank's embeddings (P
+patch groups, patch index p of every image; B images; the encoder's projection as it is) and
+z_global (P, W·B, d) the same gathered from every rank, rank-major (z itself in one process), and
+returns ``(loss, {name: detached value})``. The objective owns what it needs of z: EMP-SSL's puts
+the rows on the unit sphere, u = z/‖z‖. The loss minimised is
 
-    L = patch_sim · (−S) + tcr · (−mean_p R(Z_p)),
+    L = patch_sim · (−S) + tcr · (−mean_p R(U_p)),
 
-with S the mean cosine similarity of each patch to its image's mean embedding and R the
-coding rate of one patch group. Both terms are negative in normal training.
+with S the mean cosine similarity of each patch to its image's mean embedding (local images) and R
+the coding rate of one patch group (the global batch). Both terms are negative in normal training.
 
 Precision: the coding rate is computed in float32 with true float32 matrix products, forward and
 backward, whatever the process allows elsewhere (autocast to bf16, TF32 matmuls on CUDA): in TF32
@@ -106,26 +109,42 @@ def invariance(z: torch.Tensor) -> torch.Tensor:
     return F.cosine_similarity(z, z_mean, dim=-1).mean()
 
 
+def unit_rows(z: torch.Tensor) -> torch.Tensor:
+    """z / ‖z‖ along the last dimension (F.normalize: ‖z‖ clamped at 1e-12), for z (..., d); same shape.
+
+    The rows are normalised as one (rows, d) matrix and viewed back: the view's backward then hands
+    the normalisation's backward a contiguous gradient. The coding rate's gradient comes
+    column-major, and summed over d along that layout it rounds differently; this way float32
+    training is bit for bit what it was when the encoder normalised its (P·B, d) output
+    (tests/test_placement.py).
+    """
+    return F.normalize(z.reshape(-1, z.shape[-1]), dim=1).view(z.shape)  # (rows, d) → (..., d)
+
+
 class EMPSSLLoss(nn.Module):
-    """L = patch_sim · (−S) + tcr · (−mean_p R(Z_p)) with distortion ε in R (official signs; the
-    official values are main.py's defaults of --patch_sim, --tcr and --eps)."""
+    """L = patch_sim · (−S) + tcr · (−mean_p R(U_p)) with distortion ε in R, on the rows of z put
+    on the unit sphere (official signs; the official values are the defaults of main.py's
+    --patch_sim, --tcr and --eps). Usage::
+
+        loss, parts = EMPSSLLoss(200.0, 1.0, 0.2)(z, z_global)  # (P, B, d), (P, W·B, d)
+    """
 
     def __init__(self, patch_sim: float, tcr: float, eps: float) -> None:
         super().__init__()
         self.patch_sim, self.tcr, self.eps = patch_sim, tcr, eps
 
-    def forward(
-        self, z: torch.Tensor, z_for_rate: torch.Tensor | None = None
-    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """Loss for embeddings z (P, B, d).
+    def forward(self, z: torch.Tensor, z_global: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Loss for embeddings z (P, B, d) and the gathered z_global (P, W·B, d).
 
-        z_for_rate (P, B_global, d), when given, is used for the coding rate instead of z: under
-        data parallelism the rate is taken over the batch gathered from every rank, while the
-        invariance term needs only the local images.
-        Returns (loss, {"invariance": S, "coding_rate": mean_p R}) with both parts detached (the
-        measured rate; tcr is its weight).
+        Both are put on the unit sphere (u = z/‖z‖ along d) here; z_global that is z itself (one
+        process) is normalised once, so its two uses add their gradients before the normalisation's
+        backward, as when the encoder normalised. The coding rate is taken over the global batch,
+        the invariance over this rank's images. Returns (loss, {"invariance": S, "coding_rate":
+        mean_p R}) with both parts detached (the measured rate; tcr is its weight).
         """
-        sim = invariance(z)
-        rate = total_coding_rate(z if z_for_rate is None else z_for_rate, self.eps).mean()
+        unit = unit_rows(z)  # (P, B, d)
+        unit_global = unit if z_global is z else unit_rows(z_global)  # (P, W·B, d)
+        sim = invariance(unit)
+        rate = total_coding_rate(unit_global, self.eps).mean()
         loss = self.patch_sim * (-sim) + self.tcr * (-rate)
         return loss, {"invariance": sim.detach(), "coding_rate": rate.detach()}
