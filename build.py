@@ -16,7 +16,7 @@ from dataset import EvaluationPatches, PatchRecipe, TrainingPatches, augmentatio
 from dataset.sampler import ResumableSampler
 from dataset.seeding import eval_seed
 from features import KNNMonitor
-from loss import EMPSSLLoss
+from loss import LOSSES
 from model import Encoder
 from optim import OPTIMIZERS, param_groups, state_copies
 from plumbing import distributed
@@ -35,8 +35,9 @@ def build_encoder(args: argparse.Namespace, device: torch.device) -> Encoder:
 
 
 def build_criterion(args: argparse.Namespace) -> nn.Module:
-    """The objective: criterion(z (P, B, d), z_for_rate (P, W·B, d)) → (loss, {name: value})."""
-    return EMPSSLLoss(args.patch_sim, args.tcr, args.eps)
+    """The objective of --loss (loss.LOSSES), from its flags: criterion(z (P, B, d), z_global (P, W·B, d))
+    → (loss, {name: detached value})."""
+    return LOSSES[args.loss].make(args)
 
 
 def build_optimizer(model: nn.Module, args: argparse.Namespace) -> torch.optim.Optimizer:

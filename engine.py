@@ -1,9 +1,10 @@
 """The training step and the loop of EMP-SSL, with what keeps a run safe: seeding, the non-finite
 guard, and every save of a run (epoch ends, --save_every_steps, a stop).
 
-One step (:func:`train_step`): patches x (P·B, C, H, W) → encoder → z (P, B, d) on the unit
-sphere → loss (invariance and coding rate, loss.py) → backward → the optimizer's step, kept only
-when the loss is finite (:class:`NonFiniteGuard`), decided on the device. :func:`fit` runs the
+One step (:func:`train_step`): patches x (P·B, C, H, W) → encoder → z (P, B, d), the projection →
+the objective of --loss (loss.py: EMP-SSL's invariance and coding rate on the unit sphere, or
+VICReg's) → backward → the optimizer's step, kept only when the loss is finite
+(:class:`NonFiniteGuard`), decided on the device. :func:`fit` runs the
 steps of every epoch from where a run stands and saves; :class:`StepLog` reads the step values
 back every --log_every steps.
 """
@@ -183,13 +184,15 @@ class Training:
 def train_step(model: nn.Module, criterion: nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor,
                num_patches: int, amp_dtype: torch.dtype | None = None, guard: NonFiniteGuard | None = None,
                chunks: int = 1) -> dict[str, torch.Tensor]:
-    """One EMP-SSL step on x (P·B, C, H, W): P patches of this rank's B images on the device,
+    """One training step on x (P·B, C, H, W): P patches of this rank's B images on the device,
     patch-major (patch p of every image together), with no read of a device value by the host.
 
     amp_dtype (e.g. torch.bfloat16) runs the encoder under autocast; the loss is float32. The
-    criterion takes z (P, B, d) and the gathered z of every rank (P, W·B, d) and returns
-    (loss, {name: detached value}); EMP-SSL's takes the coding rate over the global batch and the
-    invariance over this rank's images. Any optimizer works. With chunks K > 1 the encoder runs on
+    criterion is called as criterion(z, z_global): z (P, B, d) the projection of this rank's
+    patches, z_global (P, W·B, d) the gathered z of every rank (z itself in one process), and
+    returns (loss, {name: detached value}); it normalises z itself if it needs to (loss.py).
+    EMP-SSL's takes the coding rate over the global batch and the invariance over this rank's
+    images. Any optimizer works. With chunks K > 1 the encoder runs on
     K slices of the batch (:func:`backward_by_slices`: the whole batch's loss and gradient, each
     slice normalised by its own BatchNorm statistics, activation memory about 1/K). With a guard,
     a step whose loss is not finite changes nothing (weights, BatchNorm statistics, optimizer
@@ -201,9 +204,9 @@ def train_step(model: nn.Module, criterion: nn.Module, optimizer: torch.optim.Op
     optimizer.zero_grad(set_to_none=True)
     if chunks == 1:
         with torch.autocast(x.device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-            z, _ = model(x)  # (P·B, d) on the unit sphere
+            z, _ = model(x)  # (P·B, d), the projection
         z = z.float().view(num_patches, -1, z.shape[-1])  # (P, B, d)
-        loss, parts = criterion(z, z_for_rate=gather_with_grad(z, dim=1))  # gathered: (P, W·B, d), rank-major
+        loss, parts = criterion(z, gather_with_grad(z, dim=1))  # gathered: (P, W·B, d), rank-major
         loss.backward()
     else:
         loss, parts = backward_by_slices(model, criterion, x, num_patches, amp_dtype, chunks)
@@ -236,7 +239,7 @@ def backward_by_slices(model: nn.Module, criterion: nn.Module, x: torch.Tensor, 
         z = torch.cat([model(part)[0].float() for part in slices])  # (P·B, d)
     torch._foreach_copy_(buffers, before)  # the first pass leaves no trace in the running statistics
     z = z.view(num_patches, -1, z.shape[-1]).requires_grad_()  # (P, B, d)
-    loss, parts = criterion(z, z_for_rate=gather_with_grad(z, dim=1))  # gathered: (P, W·B, d), rank-major
+    loss, parts = criterion(z, gather_with_grad(z, dim=1))  # gathered: (P, W·B, d), rank-major
     loss.backward()
     grads = z.grad.view(-1, z.shape[-1]).split([len(part) for part in slices])  # (≈ P·B/K, d) each
     no_sync = getattr(model, "no_sync", nullcontext)  # DDP: all-reduce with the last slice only

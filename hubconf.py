@@ -5,9 +5,10 @@
     z, feature = model(x)  # x (N, 3, H, W), normalised with mean 0.5 and std 0.5 per channel
 
 Returns our `model.Encoder` in eval mode on the CPU with the checkpoint's weights loaded strictly.
-`model(x)` gives (z (N, z_dim), unit rows: the projection the loss trains on; feature (N, hidden_dim):
-the pre_feature representation that the paper evaluates, there averaged over 128 augmented patches
-per image). `model.backbone(x)` gives the 512-d ResNet-18 feature. No weights are hosted, so
+`model(x)` gives (z (N, z_dim): the projection as the objective receives it, not normalised (EMP-SSL's
+loss trains on its rows put on the unit sphere, `torch.nn.functional.normalize(z, dim=1)`); feature
+(N, hidden_dim): the pre_feature representation that the paper evaluates, there averaged over 128
+augmented patches per image). `model.backbone(x)` gives the 512-d ResNet-18 feature. No weights are hosted, so
 `checkpoint` is required: one of our training checkpoints or an official (DataParallel) state dict.
 
 The caller's modules are left alone: this repository's packages (`model`, `plumbing`) are imported

@@ -43,6 +43,7 @@ from dataset.catalog import DATA_DEFAULTS
 from dataset.patch_sources import DEFAULT_AUGMENT, DEFAULT_CROP_SCALE, crop_scale_flag
 from engine import NonFiniteGuard, Schedule, StepLog, Training, fit, seed_everything
 from features import KNNMonitor
+from loss import LOSSES
 from model import ARCHS, ENCODER_DEFAULTS
 from optim import OPTIMIZERS
 from plumbing import checkpoint as ckpt
@@ -57,11 +58,12 @@ from plumbing.preemption import Preemption, refuse_restart_after_stop
 from plumbing.speed import AMP_DTYPES, compile_model
 
 # Flags that define what a run computes: a resumed run must keep them.
-RUN_DEFINING = ("data", "train_subset", "num_patches", "augment", "crop_scale", "arch", "hidden_dim", "z_dim",
-                "patch_sim", "tcr", "eps", "bs", "optimizer", "lr", "wd", "lars_eta", "epoch", "seed", "precision",
-                "patch_chunks")
+RUN_DEFINING = ("data", "train_subset", "num_patches", "augment", "crop_scale", "arch", "hidden_dim", "z_dim", "loss",
+                "patch_sim", "tcr", "eps", "sim_coeff", "std_coeff", "cov_coeff", "bs", "optimizer", "lr", "wd",
+                "lars_eta", "epoch", "seed", "precision", "patch_chunks")
 # Run-defining flags newer than some checkpoints: the value a checkpoint without the key was trained with.
-BEFORE_THE_FLAG = {"crop_scale": DEFAULT_CROP_SCALE}
+BEFORE_THE_FLAG = {"crop_scale": DEFAULT_CROP_SCALE, "loss": "emp", "sim_coeff": None, "std_coeff": None,
+                   "cov_coeff": None}
 
 
 def chunks_flag(text: str) -> str:
@@ -73,9 +75,10 @@ def chunks_flag(text: str) -> str:
 
 class TrainingParser(ArgumentParser):
     """main.py's parser: --lr and --lars_eta default to the values of the chosen --optimizer
-    (optim.OPTIMIZERS), filled in as the flags are parsed, so that every reader of them (args.json,
-    the checkpoints, the run folder's name, reproduce.py) sees the value the run uses; --lars_eta
-    with an optimiser that has no trust ratio is refused."""
+    (optim.OPTIMIZERS), and the coefficients of the chosen --loss to its own (loss.LOSSES), filled
+    in as the flags are parsed, so that every reader of them (args.json, the checkpoints, the run
+    folder's name, reproduce.py) sees the value the run uses; --lars_eta with an optimiser that has
+    no trust ratio, and a coefficient of another objective than --loss, are refused."""
 
     def parse_known_args(self, args: Sequence[str] | None = None,  # type: ignore[override]
                          namespace: argparse.Namespace | None = None) -> tuple[argparse.Namespace, list[str]]:
@@ -86,7 +89,19 @@ class TrainingParser(ArgumentParser):
                        f"ratio: drop --lars_eta")
         parsed.lr = choice.lr if parsed.lr is None else parsed.lr
         parsed.lars_eta = choice.eta if parsed.lars_eta is None else parsed.lars_eta
+        self.fill_loss_flags(parsed)
         return parsed, rest
+
+    def fill_loss_flags(self, parsed: argparse.Namespace) -> None:
+        """The flags of --loss that were not given take its defaults; a flag that only another
+        objective reads stays None, and is refused when given."""
+        objective = LOSSES[parsed.loss]
+        for name, other in LOSSES.items():
+            for flag in other.defaults.keys() - objective.defaults.keys():
+                if getattr(parsed, flag) is not None:
+                    self.error(f"--{flag} is read by --loss {name}, not by --loss {parsed.loss}: drop --{flag}")
+        for flag, default in objective.defaults.items():
+            setattr(parsed, flag, default if getattr(parsed, flag) is None else getattr(parsed, flag))
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -123,9 +138,24 @@ def get_args_parser() -> argparse.ArgumentParser:
                        help="dimension d of the projected embedding (%(default)s)")
 
     loss = parser.add_argument_group("Loss")
-    loss.add_argument("--patch_sim", type=float, default=200.0, help="weight of the invariance term (%(default)s)")
-    loss.add_argument("--tcr", type=float, default=1.0, help="weight of the total coding rate term (%(default)s)")
-    loss.add_argument("--eps", type=float, default=0.2, help="distortion ε of the coding rate, > 0 (%(default)s)")
+    emp, vicreg = LOSSES["emp"].defaults, LOSSES["vicreg"].defaults
+    loss.add_argument("--loss", default="emp", choices=tuple(LOSSES),
+                      help="; ".join(f"{name}: {objective.help}" for name, objective in LOSSES.items()) +
+                           " (default: %(default)s). The coefficients below apply to the objective they name; "
+                           "one of another objective is refused")
+    loss.add_argument("--patch_sim", type=float, default=None,
+                      help=f"--loss emp: weight of the invariance term (official {emp['patch_sim']:g})")
+    loss.add_argument("--tcr", type=float, default=None,
+                      help=f"--loss emp: weight of the total coding rate term (official {emp['tcr']:g})")
+    loss.add_argument("--eps", type=float, default=None,
+                      help=f"--loss emp: distortion ε of the coding rate, > 0 (official {emp['eps']:g})")
+    loss.add_argument("--sim_coeff", type=float, default=None,
+                      help=f"--loss vicreg: weight of the invariance term, the mean squared difference of patch "
+                           f"pairs (published {vicreg['sim_coeff']:g})")
+    loss.add_argument("--std_coeff", type=float, default=None,
+                      help=f"--loss vicreg: weight of the variance hinge (published {vicreg['std_coeff']:g})")
+    loss.add_argument("--cov_coeff", type=float, default=None,
+                      help=f"--loss vicreg: weight of the covariance term (published {vicreg['cov_coeff']:g})")
 
     optim = parser.add_argument_group("Optim")
     optim.add_argument("--bs", type=int, default=100,
@@ -229,7 +259,7 @@ def validate_args(args: argparse.Namespace) -> None:
     require([
         (args.num_patches >= 2, "--num_patches must be at least 2 (the invariance term compares patches)"),
         (args.bs >= 2, "--bs must be at least 2 (the coding rate and BatchNorm need several images)"),
-        (args.eps > 0, "--eps must be positive (it divides the coding rate's scale d/(B·eps))"),
+        (args.eps is None or args.eps > 0, "--eps must be positive (it divides the coding rate's scale d/(B·eps))"),
         (args.epoch >= 1, "--epoch must be at least 1"),
         (args.lr > 0, "--lr must be positive"),
         (args.max_steps is None or args.max_steps >= 1, "--max_steps must be at least 1"),
@@ -250,8 +280,10 @@ def validate_args(args: argparse.Namespace) -> None:
 
 
 def default_run_dir(args: argparse.Namespace) -> Path:
-    """The official run folder name: logs/<dir>/patchsim<w>_numpatch<P>_bs<B>_lr<lr>_<msg>."""
-    name = f"patchsim{args.patch_sim:g}_numpatch{args.num_patches}_bs{args.bs}_lr{args.lr:g}_{args.msg}"
+    """The official run folder name: logs/<dir>/patchsim<w>_numpatch<P>_bs<B>_lr<lr>_<msg>; with
+    another --loss than emp, its name comes first instead of patchsim<w>."""
+    objective = f"patchsim{args.patch_sim:g}" if args.loss == "emp" else args.loss
+    name = f"{objective}_numpatch{args.num_patches}_bs{args.bs}_lr{args.lr:g}_{args.msg}"
     return Path("logs") / args.dir / name
 
 

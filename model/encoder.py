@@ -1,9 +1,8 @@
-"""The EMP-SSL encoder: backbone → pre_feature (the representation) → projection → unit sphere."""
+"""The EMP-SSL encoder: backbone → pre_feature (the representation) → projection (what the objective receives)."""
 from __future__ import annotations
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from model.resnet import build_backbone
 
@@ -12,7 +11,9 @@ ENCODER_DEFAULTS = {"arch": "resnet18-cifar", "hidden_dim": 4096, "z_dim": 1024}
 
 class Encoder(nn.Module):
     """backbone (N, F) → pre_feature: Linear(F, h) → BN → ReLU, the h-d representation that
-    evaluation uses → projection: Linear(h, h) → BN → ReLU → Linear(h, z) → L2-normalise.
+    evaluation uses → projection: Linear(h, h) → BN → ReLU → Linear(h, z). The projection is
+    returned as it is: the objective owns its normalisation (loss.py: EMP-SSL's loss puts the rows
+    on the unit sphere, VICReg's uses them as they are).
 
     Parameter names (`backbone.*`, `pre_feature.*`, `projection.*`) match the official encoder,
     so official state dicts load once their `module.` prefix is stripped. The official backbone
@@ -33,10 +34,9 @@ class Encoder(nn.Module):
         )
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """x (N, 3, H, W) → (z (N, z_dim) with unit rows, pre_feature (N, hidden_dim))."""
+        """x (N, 3, H, W) → (z (N, z_dim), the projection, not normalised; pre_feature (N, hidden_dim))."""
         feature = self.features(x)
-        z = F.normalize(self.projection(feature), dim=1)
-        return z, feature
+        return self.projection(feature), feature
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """x (N, 3, H, W) → pre_feature(backbone(x)) (N, hidden_dim), the representation alone:

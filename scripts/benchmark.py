@@ -200,7 +200,7 @@ def rate_by_logdet_loop(z: torch.Tensor, eps: float) -> torch.Tensor:
 def bench_tcr(cfg: dict, device: torch.device) -> dict:
     """(2) Coding rate forward + backward, ours against the per-group loop, at main.py's --eps; for
     many groups the loop is timed on cfg['loop_groups'] groups and scaled up (marked extrapolated)."""
-    out, eps = {}, training_flags().get_default("eps")
+    out, eps = {}, training_flags().parse_args([]).eps
     for num_patches in cfg["num_patches"]:
         z = torch.nn.functional.normalize(torch.randn(num_patches, cfg["batch"], cfg["dim"], device=device), dim=-1)
         z.requires_grad_(True)

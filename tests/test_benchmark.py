@@ -36,9 +36,9 @@ class TestWhatIsBenchmarked:
                 super().__init__()
                 self.criterion = criterion
 
-            def forward(self, z: torch.Tensor, z_for_rate: torch.Tensor):
+            def forward(self, z: torch.Tensor, z_global: torch.Tensor):
                 calls.append(tuple(z.shape))
-                return self.criterion(z, z_for_rate=z_for_rate)
+                return self.criterion(z, z_global)
 
         monkeypatch.setattr(main, "build_criterion", lambda args: Recording(build_criterion(args)))
         args = tiny("--steps", "2", "--warmup", "1")

@@ -30,7 +30,8 @@ def reference(model: Encoder, x: torch.Tensor, k: int) -> tuple[dict[str, torch.
     """The same batch as k BatchNorm groups in one graph (what nn.DataParallel computed on k GPUs):
     the loss parts and every parameter gradient."""
     z = torch.cat([model(part)[0] for part in x.chunk(k)])  # (P·B, d), one graph
-    loss, parts = EMPSSLLoss(200.0, 1.0, 0.2)(z.float().view(P, B, -1))  # (P, B, d)
+    z = z.float().view(P, B, -1)  # (P, B, d)
+    loss, parts = EMPSSLLoss(200.0, 1.0, 0.2)(z, z)
     loss.backward()
     return {"loss": loss.detach(), **parts}, [p.grad.clone() for p in model.parameters()]
 

@@ -32,8 +32,8 @@ class PoisonAt(EMPSSLLoss):
         super().__init__(patch_sim=200.0, tcr=1.0, eps=0.2)
         self.bad, self.calls = bad, 0
 
-    def forward(self, z, z_for_rate=None):
-        loss, parts = super().forward(z, z_for_rate)
+    def forward(self, z, z_global):
+        loss, parts = super().forward(z, z_global)
         self.calls += 1
         return (loss * float("nan"), parts) if self.calls in self.bad else (loss, parts)
 

@@ -21,14 +21,19 @@ def direct_rate(z: torch.Tensor, eps: float) -> torch.Tensor:
     return torch.stack([0.5 * torch.logdet(eye + d / (b * eps) * zp.T @ zp) for zp in z.double()])
 
 
-def reference_loss(z: torch.Tensor, patch_sim: float, tcr: float, eps: float) -> torch.Tensor:
-    """A straightforward per-patch loop over the official formulation, in float64: the mean
-    embedding z̄_b = mean_p z_pb is not detached, so the gradient flows through it too."""
+def reference_similarity(z: torch.Tensor) -> torch.Tensor:
+    """The official invariance as a per-patch loop in float64: the mean embedding z̄_b = mean_p z_pb
+    is not detached, so the gradient flows through it too."""
     z = z.double()
     z_avg = z.mean(0)
-    sim = sum(F.cosine_similarity(z[p], z_avg, dim=1).mean() for p in range(z.shape[0])) / z.shape[0]
-    rate = direct_rate(z, eps).mean()
-    return patch_sim * -sim + tcr * -rate
+    return sum(F.cosine_similarity(z[p], z_avg, dim=1).mean() for p in range(z.shape[0])) / z.shape[0]
+
+
+def reference_loss(z: torch.Tensor, patch_sim: float, tcr: float, eps: float) -> torch.Tensor:
+    """The official formulation in float64: the rows put on the unit sphere (the official encoder's
+    last step), then the per-patch loop."""
+    z = F.normalize(z.double(), dim=-1)
+    return patch_sim * -reference_similarity(z) + tcr * -direct_rate(z, eps).mean()
 
 
 def unit_rows(*shape: int, seed: int = 0) -> torch.Tensor:
@@ -133,22 +138,34 @@ class TestInvariance:
         assert invariance(same).item() == pytest.approx(1.0, abs=1e-6)
         assert invariance(unit_rows(5, 6, 8)).item() < 0.7
 
+    def test_gradient_flows_through_the_mean(self) -> None:
+        """A detached mean fails here. The rows have varied norms: for unit rows the mean's direction
+        maximises Σ_p cos(z_pb, ·), so the gradient through the mean is exactly zero and a detach
+        would change nothing."""
+        norms = torch.linspace(0.5, 2.0, 40).view(4, 10, 1)  # (P, B, 1)
+        z = (unit_rows(4, 10, 24) * norms).requires_grad_()
+        z64 = z.detach().double().requires_grad_()
+        (g,) = torch.autograd.grad(invariance(z), z)
+        (g_ref,) = torch.autograd.grad(reference_similarity(z64), z64)
+        assert ((g.double() - g_ref).norm() / g_ref.norm()).item() < 1e-5
+        (g_detached,) = torch.autograd.grad(F.cosine_similarity(z, z.mean(0).detach(), dim=-1).mean(), z)
+        assert ((g_detached.double() - g_ref).norm() / g_ref.norm()).item() > 1e-2
+
 
 class TestEMPSSLLoss:
     def test_equals_per_patch_reference(self) -> None:
         z = unit_rows(4, 10, 24)
-        loss, parts = EMPSSLLoss(patch_sim=200.0, tcr=1.0, eps=0.2)(z)
+        loss, parts = EMPSSLLoss(patch_sim=200.0, tcr=1.0, eps=0.2)(z, z)
         torch.testing.assert_close(loss.double(), reference_loss(z, 200.0, 1.0, 0.2), rtol=1e-5, atol=1e-4)
         assert parts["invariance"].item() == pytest.approx(invariance(z).item())
         assert parts["coding_rate"].item() == pytest.approx(direct_rate(z, 0.2).mean().item(), rel=1e-5)
 
     def test_gradient_equals_the_per_patch_reference(self) -> None:
-        """The gradient flows through the mean embedding too, so a detached mean fails here. The rows
-        have varied norms: for unit rows the mean's direction maximises Σ_p cos(z_pb, ·), so the
-        gradient through the mean is exactly zero and a detach would change nothing."""
+        """On rows of varied norms, which the loss puts on the unit sphere itself (the encoder returns
+        the projection as it is): a loss that skipped the normalisation would fail here."""
         norms = torch.linspace(0.5, 2.0, 40).view(4, 10, 1)  # (P, B, 1)
         z = (unit_rows(4, 10, 24) * norms).requires_grad_()
-        loss, _ = EMPSSLLoss(patch_sim=200.0, tcr=1.0, eps=0.2)(z)
+        loss, _ = EMPSSLLoss(patch_sim=200.0, tcr=1.0, eps=0.2)(z, z)
         z64 = z.detach().double().requires_grad_()
         ref = reference_loss(z64, 200.0, 1.0, 0.2)
         torch.testing.assert_close(loss.double(), ref.detach(), rtol=1e-5, atol=1e-4)
@@ -156,16 +173,29 @@ class TestEMPSSLLoss:
         (g_ref,) = torch.autograd.grad(ref, z64)
         assert ((g.double() - g_ref).norm() / g_ref.norm()).item() < 1e-5
 
+    def test_rows_are_put_on_the_unit_sphere(self) -> None:
+        """The loss of z equals the loss of its rows scaled by any positive factors (local and global
+        alike), and the rate is that of unit rows, not of z as it is."""
+        z = unit_rows(3, 8, 16)
+        z_global = torch.cat([z, unit_rows(3, 8, 16, seed=5)], dim=1)  # (P, 2B, d)
+        scale = torch.rand(3, 16, 1, generator=torch.Generator().manual_seed(2)) * 3 + 0.1  # (P, 2B, 1)
+        criterion = EMPSSLLoss(200.0, 1.0, 0.2)
+        unit_loss, unit_parts = criterion(z, z_global)
+        loss, parts = criterion(z * scale[:, :8], z_global * scale)
+        torch.testing.assert_close(loss, unit_loss, rtol=1e-5, atol=1e-4)
+        assert parts["coding_rate"].item() == pytest.approx(direct_rate(z_global, 0.2).mean().item(), rel=1e-5)
+        assert direct_rate(z_global * scale, 0.2).mean().item() > parts["coding_rate"].item() + 0.5
+
     def test_official_sign_both_terms_reduce_the_loss(self) -> None:
         z = unit_rows(4, 10, 24)
-        loss, parts = EMPSSLLoss(200.0, 1.0, 0.2)(z)
+        loss, parts = EMPSSLLoss(200.0, 1.0, 0.2)(z, z)
         assert loss.item() == pytest.approx(-200 * parts["invariance"].item() - parts["coding_rate"].item(), rel=1e-5)
         assert loss.item() < 0
 
     def test_rate_is_taken_over_the_given_global_batch(self) -> None:
         z = unit_rows(3, 8, 16)
         z_global = torch.cat([z, unit_rows(3, 8, 16, seed=5)], dim=1)  # (P, 2B, d)
-        _, parts = EMPSSLLoss(200.0, 1.0, 0.2)(z, z_for_rate=z_global)
+        _, parts = EMPSSLLoss(200.0, 1.0, 0.2)(z, z_global)
         assert parts["coding_rate"].item() == pytest.approx(direct_rate(z_global, 0.2).mean().item(), rel=1e-5)
         assert parts["invariance"].item() == pytest.approx(invariance(z).item())
 
@@ -175,7 +205,7 @@ class TestEMPSSLLoss:
         criterion = EMPSSLLoss(200.0, 1.0, 0.2)
         losses = []
         for _ in range(20):
-            loss, _ = criterion(F.normalize(raw, dim=-1))
+            loss, _ = criterion(raw, raw)
             opt.zero_grad()
             loss.backward()
             opt.step()

@@ -171,8 +171,8 @@ class TestNonFiniteLoss:
     def nan_at_step_2(self, monkeypatch: pytest.MonkeyPatch) -> None:
         forward, calls = EMPSSLLoss.forward, []
 
-        def poisoned(self, z, z_for_rate=None):
-            loss, parts = forward(self, z, z_for_rate)
+        def poisoned(self, z, z_global):
+            loss, parts = forward(self, z, z_global)
             calls.append(1)
             return (loss * float("nan"), parts) if len(calls) == 2 else (loss, parts)
 
