@@ -123,7 +123,8 @@ class Training:
     encoder is the module whose state dict is saved; wrapped is the encoder as it runs the forward
     (its DistributedDataParallel or compiled wrapper, sharing its parameters, or encoder itself).
     chunks is the number of slices a step's batch is run in (--patch_chunks). step counts the
-    optimizer steps taken, over all epochs.
+    optimizer steps taken, over all epochs; train_seconds the wall-clock of those steps and of their
+    data loading (not of saves, nor of the --eval_every kNN), over all epochs, resumes included.
     """
 
     encoder: nn.Module
@@ -138,6 +139,7 @@ class Training:
     args: dict[str, Any]
     chunks: int = 1
     step: int = 0
+    train_seconds: float = 0.0
 
     @property
     def epoch(self) -> int:
@@ -155,6 +157,7 @@ class Training:
         self.scheduler.load_state_dict(state["scheduler"])
         ckpt.set_rng_state(state["rng"])
         self.step = state["step"]
+        self.train_seconds = state.get("train_seconds", 0.0)  # a checkpoint written before the clock: from 0
 
     def take_step(self, x: torch.Tensor, guard: NonFiniteGuard | None) -> dict[str, torch.Tensor]:
         """One step of the run on patches x (P·B, C, H, W): :func:`train_step` on its parts in its
@@ -170,7 +173,7 @@ class Training:
         """Write save_models/<name> (rank 0; the others wait and stop too if it fails)."""
         state = {"model": self.encoder.state_dict(), "optimizer": self.optimizer.state_dict(),
                  "scheduler": self.scheduler.state_dict(), "epoch": self.epoch, "step": self.step,
-                 "args": self.args, "rng": ckpt.rng_state()}
+                 "train_seconds": self.train_seconds, "args": self.args, "rng": ckpt.rng_state()}
         path = self.run_dir / ckpt.CHECKPOINT_DIR / name
         on_main(ckpt.save_checkpoint, state, path)
         return path
@@ -365,12 +368,14 @@ def train_one_epoch(training: Training, batches: Iterable[torch.Tensor], log: St
     the step values every log.every steps, before every save, at a stop and at the end; a
     non-finite loss past the guard's budget raises there. last.pt is written every save_every
     steps. Returns the signal that stopped the run (SIGTERM over Ctrl-C where ranks got different
-    ones; the caller saves and stops), or None.
+    ones; the caller saves and stops), or None. training.train_seconds grows by the wall-clock of the
+    loop (steps, data loading, reads of the step values), the saves left out.
     """
     training.wrapped.train()
-    log.tick = time.perf_counter()
+    log.tick = tick = time.perf_counter()  # training.train_seconds counts from here, saves left out
     log.bar = tqdm(batches, desc=f"epoch {training.step // training.steps_per_epoch}", dynamic_ncols=True,
                    leave=False, disable=not is_main())
+    stop = 0
     for x in log.bar:
         lr = training.optimizer.param_groups[0]["lr"]
         stats = training.take_step(x, log.guard)
@@ -380,11 +385,14 @@ def train_one_epoch(training: Training, batches: Iterable[torch.Tensor], log: St
         if log.due(training.step) or save_due or stop:
             log.flush()
         if stop:
-            return signal.Signals(stop)
+            break
         if save_due:
+            training.train_seconds += time.perf_counter() - tick
             training.save()
+            tick = time.perf_counter()
         if training.step >= stop_step:
             break
     if log.pending:
         log.flush()
-    return None
+    training.train_seconds += time.perf_counter() - tick
+    return signal.Signals(stop) if stop else None

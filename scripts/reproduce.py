@@ -194,21 +194,22 @@ def refuse_own_flags(entry: ModuleType, ours: list[str], extra: list[str], own: 
             raise UserError(f"{flag} may not set --{dest}{value}: {instead}")
 
 
-def continuation(train: argparse.Namespace, run_dir: Path) -> list[str]:
+def continuation(train: argparse.Namespace, run_dir: Path, flag: str = "--run_dir") -> list[str]:
     """["--resume"] when run_dir holds a run these training flags continue, [] when it holds none;
     a run trained with other flags is refused with reproduce.py's own flags in the message, and so
-    is a run whose last.pt is gone (naming the `cp` from its newest epoch checkpoint)."""
+    is a run whose last.pt is gone (naming the `cp` from its newest epoch checkpoint); flag is the
+    caller's flag of a new run folder, named in those refusals."""
     last = run_dir / ckpt.CHECKPOINT_DIR / ckpt.LAST
     if not last.exists():
         restore = ckpt.restore_last(run_dir)
         if restore:
             raise UserError(f"{run_dir} holds epoch checkpoints but no {ckpt.LAST}: {restore} and run this command "
-                            f"again, or pass a new --run_dir to train afresh")
+                            f"again, or pass a new {flag} to train afresh")
         return []
     diff = train_entry.changed_flags(ckpt.load_checkpoint(last).get("args", {}), train)
     if diff:
         raise UserError(f"{run_dir} holds a run trained with {diff}: rerun with its --train_args to continue "
-                        f"it, or pass a new --run_dir to train afresh")
+                        f"it, or pass a new {flag} to train afresh")
     return ["--resume"]
 
 
