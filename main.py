@@ -371,6 +371,20 @@ def plan_chunks(args: argparse.Namespace, training: Training, device: torch.devi
     return plan, choose_chunks(args.patch_chunks, plan)
 
 
+CPU_SIZED = ("--arch resnet10-cifar --hidden_dim 1024 --z_dim 256 --num_patches 8 --bs 100 --epoch 1 "
+             "(README: a CPU-sized run)")
+
+
+def cpu_note(args: argparse.Namespace, device: torch.device) -> str | None:
+    """A line for a run of a GPU-sized network on the CPU, which the defaults are (the paper's
+    resnet18 at P·B = 10,000 patches a step: a minute or more a step there), naming a CPU-sized
+    run; None on a GPU or for the small resnet10-cifar."""
+    if device.type != "cpu" or args.arch == "resnet10-cifar":
+        return None
+    return (f"note: {args.arch} with {args.num_patches * args.bs:,} patches a step is sized for a GPU; on the CPU "
+            f"a step can take minutes. A CPU-sized run: {CPU_SIZED}")
+
+
 def log_knn(monitor: KNNMonitor, training: Training, writer: Any, epoch: int) -> None:
     """The cheap training-time kNN (rank 0): top-1 on the test split, to TensorBoard and the console."""
     knn_top1 = monitor(training.encoder)
@@ -401,6 +415,8 @@ def main(args: argparse.Namespace) -> None:
         distributed.on_main(prepare_run_dir, run_dir, args)
         distributed.print_main(banner(args))
         distributed.print_main(f"memory: {plan.describe(training.chunks, args.patch_chunks)}")
+        if (note := cpu_note(args, device)) is not None:
+            distributed.print_main(note)
         distributed.print_main(f"run folder: {run_dir}  ({patches.steps_per_epoch} steps per epoch, "
                                f"{patches.steps_per_epoch * args.epoch} in all, on {device} × "
                                f"{distributed.get_world_size()} processes)")

@@ -170,3 +170,26 @@ class TestCommandLine:
         result = run_script("main.py", "--eps", "-1", cwd=tmp_path)
         assert result.returncode == 2
         assert_one_line_error(result, "--eps")
+
+
+def test_cpu_note_names_a_cpu_sized_run_for_gpu_sized_networks_only() -> None:
+    """The paper's defaults on the CPU get one line naming a CPU-sized run; the small network and
+    any GPU run get none."""
+    import main as entry
+    args = entry.get_args_parser().parse_args([])  # the paper's defaults: resnet18-cifar, P 100, B 100
+    note = entry.cpu_note(args, torch.device("cpu"))
+    assert note is not None and "10,000 patches a step" in note and "--arch resnet10-cifar" in note
+    assert entry.cpu_note(args, torch.device("cuda")) is None
+    small = entry.get_args_parser().parse_args(["--arch", "resnet10-cifar"])
+    assert entry.cpu_note(small, torch.device("cpu")) is None
+
+
+def test_a_checkpoint_older_than_loss_resumes_as_emp_only() -> None:
+    """A checkpoint written before --loss existed (no loss, no VICReg coefficients in its args) was
+    trained with EMP-SSL's objective: resuming it with the default is no change, with vicreg it is."""
+    import main as entry
+    emp = entry.get_args_parser().parse_args([])
+    old = {k: v for k, v in vars(emp).items() if k not in ("loss", "sim_coeff", "std_coeff", "cov_coeff")}
+    assert entry.changed_flags(old, emp) == ""
+    vicreg = entry.get_args_parser().parse_args(["--loss", "vicreg"])
+    assert "--loss emp (now vicreg)" in entry.changed_flags(old, vicreg)
