@@ -83,6 +83,7 @@ from plumbing.files import check_writable, failure_cause, write_text  # noqa: E4
 from plumbing.host_sync import HostSyncs, refuse_syncs  # noqa: E402
 from plumbing.speed import AMP_DTYPES  # noqa: E402
 from scripts import benchmark, reproduce  # noqa: E402
+from scripts.rows import ROWS  # noqa: E402
 
 ROW = "cifar10-1ep"
 FAST = ["--augment", "batched", "--precision", "bf16", "--channels_last"]
@@ -203,7 +204,7 @@ def refuse_small_data(data_dir: Path | None, tiny: bool) -> None:
     if data_dir is None:
         return
     targets = build_dataset(flags[1], data_dir, "train", download=False).targets
-    usable, need = (largest_balanced_subset(targets), TINY_IMAGES) if tiny else (len(targets), reproduce.ROWS[ROW].bs)
+    usable, need = (largest_balanced_subset(targets), TINY_IMAGES) if tiny else (len(targets), ROWS[ROW].bs)
     if usable < need:
         what = (f"at most {usable:,} of them class-balanced, and --tiny trains on {need:,}" if tiny else
                 f"and the check trains in batches of {need}")
@@ -393,7 +394,7 @@ def verdict(record: dict[str, Any]) -> list[dict[str, str]]:
                            f"{train['s_per_epoch']:,.1f} s ({train['images_per_s']:,.0f} images/s, "
                            f"{train['patches_per_s']:,.0f} patches/s)"))
     if trained:
-        published = reproduce.ROWS[ROW].published
+        published = ROWS[ROW].published
         lines.append(check(f"top-1 beside the published {published} (best over test epochs)", None,
                            f"linear {trained['linear_top1_final']:.2f} final / "
                            f"{trained['linear_top1_best_over_test_epochs']:.2f} best over test epochs, "

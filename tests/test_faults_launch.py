@@ -185,7 +185,8 @@ runpy.run_path(sys.argv[0], run_name="__main__")
 """
 
 ENTRY_POINTS = ["main.py", "evaluate.py", "scripts/benchmark.py", "scripts/benchmark_eval.py", "scripts/export.py",
-                "scripts/results_table.py", "scripts/reproduce.py", "scripts/gpu_check.py"]
+                "scripts/results_table.py", "scripts/reproduce.py", "scripts/gpu_check.py", "scripts/sweep.py",
+                "scripts/make_cifar_slice.py"]
 
 
 class TestCtrlCWhileStarting:
