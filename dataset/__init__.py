@@ -8,6 +8,8 @@
 - :mod:`dataset.draws`: the random parameters of every patch of a batch, from the official
   distributions; :mod:`dataset.image_ops`: the batched image operations that apply them;
   :mod:`dataset.batched_pipeline`: the two together, all patches of a batch at once on the device;
+  :mod:`dataset.resampling`: Pillow's own resampling by taps (the ImageNet kind's crops, byte-exact)
+  and the box draws for images of different sizes;
 - :mod:`dataset.patch_sources`: the patches of training steps (:class:`TrainingPatches`) and of
   evaluation sweeps (:class:`EvaluationPatches`), made by either path (:data:`AUGMENTS`);
 - :mod:`dataset.seeding`: the one hash chain every random stream derives from (epoch order,

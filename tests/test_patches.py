@@ -83,10 +83,11 @@ class TestPathChoice:
         x = next(iter(patches))
         assert x.shape == (4, 3, 32, 32) and x.dtype == torch.float32 and -1 <= x.min() and x.max() <= 1
 
-    def test_imagenet_kind_keeps_decoding_in_workers(self, tmp_path: Path) -> None:
+    def test_imagenet_kind_equally_sized_lives_in_memory(self, tmp_path: Path) -> None:
+        """Its crops are made on the device too (tests/test_device_crops.py)."""
         write_image_folder(tmp_path, sizes=[(40, 40)] * 2, splits=("train", "val"))
         patches = folder_patches(tmp_path, "tinyimagenet", "batched")
-        assert patches.images is None
+        assert patches.images is not None and patches.loader is None
         assert next(iter(patches)).shape == (4, 3, 224, 224)
 
     def test_pil_path_is_the_official_loader(self, tmp_path: Path) -> None:
