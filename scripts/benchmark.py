@@ -85,10 +85,10 @@ from plumbing.speed import AMP_DTYPES, memory_format  # noqa: E402
 from scripts.reproduce import flags  # noqa: E402
 
 T = TypeVar("T")
-IMAGENET_CPU_STEPS = 4  # (5)'s timed steps at the CPU size: the whole line in about 2 minutes on 2 cores
+IMAGENET_CPU_STEPS = 16  # (5)'s timed steps at the CPU size: the whole line in at most about 2 minutes on 2 cores
 CIFAR10_TRAIN = 50_000  # images in one CIFAR-10 epoch, for seconds per epoch
 CLEAR_REFS = Path("/proc/self/clear_refs")  # Linux: writing 5 resets the resident set's peak
-LINES = {"patchgen": "patchgen", "tcr": "tcr", "train": "train", "chunks": "chunks",  # --only: the line → its JSON key
+LINES = {"patchgen": "patchgen", "tcr": "tcr", "train": "train", "chunks": "chunks",  # --only: line → JSON key
          "imagenet": "imagenet_patches"}
 IMAGENET_FOLDERS = {  # (5): folder → the --data name that gives the ImageNet kind, the (height, width) of its images
     "64": ("tinyimagenet", ((64, 64),)),  # Tiny ImageNet's shape
@@ -141,7 +141,7 @@ def sizes(args: argparse.Namespace) -> dict:
                 "tcr": {"batch": 8, "dim": 32, "num_patches": [4], "loop_groups": 4},
                 "train": {"flags": {**toy, "bs": 8, "num_patches": 4}, "steps": args.steps, "warmup": args.warmup},
                 "chunks": {"flags": {**toy, "bs": 4, "num_patches": 20}, "chunks": [1, 5]},
-                "imagenet": imagenet_sizes(args.imagenet_workers, batch=2, num_patches=2, steps=1, crop_repeats=1)}
+                "imagenet": imagenet_sizes(args, batch=2, num_patches=2, steps=1, crop_repeats=1)}
     model = dict(ENCODER_DEFAULTS) if args.full else {"arch": "resnet10-cifar", "hidden_dim": 1024, "z_dim": 256}
     return {"patchgen": {"flags": {"bs": 100, "num_patches": 20}, "repeats": 20 if args.full else 5, "warmup": 2},
             "tcr": {"batch": 100, "dim": 1024, "num_patches": [20, 200], "loop_groups": 20},
@@ -149,19 +149,25 @@ def sizes(args: argparse.Namespace) -> dict:
                       "steps": args.steps, "warmup": args.warmup},
             "chunks": {"flags": {**ENCODER_DEFAULTS, "bs": 100 if args.full else 8, "num_patches": 200},
                        "chunks": [1, 10]},
-            "imagenet": imagenet_sizes(args.imagenet_workers, batch=64 if args.full else 8, num_patches=20,
+            "imagenet": imagenet_sizes(args, batch=64 if args.full else 8, num_patches=20,
                                        steps=10 if args.full else IMAGENET_CPU_STEPS, crop_repeats=3)}
 
 
-def imagenet_sizes(workers: int, batch: int, num_patches: int, steps: int, crop_repeats: int) -> dict:
-    """(5)'s configuration: B images × P patches a step, `workers` DataLoader processes, `steps`
-    timed steps after one untimed step per worker (at least one: the first starts the workers and
-    each worker's first batch is made meanwhile, so the timed steps find the pipeline full), one
-    epoch of exactly those steps (the folders hold (warm-up + steps)·B images, in 4 classes),
-    and crop_repeats timings of the crops alone."""
+def imagenet_sizes(args: argparse.Namespace, batch: int, num_patches: int, steps: int, crop_repeats: int) -> dict:
+    """(5)'s configuration: B images × P patches a step, --imagenet_workers DataLoader processes,
+    `steps` timed steps after one untimed step per worker (at least one: the first starts the
+    workers and each worker's first batch is made meanwhile, so the timed steps find the pipeline
+    full), one epoch of exactly those steps (the folders hold (warm-up + steps)·B images, in 4
+    classes), crop_repeats timings of the crops alone; and the torch CPU threads of this process
+    while the paths are timed: --threads, else the cores the workers leave (at least 1) — on 2
+    cores, torch's default of 2 threads beside 2 busy workers made the worker crops' steps erratic
+    (at nice 19 on a shared machine: 18 and 467 patches per second in one run, 97 s of CPU time
+    where 1 thread took 14 s and gave 366 and 345)."""
+    workers = args.imagenet_workers
     warmup = max(1, workers)
     return {"bs": batch, "num_patches": num_patches, "workers": workers, "steps": steps, "warmup": warmup,
-            "images": (warmup + steps) * batch, "classes": 4, "crop_repeats": crop_repeats}
+            "images": (warmup + steps) * batch, "classes": 4, "crop_repeats": crop_repeats,
+            "threads": args.threads or max(1, (os.cpu_count() or 1) - workers)}
 
 
 def run_args(args: argparse.Namespace, size: dict[str, object], augment: str) -> argparse.Namespace:
@@ -496,10 +502,12 @@ def bench_imagenet(args: argparse.Namespace, cfg: dict, device: torch.device) ->
     temporary folder (:func:`write_colour_folder`; :data:`IMAGENET_FOLDERS`): for each, the worker
     crops and the device crops, each alone (:func:`time_patches`), the two ratios against the
     targets (:func:`against_targets`) and the crops alone (:func:`crop_stage`, on the first B
-    images). Without the device-crop path in this code its entries and the ratios are None."""
+    images). The paths run with cfg["threads"] torch CPU threads in this process (see
+    :func:`imagenet_sizes`). Without the device-crop path in this code its entries and the ratios
+    are None."""
     out: dict = {"B": cfg["bs"], "P": cfg["num_patches"], "workers": cfg["workers"], "steps": cfg["steps"],
-                 "warmup": cfg["warmup"], "device": str(device), "targets": IMAGENET_TARGETS,
-                 "device_crops_available": DEVICE_CROPS}
+                 "warmup": cfg["warmup"], "threads": cfg["threads"], "device": str(device),
+                 "targets": IMAGENET_TARGETS, "device_crops_available": DEVICE_CROPS}
     with tempfile.TemporaryDirectory(prefix="benchmark-imagenet-") as tmp:
         for folder, (data, shapes) in IMAGENET_FOLDERS.items():
             root = Path(tmp) / folder
@@ -508,8 +516,9 @@ def bench_imagenet(args: argparse.Namespace, cfg: dict, device: torch.device) ->
                     "workers": cfg["workers"]}
             run = run_args(args, size, "batched")
             recipe = PatchRecipe.of(run.data, run.augment, run.num_patches, run.seed, run.crop_scale)
-            worker = time_patches(run, device, False, cfg)
-            on_device = time_patches(run, device, True, cfg) if DEVICE_CROPS else None
+            with cpu_threads(cfg["threads"]):
+                worker = time_patches(run, device, False, cfg)
+                on_device = time_patches(run, device, True, cfg) if DEVICE_CROPS else None
             out[folder] = {"worker_crops": worker, "device_crops": on_device, **against_targets(worker, on_device),
                            "crop_stage": crop_stage(paths[:cfg["bs"]], recipe, cfg["crop_repeats"], device),
                            "images": {"count": len(paths), "shapes": [list(shape) for shape in shapes],

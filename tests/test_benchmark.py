@@ -3,6 +3,7 @@ main.py's flags, and the sliced step's memory is measured in fresh processes."""
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -83,6 +84,7 @@ class TestImageNetLine:
         im = imagenet_line["imagenet_patches"]
         settings = (im["B"], im["P"], im["workers"], im["steps"], im["patch_size"], im["device"])
         assert settings == (2, 2, 1, 1, 224, "cpu")
+        assert im["threads"] == max(1, (os.cpu_count() or 1) - 1)  # the cores the one worker leaves
         for folder in ("64", "400"):
             r = im[folder]
             assert set(r) >= {"worker_crops", "device_crops", "speed_ratio", "bytes_ratio", "crop_stage"}
