@@ -64,12 +64,14 @@ if __name__ == "__main__":  # first: Ctrl-C while the modules below load ends in
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from PIL import Image  # noqa: E402
+from torch.utils.data import Dataset  # noqa: E402
 
 from build import patch_shape, training_patches  # noqa: E402
 from dataset import AUGMENTS, PatchRecipe, TrainingPatches, load_split  # noqa: E402
 from dataset.catalog import DATA_DEFAULTS  # noqa: E402
 from dataset.images import load_image  # noqa: E402
 from dataset.pil_pipeline import CROP_RATIO  # noqa: E402
+from dataset.pixels import CACHE_ENV  # noqa: E402
 from dataset.resampling import crop_window_sized, resized_crops, sample_crops_sized  # noqa: E402
 from dataset.sampler import ResumableSampler  # noqa: E402
 from engine import NonFiniteGuard, Training, seed_everything  # noqa: E402
@@ -388,20 +390,42 @@ def write_colour_folder(root: Path, shapes: tuple[tuple[int, int], ...], images:
     return paths
 
 
-def imagenet_patches(run: argparse.Namespace, device: torch.device, device_crops: bool) -> TrainingPatches:
-    """build.training_patches of run, in one process, with the crop path chosen: device_crops sends
-    each whole decoded image to the device and crops it there; without, the DataLoader workers cut
-    the P crops of each image. In code without the device-crop path (TrainingPatches takes no
-    device_crops: :data:`DEVICE_CROPS`) only the worker crops exist, and asking for device crops
-    is a programming error (ValueError)."""
+IMAGENET_PATHS = {  # (5): path → (TrainingPatches' device_crops, the images forced through the DataLoader)
+    "worker_crops": (False, False),  # the workers cut P crops per image with PIL
+    "device_crops": (True, True),  # the workers decode and ship whole images; the crops are made on the device
+    "device_crops_held": (True, False),  # as training runs it: equally sized images that fit stay on the device
+}
+
+
+class ThroughLoader(Dataset):
+    """A data set's items as they are, in a wrapper that dataset/pixels.py does not hold in memory
+    (``in_memory_pixels`` gives None for anything but an ImageFolder or an array-backed set), so
+    that TrainingPatches sends its images through the DataLoader even where it would keep them
+    on the device (equally sized images that fit: the 64×64 folder)."""
+
+    def __init__(self, dataset: Dataset) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)  # type: ignore[arg-type]
+
+    def __getitem__(self, index: int) -> object:
+        return self.dataset[index]
+
+
+def imagenet_patches(run: argparse.Namespace, device: torch.device, path: str) -> TrainingPatches:
+    """build.training_patches of run, in one process, by one of :data:`IMAGENET_PATHS`. In code
+    without the device-crop path (TrainingPatches takes no device_crops: :data:`DEVICE_CROPS`)
+    only the worker crops exist, and asking for another path is a programming error (ValueError)."""
+    device_crops, through_loader = IMAGENET_PATHS[path]
     if device_crops and not DEVICE_CROPS:
         raise ValueError("this code has no device-crop path: TrainingPatches takes no device_crops")
     dataset = load_split(run.data, run.data_dir, "train")
     sampler = ResumableSampler(len(dataset), run.bs, seed=run.seed)
     recipe = PatchRecipe.of(run.data, run.augment, run.num_patches, run.seed, run.crop_scale)
     choice = {"device_crops": device_crops} if DEVICE_CROPS else {}
-    return TrainingPatches(dataset, recipe, sampler, run.workers, device, memory_format(run.channels_last),
-                           leave_signals_to_parent, **choice)
+    return TrainingPatches(ThroughLoader(dataset) if through_loader else dataset, recipe, sampler, run.workers,
+                           device, memory_format(run.channels_last), leave_signals_to_parent, **choice)
 
 
 class LoaderBytes:
@@ -421,13 +445,15 @@ class LoaderBytes:
             yield views, labels
 
 
-def time_patches(run: argparse.Namespace, device: torch.device, device_crops: bool, cfg: dict) -> dict:
-    """One crop path of (5) alone (its loader and workers made for its turn, stopped after it):
+def time_patches(run: argparse.Namespace, device: torch.device, path: str, cfg: dict) -> dict:
+    """One path of (5) alone (:data:`IMAGENET_PATHS`; its loader and workers made for its turn,
+    stopped after it):
     patches per second over cfg["steps"] consecutive steps after cfg["warmup"] untimed ones, each
     step the (P·B, 3, 224, 224) float32 patches ready on the device, the photometric half included;
     and bytes_per_step, the bytes of what the loader gave to be moved to the device in the last
-    step (TrainingPatches.bytes_per_step, else counted by :class:`LoaderBytes`)."""
-    patches = imagenet_patches(run, device, device_crops)
+    step (TrainingPatches.bytes_per_step, else counted by :class:`LoaderBytes`; 0 for images held
+    on the device)."""
+    patches = imagenet_patches(run, device, path)
     counted = None if hasattr(patches, "bytes_per_step") else LoaderBytes(patches.loader)
     if counted is not None:
         patches.loader = counted
@@ -449,14 +475,29 @@ def cpu_threads(threads: int) -> Iterator[None]:
         torch.set_num_threads(before)
 
 
+@contextlib.contextmanager
+def pixel_cache(folder: Path) -> Iterator[None]:
+    """dataset/pixels.py's decoded-image cache in `folder` inside the block (``$EMP_SSL_CACHE``),
+    as it was after it."""
+    before = os.environ.get(CACHE_ENV)
+    os.environ[CACHE_ENV] = str(folder)
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(CACHE_ENV, None)
+        else:
+            os.environ[CACHE_ENV] = before
+
+
 def crop_stage(paths: list[Path], recipe: PatchRecipe, repeats: int, device: torch.device) -> dict:
     """The crops alone of (5), without decoding, loader or photometric half, on one CPU thread (on a
     CPU: per core), for P patches of each of the decoded images at `paths`: worker crops are the
     workers' per-patch transform (RandomResizedCrop, flip, PILToTensor; recipe.worker_transform)
     in this process; device crops are the box draws (resampling.sample_crops_sized) and
-    resampling.resized_crops of the images as one padded uint8 batch on the device, in float32
-    (its default) and Pillow-exact. Patches per second, the median of `repeats` timings taken in
-    turns, and the ratio device (float32) / worker."""
+    resampling.resized_crops of the images as one padded uint8 batch on the device, Pillow-exact
+    (as the device-crop path cuts them) and in float32 (resized_crops' default). Patches per
+    second, the median of `repeats` timings taken in turns, and each device / worker ratio."""
     images = [load_image(str(path)) for path in paths]
     heights = torch.tensor([image.height for image in images], device=device)  # (B,)
     widths = torch.tensor([image.width for image in images], device=device)
@@ -477,10 +518,11 @@ def crop_stage(paths: list[Path], recipe: PatchRecipe, repeats: int, device: tor
 
     with cpu_threads(1):
         seconds = timed({"worker_crops": lambda: [transform(image) for _ in range(p) for image in images],
-                         "device_crops": device_crops(False), "device_crops_exact": device_crops(True)},
+                         "device_crops_exact": device_crops(True), "device_crops_float": device_crops(False)},
                         repeats, device)
     out: dict = {name: {"patches_per_s": p * len(images) / s} for name, s in seconds.items()}
-    out["ratio"] = out["device_crops"]["patches_per_s"] / out["worker_crops"]["patches_per_s"]
+    for mode in ("exact", "float"):
+        out[f"ratio_{mode}"] = out[f"device_crops_{mode}"]["patches_per_s"] / out["worker_crops"]["patches_per_s"]
     out["threads"] = 1
     return out
 
@@ -502,13 +544,17 @@ def bench_imagenet(args: argparse.Namespace, cfg: dict, device: torch.device) ->
     temporary folder (:func:`write_colour_folder`; :data:`IMAGENET_FOLDERS`): for each, the worker
     crops and the device crops, each alone (:func:`time_patches`), the two ratios against the
     targets (:func:`against_targets`) and the crops alone (:func:`crop_stage`, on the first B
-    images). The paths run with cfg["threads"] torch CPU threads in this process (see
-    :func:`imagenet_sizes`). Without the device-crop path in this code its entries and the ratios
-    are None."""
+    images). The ratios compare the worker crops with the device crops from whole images sent by
+    the loader; where a folder's images are equally sized, the device crops as training makes them
+    (``device_crops_held``: TrainingPatches keeps such images on the device when they fit, 0 bytes
+    a step) are timed too, and their speed ratio given for information. The paths run with
+    cfg["threads"] torch CPU threads in this process (see :func:`imagenet_sizes`); the decoded-image
+    cache (dataset/pixels.py) goes in the temporary folder. Without the device-crop path in this
+    code its entries and the ratios are None."""
     out: dict = {"B": cfg["bs"], "P": cfg["num_patches"], "workers": cfg["workers"], "steps": cfg["steps"],
                  "warmup": cfg["warmup"], "threads": cfg["threads"], "device": str(device),
                  "targets": IMAGENET_TARGETS, "device_crops_available": DEVICE_CROPS}
-    with tempfile.TemporaryDirectory(prefix="benchmark-imagenet-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="benchmark-imagenet-") as tmp, pixel_cache(Path(tmp) / "pixel_cache"):
         for folder, (data, shapes) in IMAGENET_FOLDERS.items():
             root = Path(tmp) / folder
             paths = write_colour_folder(root, shapes, cfg["images"], cfg["classes"])
@@ -516,10 +562,15 @@ def bench_imagenet(args: argparse.Namespace, cfg: dict, device: torch.device) ->
                     "workers": cfg["workers"]}
             run = run_args(args, size, "batched")
             recipe = PatchRecipe.of(run.data, run.augment, run.num_patches, run.seed, run.crop_scale)
+            held = DEVICE_CROPS and len(shapes) == 1  # equally sized: TrainingPatches may keep them on the device
             with cpu_threads(cfg["threads"]):
-                worker = time_patches(run, device, False, cfg)
-                on_device = time_patches(run, device, True, cfg) if DEVICE_CROPS else None
+                worker = time_patches(run, device, "worker_crops", cfg)
+                on_device = time_patches(run, device, "device_crops", cfg) if DEVICE_CROPS else None
+                as_trained = time_patches(run, device, "device_crops_held", cfg) if held else None
             out[folder] = {"worker_crops": worker, "device_crops": on_device, **against_targets(worker, on_device),
+                           **({"device_crops_held": as_trained,
+                               "held_speed_ratio": as_trained["patches_per_s"] / worker["patches_per_s"]}
+                              if held else {}),
                            "crop_stage": crop_stage(paths[:cfg["bs"]], recipe, cfg["crop_repeats"], device),
                            "images": {"count": len(paths), "shapes": [list(shape) for shape in shapes],
                                       "mean_file_bytes": round(statistics.mean(p.stat().st_size for p in paths))}}
@@ -554,6 +605,10 @@ def imagenet_verdicts(im: dict) -> list[str]:
                   f"(5) {where}: device crops move "
                   f"{_verdict(r['bytes_ratio'], r['bytes_target_met'], im['targets']['bytes'], ' fewer')} "
                   f"bytes to the device per step"]
+        if "device_crops_held" in r:
+            lines.append(f"(5) {where}: as training makes them (images held on the device, "
+                         f"{r['device_crops_held']['bytes_per_step']:,} bytes per step), device crops make "
+                         f"{r['held_speed_ratio']:.2f}× the worker crops' patches per second (information)")
     return lines
 
 
@@ -626,10 +681,15 @@ def imagenet_rows(result: dict) -> list[str]:
                  f"| (5) the same: bytes to the device per step | {r['worker_crops']['bytes_per_step']:,} | "
                  f"{_cell(device, 'bytes_per_step', ',')} | "
                  f"{_verdict(r['bytes_ratio'], r['bytes_target_met'], im['targets']['bytes'], ' fewer')} |",
-                 f"| (5) the same: the crops alone, {stage['threads']} thread, patches per second (device: "
-                 f"exact {stage['device_crops_exact']['patches_per_s']:,.0f}) | "
-                 f"{stage['worker_crops']['patches_per_s']:,.0f} | {stage['device_crops']['patches_per_s']:,.0f} | "
-                 f"{stage['ratio']:.2f}× |"]
+                 f"| (5) the same: the crops alone, {stage['threads']} thread, patches per second, device "
+                 f"Pillow-exact (float32: {stage['device_crops_float']['patches_per_s']:,.0f}, "
+                 f"{stage['ratio_float']:.2f}×) | {stage['worker_crops']['patches_per_s']:,.0f} | "
+                 f"{stage['device_crops_exact']['patches_per_s']:,.0f} | {stage['ratio_exact']:.2f}× |"]
+        if "device_crops_held" in r:
+            held = r["device_crops_held"]
+            rows.append(f"| (5) the same, images held on the device (as training does), patches per second; "
+                        f"bytes per step {held['bytes_per_step']:,} | {r['worker_crops']['patches_per_s']:,.0f} | "
+                        f"{held['patches_per_s']:,.0f} | {r['held_speed_ratio']:.2f}× |")
     return rows
 
 
