@@ -39,7 +39,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import inspect
 import itertools
 import json
 import multiprocessing
@@ -99,7 +98,6 @@ IMAGENET_FOLDERS = {  # (5): folder → the --data name that gives the ImageNet 
 IMAGENET_TARGETS = {"speed": 3.0, "bytes": 20.0}  # device crops: ≥ 3× the patches per second, ≥ 20× fewer bytes
 FIELD_CELL, FIELD_GRAIN, JPEG_QUALITY = 32, 20, 90  # generated images: colours 32 px apart, ±20 levels of grain
 CROP_FILTER = {"cifar": "bilinear", "imagenet": "bicubic"}  # each kind's RandomResizedCrop interpolation (pil_pipeline)
-DEVICE_CROPS = "device_crops" in inspect.signature(TrainingPatches).parameters  # this code has the device-crop path
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -414,35 +412,13 @@ class ThroughLoader(Dataset):
 
 
 def imagenet_patches(run: argparse.Namespace, device: torch.device, path: str) -> TrainingPatches:
-    """build.training_patches of run, in one process, by one of :data:`IMAGENET_PATHS`. In code
-    without the device-crop path (TrainingPatches takes no device_crops: :data:`DEVICE_CROPS`)
-    only the worker crops exist, and asking for another path is a programming error (ValueError)."""
+    """build.training_patches of run, in one process, by one of :data:`IMAGENET_PATHS`."""
     device_crops, through_loader = IMAGENET_PATHS[path]
-    if device_crops and not DEVICE_CROPS:
-        raise ValueError("this code has no device-crop path: TrainingPatches takes no device_crops")
     dataset = load_split(run.data, run.data_dir, "train")
     sampler = ResumableSampler(len(dataset), run.bs, seed=run.seed)
     recipe = PatchRecipe.of(run.data, run.augment, run.num_patches, run.seed, run.crop_scale)
-    choice = {"device_crops": device_crops} if DEVICE_CROPS else {}
     return TrainingPatches(ThroughLoader(dataset) if through_loader else dataset, recipe, sampler, run.workers,
-                           device, memory_format(run.channels_last), leave_signals_to_parent, **choice)
-
-
-class LoaderBytes:
-    """A worker-crop DataLoader passed through, keeping the bytes of the crops of its last batch
-    ([P uint8 views (B, 3, S, S)], labels (B,)): what that path moves to the device per step, for
-    a TrainingPatches that does not count it itself (one without ``bytes_per_step``)."""
-
-    def __init__(self, loader: Iterator | torch.utils.data.DataLoader) -> None:
-        self.loader, self.bytes = loader, 0
-
-    def __len__(self) -> int:
-        return len(self.loader)
-
-    def __iter__(self) -> Iterator[tuple[list[torch.Tensor], torch.Tensor]]:
-        for views, labels in self.loader:
-            self.bytes = sum(view.nbytes for view in views)
-            yield views, labels
+                           device, memory_format(run.channels_last), leave_signals_to_parent, device_crops=device_crops)
 
 
 def time_patches(run: argparse.Namespace, device: torch.device, path: str, cfg: dict) -> dict:
@@ -451,17 +427,12 @@ def time_patches(run: argparse.Namespace, device: torch.device, path: str, cfg: 
     patches per second over cfg["steps"] consecutive steps after cfg["warmup"] untimed ones, each
     step the (P·B, 3, 224, 224) float32 patches ready on the device, the photometric half included;
     and bytes_per_step, the bytes of what the loader gave to be moved to the device in the last
-    step (TrainingPatches.bytes_per_step, else counted by :class:`LoaderBytes`; 0 for images held
-    on the device)."""
+    step (TrainingPatches.bytes_per_step; 0 for images held on the device)."""
     patches = imagenet_patches(run, device, path)
-    counted = None if hasattr(patches, "bytes_per_step") else LoaderBytes(patches.loader)
-    if counted is not None:
-        patches.loader = counted
     it = endless(patches)
     seconds = consecutive(lambda: next(it), cfg["warmup"], cfg["steps"], device)
     it.close()
-    moved = counted.bytes if counted is not None else patches.bytes_per_step
-    return {"patches_per_s": run.num_patches * run.bs / seconds, "bytes_per_step": int(moved)}
+    return {"patches_per_s": run.num_patches * run.bs / seconds, "bytes_per_step": int(patches.bytes_per_step)}
 
 
 @contextlib.contextmanager
@@ -527,12 +498,10 @@ def crop_stage(paths: list[Path], recipe: PatchRecipe, repeats: int, device: tor
     return out
 
 
-def against_targets(worker: dict, on_device: dict | None) -> dict:
+def against_targets(worker: dict, on_device: dict) -> dict:
     """The device crops' patches per second over the worker crops' (target ≥ IMAGENET_TARGETS["speed"])
     and the worker crops' bytes per step over the device crops' (≥ IMAGENET_TARGETS["bytes"]), each
-    with whether it meets its target; None without the device-crop path."""
-    if on_device is None:
-        return {"speed_ratio": None, "speed_target_met": None, "bytes_ratio": None, "bytes_target_met": None}
+    with whether it meets its target."""
     speed = on_device["patches_per_s"] / worker["patches_per_s"]
     fewer = worker["bytes_per_step"] / on_device["bytes_per_step"]
     return {"speed_ratio": speed, "speed_target_met": speed >= IMAGENET_TARGETS["speed"],
@@ -549,11 +518,10 @@ def bench_imagenet(args: argparse.Namespace, cfg: dict, device: torch.device) ->
     (``device_crops_held``: TrainingPatches keeps such images on the device when they fit, 0 bytes
     a step) are timed too, and their speed ratio given for information. The paths run with
     cfg["threads"] torch CPU threads in this process (see :func:`imagenet_sizes`); the decoded-image
-    cache (dataset/pixels.py) goes in the temporary folder. Without the device-crop path in this
-    code its entries and the ratios are None."""
+    cache (dataset/pixels.py) goes in the temporary folder."""
     out: dict = {"B": cfg["bs"], "P": cfg["num_patches"], "workers": cfg["workers"], "steps": cfg["steps"],
                  "warmup": cfg["warmup"], "threads": cfg["threads"], "device": str(device),
-                 "targets": IMAGENET_TARGETS, "device_crops_available": DEVICE_CROPS}
+                 "targets": IMAGENET_TARGETS}
     with tempfile.TemporaryDirectory(prefix="benchmark-imagenet-") as tmp, pixel_cache(Path(tmp) / "pixel_cache"):
         for folder, (data, shapes) in IMAGENET_FOLDERS.items():
             root = Path(tmp) / folder
@@ -562,10 +530,10 @@ def bench_imagenet(args: argparse.Namespace, cfg: dict, device: torch.device) ->
                     "workers": cfg["workers"]}
             run = run_args(args, size, "batched")
             recipe = PatchRecipe.of(run.data, run.augment, run.num_patches, run.seed, run.crop_scale)
-            held = DEVICE_CROPS and len(shapes) == 1  # equally sized: TrainingPatches may keep them on the device
+            held = len(shapes) == 1  # equally sized: TrainingPatches may keep them on the device
             with cpu_threads(cfg["threads"]):
                 worker = time_patches(run, device, "worker_crops", cfg)
-                on_device = time_patches(run, device, "device_crops", cfg) if DEVICE_CROPS else None
+                on_device = time_patches(run, device, "device_crops", cfg)
                 as_trained = time_patches(run, device, "device_crops_held", cfg) if held else None
             out[folder] = {"worker_crops": worker, "device_crops": on_device, **against_targets(worker, on_device),
                            **({"device_crops_held": as_trained,
@@ -593,9 +561,6 @@ def machine(device: torch.device) -> dict:
 
 def imagenet_verdicts(im: dict) -> list[str]:
     """(5)'s two ratios per folder and whether each meets its target, one line each, as printed."""
-    if not im["device_crops_available"]:
-        return ["(5) device crops: unavailable in this code (TrainingPatches takes no device_crops), "
-                "so no ratio and no verdict"]
     lines = []
     for folder, (_, shapes) in IMAGENET_FOLDERS.items():
         r, where = im[folder], " or ".join(f"{w}×{h}" for h, w in shapes)
@@ -676,10 +641,10 @@ def imagenet_rows(result: dict) -> list[str]:
         device, stage = r["device_crops"], r["crop_stage"]
         rows += [f"| (5) ImageNet-kind patches per second, {where} JPEG files (B = {im['B']}, P = {im['P']}, "
                  f"{im['workers']} workers, {im['patch_size']} px, photometric half included) | "
-                 f"{r['worker_crops']['patches_per_s']:,.0f} | {_cell(device, 'patches_per_s', ',.0f')} | "
+                 f"{r['worker_crops']['patches_per_s']:,.0f} | {device['patches_per_s']:,.0f} | "
                  f"{_verdict(r['speed_ratio'], r['speed_target_met'], im['targets']['speed'], '')} |",
                  f"| (5) the same: bytes to the device per step | {r['worker_crops']['bytes_per_step']:,} | "
-                 f"{_cell(device, 'bytes_per_step', ',')} | "
+                 f"{device['bytes_per_step']:,} | "
                  f"{_verdict(r['bytes_ratio'], r['bytes_target_met'], im['targets']['bytes'], ' fewer')} |",
                  f"| (5) the same: the crops alone, {stage['threads']} thread, patches per second, device "
                  f"Pillow-exact (float32: {stage['device_crops_float']['patches_per_s']:,.0f}, "
@@ -691,11 +656,6 @@ def imagenet_rows(result: dict) -> list[str]:
                         f"bytes per step {held['bytes_per_step']:,} | {r['worker_crops']['patches_per_s']:,.0f} | "
                         f"{held['patches_per_s']:,.0f} | {r['held_speed_ratio']:.2f}× |")
     return rows
-
-
-def _cell(entry: dict | None, key: str, spec: str) -> str:
-    """A number of a crop path's entry in the table, or "unavailable" where the path is not in this code."""
-    return "unavailable" if entry is None else format(entry[key], spec)
 
 
 def _verdict(ratio: float | None, met: bool | None, target: float, word: str) -> str:

@@ -102,7 +102,6 @@ class TestImageNetLine:
         for folder in ("64", "400"):
             assert im[folder]["worker_crops"]["bytes_per_step"] == im["P"] * im["B"] * 3 * 224 * 224
 
-    @pytest.mark.skipif(not benchmark.DEVICE_CROPS, reason="the device-crop path is not in this code yet")
     def test_device_crops_move_the_padded_whole_images_and_the_ratios_are_theirs(self, imagenet_line) -> None:
         """The padded uint8 batch, and at most 16 bytes per image beside it (its height and width)."""
         im = imagenet_line["imagenet_patches"]
@@ -118,7 +117,6 @@ class TestImageNetLine:
             assert r["speed_target_met"] == (r["speed_ratio"] >= 3)
             assert r["bytes_target_met"] == (r["bytes_ratio"] >= 20)
 
-    @pytest.mark.skipif(not benchmark.DEVICE_CROPS, reason="the device-crop path is not in this code yet")
     def test_equally_sized_images_are_also_timed_as_training_holds_them(self, imagenet_line) -> None:
         im = imagenet_line["imagenet_patches"]
         held = im["64"]["device_crops_held"]
@@ -126,17 +124,11 @@ class TestImageNetLine:
         assert im["64"]["held_speed_ratio"] == held["patches_per_s"] / im["64"]["worker_crops"]["patches_per_s"]
         assert "device_crops_held" not in im["400"]  # mixed sizes: only through the loader
 
-    @pytest.mark.skipif(benchmark.DEVICE_CROPS, reason="the device-crop path is in this code")
-    def test_without_the_device_crop_path_it_is_reported_unavailable(self, imagenet_line) -> None:
-        im = imagenet_line["imagenet_patches"]
-        assert im["device_crops_available"] is False
-        assert all(im[f]["device_crops"] is None and im[f]["speed_ratio"] is None for f in ("64", "400"))
-
     def test_the_ratios_are_checked_against_the_targets_and_printed_as_met_or_not(self) -> None:
         verdict = benchmark.against_targets({"patches_per_s": 100.0, "bytes_per_step": 1000},
                                             {"patches_per_s": 250.0, "bytes_per_step": 40})
         assert verdict == {"speed_ratio": 2.5, "speed_target_met": False, "bytes_ratio": 25.0, "bytes_target_met": True}
-        im = {"device_crops_available": True, "targets": benchmark.IMAGENET_TARGETS,
+        im = {"targets": benchmark.IMAGENET_TARGETS,
               "64": verdict, "400": {**verdict, "speed_ratio": 3.0, "speed_target_met": True}}
         lines = benchmark.imagenet_verdicts(im)
         assert len(lines) == 4 and "2.50× (target ≥ 3×: NOT met)" in lines[0] and "3.00× (target ≥ 3×: met)" in lines[2]
