@@ -259,16 +259,21 @@ def save_png(image: Image.Image, path: Path) -> None:
     image.save(path, format="PNG")
 
 
-def smoke_data(row: Row, train: argparse.Namespace) -> str:
-    """What a --smoke run trained and evaluated on, in words (the result file's "smoke_data")."""
-    patches = f"{train.arch} at hidden {train.hidden_dim} / z {train.z_dim}"
-    if row.data not in SMOKE_FOLDERS:
-        return f"the built-in synthetic set (CIFAR-kind patches of 32 px), {patches}, standing in for {row.data}"
-    sizes = " and ".join(f"{width}×{height}" for width, height in SMOKE_FOLDERS[row.data])
-    shape = SMOKE_FOLDER_SHAPE
-    return (f"a generated image folder of {row.data}'s image sizes ({sizes}; {shape['classes']} classes, "
-            f"{shape['classes'] * shape['train']} train / {shape['classes'] * shape['val']} val images of the "
-            f"synthetic shapes) in {train.data_dir}, ImageNet-kind patches of {SMOKE_PATCH_SIZE} px, {patches}")
+def smoke_data(row: Row, train: argparse.Namespace, evaluated: dict[str, Any], folder: Path) -> str:
+    """What a --smoke run trained and evaluated on, in words (the result file's "smoke_data"): the data,
+    the patches as the checkpoint's evaluation resolved them, the backbone. folder: the generated one."""
+    if train.data == "imagefolder" and train.data_dir == folder and row.data in SMOKE_FOLDERS:
+        sizes = " and ".join(f"{width}×{height}" for width, height in SMOKE_FOLDERS[row.data])
+        shape = SMOKE_FOLDER_SHAPE
+        data = (f"a generated image folder of {row.data}'s image sizes ({sizes}; {shape['classes']} classes, "
+                f"{shape['classes'] * shape['train']} train / {shape['classes'] * shape['val']} val images of the "
+                f"synthetic shapes) in {folder}")
+    elif train.data == "synthetic":
+        data = "the built-in synthetic set"
+    else:
+        data = f"{train.data} in {train.data_dir} (of --train_args)"
+    return (f"{data}, standing in for {row.data}; {evaluated['patch_kind']}-kind patches of "
+            f"{evaluated['patch_size']} px, {train.arch} at hidden {train.hidden_dim} / z {train.z_dim}")
 
 
 def make_plan(args: argparse.Namespace) -> Plan:
@@ -421,7 +426,7 @@ def summarise(plan: Plan, smoke: bool, seconds: dict[str, float]) -> dict[str, A
         "gpu": device_name(train.device), "torch": torch.__version__, "git_commit": ckpt.git_commit(),
         "commands": [command_line(train_entry, plan.train), command_line(eval_entry, plan.evaluate),
                      command_line(eval_entry, plan.baseline)], **transfer,
-        **({"smoke_data": smoke_data(plan.row, train)} if smoke else {}),
+        **({"smoke_data": smoke_data(plan.row, train, ours, plan.checkpoint.parents[1] / SMOKE_DATA)} if smoke else {}),
     }
 
 
@@ -433,8 +438,9 @@ def main(args: argparse.Namespace) -> None:
         return
     check_writable(args.out, "--out", "the result folder")  # before the training and the evaluations
     check_writable(plan.checkpoint.parents[1], "--run_dir", "the run folder")
-    if args.smoke and plan.row.data in SMOKE_FOLDERS:
-        write_smoke_folder(plan.checkpoint.parents[1] / SMOKE_DATA, SMOKE_FOLDERS[plan.row.data])
+    folder = plan.checkpoint.parents[1] / SMOKE_DATA
+    if args.smoke and plan.row.data in SMOKE_FOLDERS and parse(train_entry, plan.train).data_dir == folder:
+        write_smoke_folder(folder, SMOKE_FOLDERS[plan.row.data])
     seconds = {"train": train_once(plan)}
     if not plan.checkpoint.is_file():  # the flags that stop training early are refused: the run was past it
         step = ckpt.load_checkpoint(plan.checkpoint.with_name(ckpt.LAST)).get("step")

@@ -182,7 +182,8 @@ class TestSmoke:
         path = tmp_path / "results" / "cifar10-1ep.smoke.json"
         record = json.loads(path.read_text())
         assert set(record) == set(PERCENT_KEYS + SECONDS_KEYS + OTHER_KEYS + SMOKE_KEYS)
-        assert record["smoke_data"].startswith("the built-in synthetic set (CIFAR-kind patches of 32 px)")
+        assert record["smoke_data"] == ("the built-in synthetic set, standing in for cifar10; cifar-kind patches of "
+                                        "32 px, resnet10-cifar at hidden 64 / z 32")
         assert all(0 <= record[k] <= 100 for k in PERCENT_KEYS), record
         assert all(0 < record[k] < 600 for k in SECONDS_KEYS), record
         assert record["train_seconds_per_epoch"] == record["train_seconds"]  # one epoch trained
@@ -290,7 +291,7 @@ class TestImageNetKindSmoke:
         assert set(record) == set(PERCENT_KEYS + SECONDS_KEYS + OTHER_KEYS + SMOKE_KEYS)
         assert (record["data"], record["arch"], record["smoke"]) == ("imagefolder", IMAGENET_KIND[name][0], True)
         assert f"a generated image folder of {ROWS[name].data}'s image sizes ({sizes};" in record["smoke_data"]
-        assert "ImageNet-kind patches of 64 px" in record["smoke_data"]
+        assert f"standing in for {ROWS[name].data}; imagenet-kind patches of 64 px" in record["smoke_data"]
         for evaluation in ("0.eval.json", "0.random_init.eval.json"):
             done = json.loads((run / "save_models" / evaluation).read_text())
             assert (done["patch_kind"], done["patch_size"], done["train_images"], done["test_images"]) == \
