@@ -13,10 +13,10 @@ ignores them. Every output is checked writable before a feature is computed; a r
 still cannot be written at the end is printed on stdout before the error.
 
 The patches are made as the checkpoint's training made them (its --augment, --crop_scale, --patch_kind and
---patch_size; `batched`,
-the batched augmentation on the evaluation device, and the official 0.25 of the area, for an official
-checkpoint or a checkpoint older than --crop_scale) unless --augment or --crop_scale says otherwise
-(`pil`: the official per-patch PIL pipeline in DataLoader workers); either way an image's patches
+--patch_size; for an official checkpoint `batched`, the batched augmentation on the evaluation device, the
+official 0.25 of the area and the evaluated data's own patch kind and size; for a checkpoint older than a
+flag, that flag's value then, the patches what its --data gave) unless those flags say otherwise (`pil`:
+the official per-patch PIL pipeline in DataLoader workers); either way an image's patches
 depend only on (--seed, split, its index in the full split), from a random stream separate from
 training's. The default is float32 throughout, for parity with the official
 numbers; `--precision bf16` runs the forward under bf16 autocast and lets the probes' float32
