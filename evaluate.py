@@ -371,7 +371,7 @@ def main(args: argparse.Namespace) -> None:
     torch.backends.cudnn.benchmark = True  # evaluation shapes are fixed: cuDNN times its kernels once per shape
     both_given = args.patch_kind is not None and args.patch_size is not None
     model, record = build_encoder(args)
-    print(f"patches: {resolve_patches(args, {} if both_given else record['args']).describe()}")
+    patches = resolve_patches(args, {} if both_given else record["args"])
     output, cache_folder, prefix = output_paths(args)
     cache = FeatureCache(cache_folder, prefix, weights_identity(args), check_outputs(args, output, cache_folder))
     model.to(device)
@@ -380,6 +380,7 @@ def main(args: argparse.Namespace) -> None:
               for split, subset in (("train", args.train_subset), ("test", args.test_subset))}
     num_classes = len(class_names(splits["train"]))
     print(banner(args))
+    print(f"patches: {patches.describe()}")
 
     seconds: dict[str, float] = {}
     tensors = extract(args, model, device, splits, cache, seconds)

@@ -435,7 +435,6 @@ def main(args: argparse.Namespace) -> None:
     state = distributed.fail_together(lambda: resume_state(args, run_dir))  # every rank reads last.pt
     saved = None if state is None else state.get("args", {})
     spec = distributed.fail_together(lambda: resolve_patches(args, saved))  # before the run folder is made
-    distributed.print_main(f"patches: {spec.describe()}")
     distributed.on_main(check_writable, run_dir, "--output_dir", "the run folder")  # before any data is read
     seed_everything(args.seed, args.deterministic)
 
@@ -450,6 +449,7 @@ def main(args: argparse.Namespace) -> None:
     with Preemption() as preemption:  # from here on, SIGTERM and Ctrl-C stop at a step boundary with last.pt saved
         distributed.on_main(prepare_run_dir, run_dir, args)
         distributed.print_main(banner(args))
+        distributed.print_main(f"patches: {spec.describe()}")
         distributed.print_main(f"memory: {plan.describe(training.chunks, args.patch_chunks)}")
         distributed.print_main(f"run folder: {run_dir}  ({patches.steps_per_epoch} steps per epoch, "
                                f"{patches.steps_per_epoch * args.epoch} in all, on {device} × "

@@ -101,9 +101,12 @@ def folder_patches(data_dir: pathlib.Path) -> DataSpec:
     """The patches of an image folder, from the images of ``data_dir/train``: CIFAR kind at 32 px when
     every one is 32×32, else ImageNet kind at its official 224 px (other equal sizes, or mixed sizes).
     Only headers are read, every one for a folder of equal sizes, up to the first odd one for a mixed
-    folder (:func:`dataset.pixels.distinct_sizes`); a missing or empty folder is a UserError."""
+    folder (:func:`dataset.pixels.distinct_sizes`); an unreadable file is passed over here (loading it
+    names it, or --skip_bad_images leaves it out); a missing or empty folder is a UserError."""
     folder = _folder_split(pathlib.Path(data_dir), "train", None)
-    sizes = distinct_sizes([pathlib.Path(path) for path, _ in folder.samples])
+    sizes = distinct_sizes([pathlib.Path(path) for path, _ in folder.samples], skip_unreadable=True)
+    if not sizes:
+        raise UserError(f"no image of {folder.root} can be read: put readable .jpg/.png files in it, as in {_LAYOUT}")
     seen = ", ".join(f"{width}×{height}" for width, height in sizes)
     found = f"all {seen}" if len(sizes) == 1 else f"{seen}, …: sizes differ"
     kind = "cifar" if sizes == [(32, 32)] else "imagenet"

@@ -32,7 +32,7 @@ from torch.utils.data import Dataset, Subset
 from torchvision import datasets
 
 from dataset.images import image_size
-from plumbing.errors import speaks
+from plumbing.errors import UserError, speaks
 from plumbing.files import WriteFailed, write_file
 
 CACHE_ENV = "EMP_SSL_CACHE"
@@ -111,13 +111,19 @@ def in_memory_pixels(dataset: Dataset, workers: int = 1) -> np.ndarray | None:
     return None
 
 
-def distinct_sizes(paths: Sequence[Path], most: int = 2) -> list[tuple[int, int]]:
+def distinct_sizes(paths: Sequence[Path], most: int = 2, skip_unreadable: bool = False) -> list[tuple[int, int]]:
     """The distinct (width, height) of the images `paths` in the order met, read from their headers
     (no image is decoded), stopping at the `most`-th distinct one: [one size] when all share it, so a
-    folder of equally sized images is read through, a mixed one only up to its first odd image."""
+    folder of equally sized images is read through, a mixed one only up to its first odd image. A file
+    whose header cannot be read is a UserError naming it, or with skip_unreadable passed over."""
     sizes: list[tuple[int, int]] = []
     for path in paths:
-        size = image_size(str(path))
+        try:
+            size = image_size(str(path))
+        except UserError:
+            if skip_unreadable:
+                continue
+            raise
         if size not in sizes:
             sizes.append(size)
             if len(sizes) == most:
