@@ -12,7 +12,7 @@ import argparse
 import torch
 import torch.nn as nn
 
-from dataset import EvaluationPatches, PatchRecipe, TrainingPatches, augmentation_kind, class_names, load_split
+from dataset import DataSpec, EvaluationPatches, PatchRecipe, TrainingPatches, class_names, load_split, patch_spec
 from dataset.sampler import ResumableSampler
 from dataset.seeding import eval_seed
 from features import KNNMonitor
@@ -52,6 +52,12 @@ def build_scheduler(optimizer: torch.optim.Optimizer, total_steps: int) -> torch
     return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total_steps, eta_min=0)
 
 
+def run_patches(args: argparse.Namespace) -> DataSpec:
+    """The run's patch kind and size: --patch_kind and --patch_size (main.py sets them to the run's
+    values before anything is built), or where unset, from --data (dataset.catalog.patch_spec)."""
+    return patch_spec(args.data, args.data_dir, args.patch_kind, args.patch_size)
+
+
 def training_patches(args: argparse.Namespace, device: torch.device) -> TrainingPatches:
     """This process's patches at every step: (P·B/W, C, H, W) on the device, made by --augment from
     crops of --crop_scale of the image's area, in the seeded, resumable order of a ResumableSampler
@@ -63,14 +69,14 @@ def training_patches(args: argparse.Namespace, device: torch.device) -> Training
                         f"lower it")
     sampler = ResumableSampler(len(dataset), args.bs, seed=args.seed, rank=distributed.get_rank(),
                                world_size=distributed.get_world_size())
-    recipe = PatchRecipe.of(args.data, args.augment, args.num_patches, args.seed, args.crop_scale)
+    recipe = PatchRecipe.of(run_patches(args), args.augment, args.num_patches, args.seed, args.crop_scale)
     layout = memory_format(args.channels_last)
     return TrainingPatches(dataset, recipe, sampler, args.workers, device, layout, leave_signals_to_parent)
 
 
 def patch_shape(args: argparse.Namespace) -> tuple[int, int, int]:
-    """(C, S, S): the shape of one training patch of --data."""
-    _, size = augmentation_kind(args.data)
+    """(C, S, S): the shape of one training patch of the run (run_patches)."""
+    size = run_patches(args).size
     return 3, size, size
 
 
@@ -78,11 +84,10 @@ def build_monitor(args: argparse.Namespace, device: torch.device) -> KNNMonitor:
     """The --eval_every kNN: --eval_patches patches per image of each split (or of a class-balanced
     --eval_subset), made by the run's --augment path and --crop_scale on the device, in the run's
     precision."""
-    batches, num_classes = {}, 0
+    batches, num_classes, patches = {}, 0, run_patches(args)
     for split in ("train", "test"):
         dataset = load_split(args.data, args.data_dir, split, args.eval_subset, args.download, flag="--eval_subset")
-        recipe = PatchRecipe.of(args.data, args.augment, args.eval_patches, eval_seed(args.seed, split),
-                                args.crop_scale)
+        recipe = PatchRecipe.of(patches, args.augment, args.eval_patches, eval_seed(args.seed, split), args.crop_scale)
         batches[split] = EvaluationPatches(dataset, recipe, args.bs, args.workers, device, leave_signals_to_parent)
         num_classes = len(class_names(dataset))
     return KNNMonitor(batches, num_classes, args.eval_patches, device, AMP_DTYPES[args.precision])

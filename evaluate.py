@@ -12,10 +12,11 @@ and caches the features there (or in --cache_dir), keyed by checkpoint, data and
 ignores them. Every output is checked writable before a feature is computed; a result file that
 still cannot be written at the end is printed on stdout before the error.
 
-The patches are made as the checkpoint's training made them (its --augment and --crop_scale; `batched`,
-the batched augmentation on the evaluation device, and the official 0.25 of the area, for an official
-checkpoint or a checkpoint older than --crop_scale) unless --augment or --crop_scale says otherwise
-(`pil`: the official per-patch PIL pipeline in DataLoader workers); either way an image's patches
+The patches are made as the checkpoint's training made them (its --augment, --crop_scale, --patch_kind and
+--patch_size; for an official checkpoint `batched`, the batched augmentation on the evaluation device, the
+official 0.25 of the area and the evaluated data's own patch kind and size; for a checkpoint older than a
+flag, that flag's value then, the patches what its --data gave) unless those flags say otherwise (`pil`:
+the official per-patch PIL pipeline in DataLoader workers); either way an image's patches
 depend only on (--seed, split, its index in the full split), from a random stream separate from
 training's. The default is float32 throughout, for parity with the official
 numbers; `--precision bf16` runs the forward under bf16 autocast and lets the probes' float32
@@ -42,7 +43,15 @@ import torchvision.transforms.functional as TF
 from torch.utils.data import Dataset
 
 from dataset import AUGMENTS, DATASETS, EvaluationPatches, PatchRecipe, class_names, load_split
-from dataset.catalog import DATA_DEFAULTS
+from dataset.catalog import (
+    DATA_DEFAULTS,
+    MIN_PATCH_SIZE,
+    PATCH_KINDS,
+    DataSpec,
+    patch_size_flag,
+    patch_spec,
+    patches_before_the_flags,
+)
 from dataset.patch_sources import DEFAULT_AUGMENT, DEFAULT_CROP_SCALE, crop_scale_flag
 from dataset.seeding import eval_seed
 from features import (
@@ -66,8 +75,10 @@ from plumbing.preemption import leave_signals_to_parent
 from plumbing.speed import AMP_DTYPES, memory_format, prepare_model
 from probes import KNN_K, KNN_T, OFFICIAL_LINEAR, LinearSettings, knn_accuracy, linear_probe
 
-# Flags that default to the checkpoint's training args, else to these official defaults.
-FROM_CHECKPOINT = {**DATA_DEFAULTS, **ENCODER_DEFAULTS, "augment": DEFAULT_AUGMENT, "crop_scale": DEFAULT_CROP_SCALE}
+# Flags that default to the checkpoint's training args, else to these official defaults (None: from the data,
+# resolve_patches).
+FROM_CHECKPOINT = {**DATA_DEFAULTS, **ENCODER_DEFAULTS, "augment": DEFAULT_AUGMENT, "crop_scale": DEFAULT_CROP_SCALE,
+                   "patch_kind": None, "patch_size": None}
 # Flags that change how an evaluation runs or where it writes, not the numbers it computes; every other
 # flag is its protocol, recorded in the result file (scripts/reproduce.py reuses a result of the same one).
 RUNNING_FLAGS = ("device", "workers", "download", "eval_bs", "forward_bs", "recompute", "cache_dir", "output",
@@ -110,6 +121,12 @@ def get_args_parser() -> argparse.ArgumentParser:
     feats.add_argument("--crop_scale", type=crop_scale_flag, default=None, metavar="S",
                        help="the share of the image's area each patch covers, in (0, 1] (default: the checkpoint's "
                             f"training --crop_scale, else the official {DEFAULT_CROP_SCALE})")
+    feats.add_argument("--patch_kind", default=None, choices=tuple(PATCH_KINDS),
+                       help="cifar (square crops, bilinear) or imagenet (aspect ratio 3/4..4/3, bicubic) (default: as "
+                            "the checkpoint was trained; an official checkpoint or --random_init without one: from "
+                            "the data, as main.py)")
+    feats.add_argument("--patch_size", type=patch_size_flag, default=None, metavar="S",
+                       help=f"patches of S×S pixels, at least {MIN_PATCH_SIZE} (default: as --patch_kind)")
     feats.add_argument("--view", default="patches", choices=("patches", "full"),
                        help="patches: the official bag-of-features over --test_patches augmented patches (default); "
                             "full: every whole image once, without augmentation (the usual single-view protocol)")
@@ -192,6 +209,20 @@ def build_encoder(args: argparse.Namespace) -> tuple[Encoder, dict[str, Any]]:
     return model.eval(), record
 
 
+def resolve_patches(args: argparse.Namespace, trained: dict[str, Any]) -> DataSpec:
+    """Set --patch_kind and --patch_size to the evaluation's values and return them: as given, else as
+    the checkpoint was trained (build_encoder filled them from its args; a checkpoint older than the
+    flags: what its --data gave then), else (an official checkpoint, --random_init without one) from
+    the evaluated data, as main.py resolves them (dataset.catalog.patch_spec)."""
+    before = patches_before_the_flags(trained["data"]) if "data" in trained else None
+    if before is not None:
+        args.patch_kind = before.kind if args.patch_kind is None else args.patch_kind
+        args.patch_size = before.size if args.patch_size is None else args.patch_size
+    spec = patch_spec(args.data, args.data_dir, args.patch_kind, args.patch_size)
+    args.patch_kind, args.patch_size = spec.kind, spec.size
+    return spec if before is None else DataSpec(spec.kind, spec.size, "as the checkpoint was trained")
+
+
 def protocol(args: argparse.Namespace) -> dict[str, Any]:
     """The flags that define what an evaluation computes, as given (before the checkpoint fills the
     unset ones) and as JSON holds them: every flag but RUNNING_FLAGS."""
@@ -250,10 +281,11 @@ def split_features(args: argparse.Namespace, model: Encoder, device: torch.devic
     """(bag-of-features (N, hidden_dim) float32, labels (N,)) of a split's images, on the CPU, with
     the patches of --augment (images are loaded onto the device only here, not on a cache hit)."""
     if args.view == "full":
-        batches = full_view_loader(dataset, args.data, args.eval_bs, args.workers, pin_memory=device.type == "cuda")
+        batches = full_view_loader(dataset, DataSpec(args.patch_kind, args.patch_size), args.eval_bs, args.workers,
+                                   pin_memory=device.type == "cuda")
     else:
-        recipe = PatchRecipe.of(args.data, args.augment, args.test_patches, eval_seed(args.seed, split),
-                                args.crop_scale)
+        recipe = PatchRecipe.of(DataSpec(args.patch_kind, args.patch_size), args.augment, args.test_patches,
+                                eval_seed(args.seed, split), args.crop_scale)
         batches = EvaluationPatches(dataset, recipe, args.eval_bs, args.workers, device, leave_signals_to_parent)
     dtype = AMP_DTYPES[args.precision]
     layout = memory_format(args.channels_last)
@@ -268,7 +300,8 @@ def extract(args: argparse.Namespace, model: Encoder, device: torch.device, spli
                 "data": args.data, "data_dir": None if args.data == "synthetic" else str(args.data_dir.resolve()),
                 "test_patches": args.test_patches, "seed": args.seed, "precision": args.precision,
                 "channels_last": args.channels_last, "augment": args.augment, "crop_scale": args.crop_scale,
-                "view": args.view, "code": code_fingerprint()}
+                "patch_kind": args.patch_kind, "patch_size": args.patch_size, "view": args.view,
+                "code": code_fingerprint()}
     tensors = {}
     for split, dataset in splits.items():
         key = {**base_key, "split": split, "subset": len(dataset)}
@@ -336,7 +369,9 @@ def main(args: argparse.Namespace) -> None:
     flags = protocol(args)
     device = resolve_device(args.device)
     torch.backends.cudnn.benchmark = True  # evaluation shapes are fixed: cuDNN times its kernels once per shape
+    both_given = args.patch_kind is not None and args.patch_size is not None
     model, record = build_encoder(args)
+    patches = resolve_patches(args, {} if both_given else record["args"])
     output, cache_folder, prefix = output_paths(args)
     cache = FeatureCache(cache_folder, prefix, weights_identity(args), check_outputs(args, output, cache_folder))
     model.to(device)
@@ -345,6 +380,7 @@ def main(args: argparse.Namespace) -> None:
               for split, subset in (("train", args.train_subset), ("test", args.test_subset))}
     num_classes = len(class_names(splits["train"]))
     print(banner(args))
+    print(f"patches: {patches.describe()}")
 
     seconds: dict[str, float] = {}
     tensors = extract(args, model, device, splits, cache, seconds)
@@ -358,7 +394,8 @@ def main(args: argparse.Namespace) -> None:
         "data_dir": str(args.data_dir), "train_images": len(tensors["train"][1]),
         "test_images": len(tensors["test"][1]), "num_classes": num_classes,
         "train_subset": args.train_subset, "test_subset": args.test_subset, "test_patches": args.test_patches,
-        "augment": args.augment, "crop_scale": args.crop_scale, "seed": args.seed, "precision": args.precision,
+        "augment": args.augment, "crop_scale": args.crop_scale, "patch_kind": args.patch_kind,
+        "patch_size": args.patch_size, "seed": args.seed, "precision": args.precision,
         "channels_last": args.channels_last, "git_commit": ckpt.git_commit(),
         "protocol": flags, **probes, "seconds": seconds,
     }

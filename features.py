@@ -25,7 +25,7 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision import transforms as T
 from tqdm import tqdm
 
-from dataset import augmentation_kind
+from dataset import DataSpec
 from model import Encoder
 from plumbing.files import WriteFailed, write_file
 from probes import KNN_K, KNN_T, knn_accuracy
@@ -37,13 +37,16 @@ FORWARD_BS = 2048  # patches per forward pass (evaluate.py's --forward_bs)
 TEST_PATCHES = 128  # patches per image of the official bag-of-features (evaluate.py's --test_patches)
 
 
-def full_view_loader(dataset: Dataset, data: str, eval_bs: int, workers: int, pin_memory: bool = False) -> DataLoader:
+def full_view_loader(dataset: Dataset, patches: DataSpec, eval_bs: int, workers: int,
+                     pin_memory: bool = False) -> DataLoader:
     """Batches ([one tensor (B, 3, S, S)], labels (B,)): every whole image once, without augmentation,
-    normalised as in training (mean 0.5, std 0.5): the single-view protocol of most SSL papers.
-    32×32-kind images are used as they are; ImageNet-kind ones are resized to 256 and centre-cropped
-    to 224, as is standard. Through :func:`bag_of_features` the feature is pre_feature of that view."""
-    kind, size = augmentation_kind(data)
-    steps = [T.Resize(256), T.CenterCrop(size)] if kind == "imagenet" else []
+    normalised as in training (mean 0.5, std 0.5): the single-view protocol of most SSL papers, at the
+    run's patch size S. CIFAR kind: the shorter side resized to S (bilinear) and the centre S×S, so
+    32×32 images at S = 32 are used as they are; ImageNet kind: the shorter side resized to
+    round(S·256/224) and the centre S×S, the standard 256 → 224 at S = 224. Through
+    :func:`bag_of_features` the feature is pre_feature of that view."""
+    size = patches.size
+    steps = [T.Resize(round(size * 256 / 224)) if patches.kind == "imagenet" else T.Resize(size), T.CenterCrop(size)]
     view = T.Compose([*steps, T.ToTensor(), T.Normalize((0.5,) * 3, (0.5,) * 3), one_view])
     return DataLoader(Transformed(dataset, view), batch_size=eval_bs, shuffle=False, num_workers=workers,
                       pin_memory=pin_memory)

@@ -39,7 +39,15 @@ from build import (
     training_patches,
 )
 from dataset import AUGMENTS, DATASETS
-from dataset.catalog import DATA_DEFAULTS
+from dataset.catalog import (
+    DATA_DEFAULTS,
+    MIN_PATCH_SIZE,
+    PATCH_KINDS,
+    DataSpec,
+    patch_size_flag,
+    patch_spec,
+    patches_before_the_flags,
+)
 from dataset.patch_sources import DEFAULT_AUGMENT, DEFAULT_CROP_SCALE, crop_scale_flag
 from engine import NonFiniteGuard, Schedule, StepLog, Training, fit, seed_everything
 from features import KNNMonitor
@@ -58,12 +66,17 @@ from plumbing.preemption import Preemption, refuse_restart_after_stop
 from plumbing.speed import AMP_DTYPES, compile_model
 
 # Flags that define what a run computes: a resumed run must keep them.
-RUN_DEFINING = ("data", "train_subset", "num_patches", "augment", "crop_scale", "arch", "hidden_dim", "z_dim", "loss",
-                "patch_sim", "tcr", "eps", "sim_coeff", "std_coeff", "cov_coeff", "bs", "optimizer", "lr", "wd",
-                "lars_eta", "epoch", "seed", "precision", "patch_chunks")
-# Run-defining flags newer than some checkpoints: the value a checkpoint without the key was trained with.
-BEFORE_THE_FLAG = {"crop_scale": DEFAULT_CROP_SCALE, "loss": "emp", "sim_coeff": None, "std_coeff": None,
-                   "cov_coeff": None}
+RUN_DEFINING = ("data", "train_subset", "num_patches", "augment", "crop_scale", "patch_kind", "patch_size", "arch",
+                "hidden_dim", "z_dim", "loss", "patch_sim", "tcr", "eps", "sim_coeff", "std_coeff", "cov_coeff", "bs",
+                "optimizer", "lr", "wd", "lars_eta", "epoch", "seed", "precision", "patch_chunks")
+# Run-defining flags newer than some checkpoints: the value a checkpoint without the key was trained with,
+# or a function of the checkpoint's args that gives it (the patches: what its --data gave then).
+BEFORE_THE_FLAG: dict[str, Any] = {"crop_scale": DEFAULT_CROP_SCALE, "loss": "emp", "sim_coeff": None,
+                                   "std_coeff": None, "cov_coeff": None,
+                                   "patch_kind": lambda saved: patches_before_the_flags(saved["data"]).kind,
+                                   "patch_size": lambda saved: patches_before_the_flags(saved["data"]).size}
+# Run-defining flags that a resumed run takes from its checkpoint when they are not given.
+FROM_THE_RUN = ("patch_kind", "patch_size")
 
 
 def chunks_flag(text: str) -> str:
@@ -125,6 +138,16 @@ def get_args_parser() -> argparse.ArgumentParser:
     data.add_argument("--crop_scale", type=crop_scale_flag, default=DEFAULT_CROP_SCALE, metavar="S",
                       help="the share of the image's area each patch covers, in (0, 1]: both ends of "
                            "RandomResizedCrop's scale range are S (official %(default)s)")
+    data.add_argument("--patch_kind", default=None, choices=tuple(PATCH_KINDS),
+                      help="how patches are cut: cifar (square crops, bilinear) or imagenet (aspect ratio 3/4..4/3, "
+                           "bicubic) (default: from the data: cifar10, cifar100 and synthetic cifar, imagenet100 and "
+                           "tinyimagenet imagenet; an image folder cifar when its training images are all 32×32, "
+                           "else imagenet; a resumed run its own). With a named data set it overrides the official "
+                           "kind (the start line says so): a study's choice, as training Tiny ImageNet at 64 px")
+    data.add_argument("--patch_size", type=patch_size_flag, default=None, metavar="S",
+                      help=f"patches are S×S pixels, at least {MIN_PATCH_SIZE} (default: from the data, as "
+                           f"--patch_kind: " + ", ".join(f"{size} for {kind}" for kind, size in PATCH_KINDS.items()) +
+                           ", each kind's official size; a resumed run its own)")
     data.add_argument("--skip_bad_images", action="store_true",
                       help="decode every image of a folder data set once and leave out unreadable ones "
                            "with a warning (default: stop with the file's name when one is met)")
@@ -287,13 +310,37 @@ def default_run_dir(args: argparse.Namespace) -> Path:
     return Path("logs") / args.dir / name
 
 
+def trained_with(saved: dict[str, Any]) -> dict[str, Any]:
+    """A checkpoint's args with every run-defining flag it predates at its BEFORE_THE_FLAG value (a
+    function of those args where the value depended on them)."""
+    before = {k: value(saved) if callable(value) else value for k, value in BEFORE_THE_FLAG.items()
+              if k not in saved and (not callable(value) or "data" in saved)}
+    return {**before, **saved}
+
+
 def changed_flags(saved: dict[str, Any], args: argparse.Namespace) -> str:
     """The run-defining flags whose value in a checkpoint's args differs from args, as
     "--bs 16 (now 32), …"; empty when a resume may continue that run. A flag that the checkpoint's
-    args lack counts as its BEFORE_THE_FLAG value, if it has one."""
-    saved = {**BEFORE_THE_FLAG, **saved}
-    changed = [k for k in RUN_DEFINING if k in saved and saved[k] != getattr(args, k)]
+    args lack counts as its BEFORE_THE_FLAG value, if it has one; one of FROM_THE_RUN left unset
+    (None) takes the checkpoint's value, so it cannot differ."""
+    saved = trained_with(saved)
+    changed = [k for k in RUN_DEFINING if k in saved and saved[k] != getattr(args, k)
+               and not (k in FROM_THE_RUN and getattr(args, k) is None)]
     return ", ".join(f"--{k} {saved[k]} (now {getattr(args, k)})" for k in changed)
+
+
+def resolve_patches(args: argparse.Namespace, saved: dict[str, Any] | None) -> DataSpec:
+    """Set --patch_kind and --patch_size to the values the run uses, so that args.json and every
+    checkpoint hold them: as given; else, resuming, the checkpoint's (saved: its args; one older than
+    the flags: what its --data gave, BEFORE_THE_FLAG); else from the data (dataset.catalog.patch_spec:
+    an image folder's from its training images' headers). Returns them with where they came from."""
+    recorded = trained_with(saved) if saved is not None else {}
+    for name in FROM_THE_RUN:
+        if getattr(args, name) is None and name in recorded:
+            setattr(args, name, recorded[name])
+    spec = patch_spec(args.data, args.data_dir, args.patch_kind, args.patch_size)
+    args.patch_kind, args.patch_size = spec.kind, spec.size
+    return spec if saved is None else DataSpec(spec.kind, spec.size, "as the run being resumed was trained")
 
 
 def resume_state(args: argparse.Namespace, run_dir: Path) -> dict[str, Any] | None:
@@ -400,6 +447,8 @@ def main(args: argparse.Namespace) -> None:
     refuse_restart_after_stop(run_dir)
     device = distributed.setup(resolve_device(args.device), args.dist_backend, args.dist_timeout, args.sync_bn)
     state = distributed.fail_together(lambda: resume_state(args, run_dir))  # every rank reads last.pt
+    saved = None if state is None else state.get("args", {})
+    spec = distributed.fail_together(lambda: resolve_patches(args, saved))  # before the run folder is made
     distributed.on_main(check_writable, run_dir, "--output_dir", "the run folder")  # before any data is read
     seed_everything(args.seed, args.deterministic)
 
@@ -414,6 +463,7 @@ def main(args: argparse.Namespace) -> None:
     with Preemption() as preemption:  # from here on, SIGTERM and Ctrl-C stop at a step boundary with last.pt saved
         distributed.on_main(prepare_run_dir, run_dir, args)
         distributed.print_main(banner(args))
+        distributed.print_main(f"patches: {spec.describe()}")
         distributed.print_main(f"memory: {plan.describe(training.chunks, args.patch_chunks)}")
         if (note := cpu_note(args, device)) is not None:
             distributed.print_main(note)

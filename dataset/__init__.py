@@ -2,7 +2,7 @@
 
 - :mod:`dataset.catalog`: the one table of data sets (:data:`DATASETS`, each with its augmentation
   kind and patch size), :func:`build_dataset`, :func:`load_split` (with a fixed class-balanced
-  subset), :func:`augmentation_kind`;
+  subset), :func:`augmentation_kind`, :func:`patch_spec` (a run's patch kind and size);
 - :mod:`dataset.pil_pipeline`: the official per-patch PIL augmentation (:func:`patch_transform`,
   :class:`MultiPatch`) and its constants, the reference of the batched path;
 - :mod:`dataset.draws`: the random parameters of every patch of a batch, from the official
@@ -23,11 +23,13 @@ The names below are re-exported, so ``from dataset import build_dataset`` works.
 
 from dataset.catalog import (
                              DATASETS,
+                             DataSpec,
                              augmentation_kind,
                              build_dataset,
                              class_balanced_subset,
                              class_names,
                              load_split,
+                             patch_spec,
                              unwrap_subsets,
 )
 from dataset.patch_sources import AUGMENTS, EvaluationPatches, PatchRecipe, TrainingPatches
@@ -37,6 +39,7 @@ from dataset.synthetic import SyntheticShapes
 __all__ = [
     "AUGMENTS",
     "DATASETS",
+    "DataSpec",
     "EvaluationPatches",
     "MultiPatch",
     "PatchRecipe",
@@ -47,6 +50,7 @@ __all__ = [
     "class_balanced_subset",
     "class_names",
     "load_split",
+    "patch_spec",
     "patch_transform",
     "unwrap_subsets",
 ]

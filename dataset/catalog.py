@@ -1,7 +1,8 @@
 """The catalogue of data sets: their names, where each is found (or downloaded), and subsets.
 
 :data:`DATASETS` is the one table of the names (``--data``'s choices), each with the augmentation
-kind and patch size of the official code. ``build_dataset(name, data_dir, split, transform)``
+kind and patch size of the official code; :func:`patch_spec` gives a run's patches (an image folder's
+from its images, --patch_kind and --patch_size where given). ``build_dataset(name, data_dir, split, transform)``
 returns a torch Dataset of (image, label) pairs with ``.targets`` (list[int]) and ``.classes``, for
 
 - ``cifar10`` / ``cifar100``: torchvision's CIFAR in ``data_dir`` (downloaded if allowed),
@@ -15,29 +16,38 @@ Anything the user can fix (a missing folder, no internet, an unknown name) raise
 
 from __future__ import annotations
 
+import argparse
 import pathlib
 import shutil
 import tarfile
 import warnings
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 from torch.utils.data import Dataset, Subset
 from torchvision import datasets
 
 from dataset.images import drop_unreadable, load_image
+from dataset.pixels import distinct_sizes
 from dataset.synthetic import SyntheticShapes
 from plumbing.errors import UserError, one_line, speaks
 
 
 @dataclass(frozen=True)
 class DataSpec:
-    """What a data set's name fixes for its patches, as in the official code: the augmentation kind
-    ("cifar": square crops, bilinear; "imagenet": aspect ratio 3/4..4/3, bicubic) and the patch size."""
+    """What a run's patches are: the augmentation kind ("cifar": square crops, bilinear; "imagenet":
+    aspect ratio 3/4..4/3, bicubic) and the patch size S in pixels (patches are (3, S, S)); `origin`
+    says where the two came from, for the line a run prints (not part of the value)."""
 
     kind: str
     size: int
+    origin: str = field(default="", compare=False)
+
+    def describe(self, origin: str | None = None) -> str:
+        """"imagenet kind, 224 px (<origin>)", with the spec's own origin unless another is given."""
+        why = self.origin if origin is None else origin
+        return f"{self.kind} kind, {self.size} px" + (f" ({why})" if why else "")
 
 
 DATASETS: dict[str, DataSpec] = {  # --data; a new one is an entry here (and a loader in build_dataset unless a folder)
@@ -45,9 +55,13 @@ DATASETS: dict[str, DataSpec] = {  # --data; a new one is an entry here (and a l
     "cifar100": DataSpec("cifar", 32),
     "imagenet100": DataSpec("imagenet", 224),
     "tinyimagenet": DataSpec("imagenet", 224),
-    "imagefolder": DataSpec("cifar", 32),  # any folder of images, made into 32×32 patches (e.g. a CIFAR slice)
+    # any folder of images: its patches come from its images (patch_spec); this entry is what a folder
+    # of 32×32 images gets, and what every folder got before --patch_kind and --patch_size existed
+    "imagefolder": DataSpec("cifar", 32),
     "synthetic": DataSpec("cifar", 32),
 }
+PATCH_KINDS = {"cifar": 32, "imagenet": 224}  # --patch_kind: each kind's official patch size
+MIN_PATCH_SIZE = 8  # the backbones halve a patch ≥ 3 times: at 8 px the last stage is 1×1, smaller only loses pixels
 DATA_DEFAULTS = {"data": "cifar10", "data_dir": pathlib.Path("data")}  # the official data set, and where it is kept
 _CIFAR = {"cifar10": ("CIFAR-10", datasets.CIFAR10), "cifar100": ("CIFAR-100", datasets.CIFAR100)}
 _LAYOUT = "<data_dir>/train/<class>/*.jpg and <data_dir>/val/<class>/*.jpg (or test/)"
@@ -61,9 +75,66 @@ def _check_name(name: str) -> None:
 
 def augmentation_kind(name: str) -> tuple[str, int]:
     """(augmentation kind for :func:`dataset.pil_pipeline.patch_transform`, patch size in pixels)
-    of a data set of :data:`DATASETS`; an unknown name is a UserError that lists the known ones."""
+    of a data set's entry of :data:`DATASETS` (an image folder's own patches: :func:`patch_spec`);
+    an unknown name is a UserError that lists the known ones."""
     _check_name(name)
     return DATASETS[name].kind, DATASETS[name].size
+
+
+def patches_before_the_flags(data: str) -> DataSpec:
+    """The patches of a run trained before --patch_kind and --patch_size existed: its --data's
+    :data:`DATASETS` entry (an image folder's: CIFAR kind, 32 px, whatever its images)."""
+    _check_name(data)
+    return DATASETS[data]
+
+
+def patch_size_flag(text: str) -> int:
+    """--patch_size (argparse type): a whole number of pixels, at least MIN_PATCH_SIZE; anything else
+    is refused with one line before anything runs."""
+    if not (text.isdigit() and int(text) >= MIN_PATCH_SIZE):
+        raise argparse.ArgumentTypeError(f"expected a whole number of pixels, at least {MIN_PATCH_SIZE} (the "
+                                         f"blur reaches 7 pixels across), got {text!r}")
+    return int(text)
+
+
+def folder_patches(data_dir: pathlib.Path) -> DataSpec:
+    """The patches of an image folder, from the images of ``data_dir/train``: CIFAR kind at 32 px when
+    every one is 32×32, else ImageNet kind at its official 224 px (other equal sizes, or mixed sizes).
+    Only headers are read, every one for a folder of equal sizes, up to the first odd one for a mixed
+    folder (:func:`dataset.pixels.distinct_sizes`); an unreadable file is passed over here (loading it
+    names it, or --skip_bad_images leaves it out); a missing or empty folder is a UserError."""
+    folder = _folder_split(pathlib.Path(data_dir), "train", None)
+    sizes = distinct_sizes([pathlib.Path(path) for path, _ in folder.samples], skip_unreadable=True)
+    if not sizes:
+        raise UserError(f"no image of {folder.root} can be read: put readable .jpg/.png files in it, as in {_LAYOUT}")
+    seen = ", ".join(f"{width}×{height}" for width, height in sizes)
+    found = f"all {seen}" if len(sizes) == 1 else f"{seen}, …: sizes differ"
+    kind = "cifar" if sizes == [(32, 32)] else "imagenet"
+    return DataSpec(kind, PATCH_KINDS[kind], f"from the images of {folder.root}: {found}")
+
+
+def patch_spec(data: str, data_dir: pathlib.Path | None, kind: str | None = None, size: int | None = None) -> DataSpec:
+    """The patches of a run: --patch_kind and --patch_size where given, else from the data. A named data
+    set gives its :data:`DATASETS` entry; ``imagefolder`` its images (:func:`folder_patches`, read only
+    when a value is missing). A kind given without a size takes the data's size if the data's kind
+    is the same, else the kind's official size (:data:`PATCH_KINDS`)."""
+    _check_name(data)
+    if kind is not None and kind not in PATCH_KINDS:
+        raise UserError(f"unknown patch kind {kind!r}: choose --patch_kind from {', '.join(PATCH_KINDS)}")
+    if size is not None and size < MIN_PATCH_SIZE:
+        raise UserError(f"--patch_size {size} is too small: choose at least {MIN_PATCH_SIZE} pixels")
+    if kind is not None and size is not None:
+        return DataSpec(kind, size, "--patch_kind and --patch_size as given")
+    if data == "imagefolder":
+        found = folder_patches(pathlib.Path(data_dir))
+    else:
+        found = DataSpec(DATASETS[data].kind, DATASETS[data].size, f"{data}'s official patches")
+    if kind is None and size is None:
+        return found
+    if kind is None:
+        return DataSpec(found.kind, size, f"--patch_size as given; the kind {found.origin}")
+    return DataSpec(kind, found.size if kind == found.kind else PATCH_KINDS[kind],
+                    f"--patch_kind as given; the size {found.origin if kind == found.kind else 'its official one'}")
 
 
 def _cifar(name: str, root: pathlib.Path, train: bool, transform: Callable | None,

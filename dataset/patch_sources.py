@@ -48,7 +48,7 @@ from torchvision import transforms as T
 from torchvision.transforms import functional as TF
 
 from dataset.batched_pipeline import WholeImages, augment_crops, augment_images, augment_whole_images
-from dataset.catalog import augmentation_kind, unwrap_subsets
+from dataset.catalog import DataSpec, augmentation_kind, unwrap_subsets
 from dataset.draws import Randomness
 from dataset.pil_pipeline import (
     CROP_RATIO,
@@ -103,14 +103,15 @@ class PatchRecipe:
     crop_scale: float = DEFAULT_CROP_SCALE
 
     @classmethod
-    def of(cls, data: str, augment: str, num_patches: int, seed: int,
+    def of(cls, patches: DataSpec | str, augment: str, num_patches: int, seed: int,
            crop_scale: float = DEFAULT_CROP_SCALE) -> PatchRecipe:
-        """The recipe of --data, --augment, --crop_scale and P patches from the stream `seed`."""
+        """The recipe of a run's patches (kind and size, :func:`dataset.catalog.patch_spec`; a data set's
+        name stands for its DATASETS entry), --augment, --crop_scale and P patches from the stream `seed`."""
         if augment not in AUGMENTS:
             raise UserError(f"unknown --augment {augment!r}: choose from {', '.join(AUGMENTS)}")
         if not 0 < crop_scale <= 1:
             raise UserError(f"--crop_scale {crop_scale} is not a share of the image's area: choose a number in (0, 1]")
-        kind, size = augmentation_kind(data)
+        kind, size = augmentation_kind(patches) if isinstance(patches, str) else (patches.kind, patches.size)
         return cls(kind, size, augment, num_patches, seed, crop_scale)
 
     @property

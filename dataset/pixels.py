@@ -32,7 +32,7 @@ from torch.utils.data import Dataset, Subset
 from torchvision import datasets
 
 from dataset.images import image_size
-from plumbing.errors import speaks
+from plumbing.errors import UserError, speaks
 from plumbing.files import WriteFailed, write_file
 
 CACHE_ENV = "EMP_SSL_CACHE"
@@ -111,12 +111,32 @@ def in_memory_pixels(dataset: Dataset, workers: int = 1) -> np.ndarray | None:
     return None
 
 
+def distinct_sizes(paths: Sequence[Path], most: int = 2, skip_unreadable: bool = False) -> list[tuple[int, int]]:
+    """The distinct (width, height) of the images `paths` in the order met, read from their headers
+    (no image is decoded), stopping at the `most`-th distinct one: [one size] when all share it, so a
+    folder of equally sized images is read through, a mixed one only up to its first odd image. A file
+    whose header cannot be read is a UserError naming it, or with skip_unreadable passed over."""
+    sizes: list[tuple[int, int]] = []
+    for path in paths:
+        try:
+            size = image_size(str(path))
+        except UserError:
+            if skip_unreadable:
+                continue
+            raise
+        if size not in sizes:
+            sizes.append(size)
+            if len(sizes) == most:
+                break
+    return sizes
+
+
 def _decode(loader: Callable[[str], Image.Image], paths: list[Path], workers: int) -> np.ndarray | None:
     """The images `paths` decoded by `loader` in `workers` threads to uint8 (n, H, W, 3), or None
     when their sizes differ or they exceed :data:`IN_MEMORY_LIMIT` (only the headers are read to
     decide)."""
     width, height = image_size(str(paths[0]))
-    if len(paths) * width * height * 3 > IN_MEMORY_LIMIT or any(image_size(str(p)) != (width, height) for p in paths):
+    if len(paths) * width * height * 3 > IN_MEMORY_LIMIT or len(distinct_sizes(paths)) > 1:
         return None
     with ThreadPoolExecutor(max(1, workers)) as pool:
         return np.stack(list(pool.map(lambda p: np.asarray(loader(str(p))), paths)))  # (n, H, W, 3)

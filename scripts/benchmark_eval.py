@@ -43,7 +43,7 @@ import torch.nn as nn  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 from torch.utils.data import Dataset, Subset  # noqa: E402
 
-from dataset import AUGMENTS, DATASETS, EvaluationPatches, PatchRecipe, build_dataset  # noqa: E402
+from dataset import AUGMENTS, DATASETS, EvaluationPatches, PatchRecipe, build_dataset, patch_spec  # noqa: E402
 from dataset.catalog import DATA_DEFAULTS  # noqa: E402
 from features import TEST_PATCHES, bag_of_features  # noqa: E402
 from model import ARCHS, ENCODER_DEFAULTS, Encoder  # noqa: E402
@@ -91,9 +91,10 @@ def extraction(args: argparse.Namespace, images: Dataset, device: torch.device) 
     torch.manual_seed(0)
     model = Encoder(args.arch, args.hidden_dim, 128).to(device).eval()
     dtype = AMP_DTYPES[args.precision]
+    spec = patch_spec(args.data, args.data_dir)  # as evaluate.py: an image folder's from its images
 
     def batches(augment: str, dataset: Dataset = images, patches: int = args.test_patches):
-        recipe = PatchRecipe.of(args.data, augment, patches, seed=0)
+        recipe = PatchRecipe.of(spec, augment, patches, seed=0)
         return EvaluationPatches(dataset, recipe, args.eval_bs, args.workers, device)
 
     def bag(source) -> tuple[torch.Tensor, torch.Tensor]:

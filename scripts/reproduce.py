@@ -40,6 +40,7 @@ import shlex
 import sys
 import time
 from dataclasses import asdict, dataclass, replace
+from functools import partial
 from pathlib import Path
 from types import ModuleType
 from typing import Any, NoReturn
@@ -52,22 +53,31 @@ if __name__ == "__main__":  # first: Ctrl-C while the modules below load ends in
     interrupt_in_one_line()
 
 import torch  # noqa: E402
+from PIL import Image  # noqa: E402
 
 import evaluate as eval_entry  # noqa: E402
 import main as train_entry  # noqa: E402
 from dataset.catalog import DATA_DEFAULTS  # noqa: E402
+from dataset.synthetic import generate  # noqa: E402
 from features import TEST_PATCHES  # noqa: E402
 from plumbing import checkpoint as ckpt  # noqa: E402
 from plumbing.cli import ArgumentParser, run_cli  # noqa: E402
 from plumbing.device import resolve_device  # noqa: E402
 from plumbing.errors import Stopped, UserError  # noqa: E402
-from plumbing.files import WriteFailed, check_writable, failure_cause, write_or_print  # noqa: E402
+from plumbing.files import WriteFailed, check_writable, failure_cause, write_file, write_or_print  # noqa: E402
 from probes import KNN_K, KNN_T, OFFICIAL_LINEAR  # noqa: E402
 from scripts.rows import ALL_ROWS, Row  # noqa: E402
 
 # --smoke: the row's schedule and checkpoint at a size that runs anywhere in seconds (one step per epoch).
 SMOKE_TRAIN = {"data": "synthetic", "arch": "resnet10-cifar", "hidden_dim": 64, "z_dim": 32, "num_patches": 4,
                "bs": 16, "train_subset": 16, "workers": 0}
+# --smoke of an ImageNet-kind row: a generated image folder of the row's image shape instead of the synthetic
+# set, so that its patches are cut the ImageNet way (their kind resolves from the images), by the row's backbone,
+# at 64 px (the crop code is the one of 224 px; 64 keeps a CPU at seconds). {data set: (width, height) in turn}.
+SMOKE_FOLDERS = {"tinyimagenet": ((64, 64),), "imagenet100": ((400, 350), (375, 500))}
+SMOKE_FOLDER_SHAPE = {"classes": 4, "train": 4, "val": 2}  # classes, images per class of each split: 16 and 8
+SMOKE_PATCH_SIZE = 64
+SMOKE_DATA = "smoke_data"  # the generated folder's name in the smoke run folder
 SMOKE_EVAL = ["--train_subset", "20", "--test_subset", "20", "--test_patches", "2", "--linear_epochs", "3",
               "--workers", "0"]
 
@@ -95,7 +105,10 @@ def get_args_parser() -> argparse.ArgumentParser:
                              "so pass a new one to train afresh")
     parser.add_argument("--dry_run", action="store_true", help="print the commands and stop")
     parser.add_argument("--smoke", action="store_true", help="the same chain on synthetic data, on the CPU, at a "
-                        "tiny size (seconds); the result file is <row>.smoke.json with \"smoke\": true")
+                        "tiny size (seconds): the built-in synthetic set, or for a Tiny ImageNet or ImageNet-100 row "
+                        "a generated image folder of that data set's image sizes in the run folder, cut into "
+                        f"ImageNet-kind patches of {SMOKE_PATCH_SIZE} px by the row's backbone; the result file is "
+                        "<row>.smoke.json with \"smoke\": true and what it ran on (\"smoke_data\")")
     return parser
 
 
@@ -153,8 +166,11 @@ def eval_data_flags(train: argparse.Namespace, row: Row, args: argparse.Namespac
 
 
 def model_flags(train: argparse.Namespace) -> list[str]:
-    """evaluate.py's encoder flags for a training run's architecture and widths."""
-    return flags({"arch": train.arch, "hidden_dim": train.hidden_dim, "z_dim": train.z_dim})
+    """evaluate.py's encoder flags for a training run's architecture and widths, and its --patch_kind
+    and --patch_size where the training flags give them (else both resolve them from the same data):
+    the random-init baseline sees the patches the checkpoint's evaluation sees."""
+    patches = {name: getattr(train, name) for name in ("patch_kind", "patch_size") if getattr(train, name) is not None}
+    return flags({"arch": train.arch, "hidden_dim": train.hidden_dim, "z_dim": train.z_dim, **patches})
 
 
 def split_flags(text: str, flag: str) -> list[str]:
@@ -213,6 +229,53 @@ def continuation(train: argparse.Namespace, run_dir: Path, flag: str = "--run_di
     return ["--resume"]
 
 
+def smoke_settings(row: Row, run_dir: Path) -> dict[str, object]:
+    """main.py's flags of a --smoke run of the row: SMOKE_TRAIN, and for a row of SMOKE_FOLDERS its image
+    folder (write_smoke_folder) at SMOKE_PATCH_SIZE with the row's backbone."""
+    if row.data not in SMOKE_FOLDERS:
+        return SMOKE_TRAIN
+    return {**SMOKE_TRAIN, "data": "imagefolder", "data_dir": run_dir / SMOKE_DATA, "arch": row.arch,
+            "patch_size": SMOKE_PATCH_SIZE}
+
+
+def write_smoke_folder(root: Path, sizes: tuple[tuple[int, int], ...]) -> None:
+    """The image folder of an ImageNet-kind row's --smoke: root/{train,val}/<class>/<i>.png with
+    SMOKE_FOLDER_SHAPE's classes and images, the built-in synthetic shapes (dataset.synthetic.generate,
+    its first classes) rendered at the largest side and resized to `sizes` (width, height) in turn.
+    Deterministic, so a file already there is kept: a rerun writes nothing."""
+    side = max(max(size) for size in sizes)
+    for split, train in (("train", True), ("val", False)):
+        images, labels = generate(train, side, SMOKE_FOLDER_SHAPE[split])  # (10·n, side, side, 3), class-major order
+        kept = [i for i, label in enumerate(labels) if label < SMOKE_FOLDER_SHAPE["classes"]]
+        for n, i in enumerate(kept):
+            path = root / split / f"class{labels[i]}" / f"{n}.png"
+            if not path.is_file():
+                image = Image.fromarray(images[i]).resize(sizes[n % len(sizes)], Image.Resampling.BILINEAR)
+                write_file(path, partial(save_png, image), "pass reproduce.py a writable --run_dir")
+
+
+def save_png(image: Image.Image, path: Path) -> None:
+    """image as a PNG file at exactly path (whatever its suffix)."""
+    image.save(path, format="PNG")
+
+
+def smoke_data(row: Row, train: argparse.Namespace, evaluated: dict[str, Any], folder: Path) -> str:
+    """What a --smoke run trained and evaluated on, in words (the result file's "smoke_data"): the data,
+    the patches as the checkpoint's evaluation resolved them, the backbone. folder: the generated one."""
+    if train.data == "imagefolder" and train.data_dir == folder and row.data in SMOKE_FOLDERS:
+        sizes = " and ".join(f"{width}×{height}" for width, height in SMOKE_FOLDERS[row.data])
+        shape = SMOKE_FOLDER_SHAPE
+        data = (f"a generated image folder of {row.data}'s image sizes ({sizes}; {shape['classes']} classes, "
+                f"{shape['classes'] * shape['train']} train / {shape['classes'] * shape['val']} val images of the "
+                f"synthetic shapes) in {folder}")
+    elif train.data == "synthetic":
+        data = "the built-in synthetic set"
+    else:
+        data = f"{train.data} in {train.data_dir} (of --train_args)"
+    return (f"{data}, standing in for {row.data}; {evaluated['patch_kind']}-kind patches of "
+            f"{evaluated['patch_size']} px, {train.arch} at hidden {train.hidden_dim} / z {train.z_dim}")
+
+
 def make_plan(args: argparse.Namespace) -> Plan:
     """Every command of the row, checked by the entry points' parsers before anything runs."""
     row = ALL_ROWS.get(args.row)
@@ -222,8 +285,8 @@ def make_plan(args: argparse.Namespace) -> Plan:
         (row.name, row.source_row or row.name)
     run_dir = args.run_dir or Path("logs") / "reproduce" / trained_as
     device = "cpu" if args.smoke else args.device
-    settings = {**row.settings(), **(SMOKE_TRAIN if args.smoke else {})}
-    fixed = flags(settings) + ["--data_dir", str(args.data_dir), "--device", device, "--output_dir", str(run_dir)]
+    settings = {**row.settings(), "data_dir": args.data_dir, **(smoke_settings(row, run_dir) if args.smoke else {})}
+    fixed = flags(settings) + ["--device", device, "--output_dir", str(run_dir)]
     extra_train, extra_eval = split_flags(args.train_args, "--train_args"), split_flags(args.eval_args, "--eval_args")
     refuse_own_flags(train_entry, fixed + row.schedule_flags(), extra_train, own_train_flags(row), "--train_args")
     train = fixed + row.schedule_flags() + extra_train
@@ -363,6 +426,7 @@ def summarise(plan: Plan, smoke: bool, seconds: dict[str, float]) -> dict[str, A
         "gpu": device_name(train.device), "torch": torch.__version__, "git_commit": ckpt.git_commit(),
         "commands": [command_line(train_entry, plan.train), command_line(eval_entry, plan.evaluate),
                      command_line(eval_entry, plan.baseline)], **transfer,
+        **({"smoke_data": smoke_data(plan.row, train, ours, plan.checkpoint.parents[1] / SMOKE_DATA)} if smoke else {}),
     }
 
 
@@ -374,6 +438,9 @@ def main(args: argparse.Namespace) -> None:
         return
     check_writable(args.out, "--out", "the result folder")  # before the training and the evaluations
     check_writable(plan.checkpoint.parents[1], "--run_dir", "the run folder")
+    folder = plan.checkpoint.parents[1] / SMOKE_DATA
+    if args.smoke and plan.row.data in SMOKE_FOLDERS and parse(train_entry, plan.train).data_dir == folder:
+        write_smoke_folder(folder, SMOKE_FOLDERS[plan.row.data])
     seconds = {"train": train_once(plan)}
     if not plan.checkpoint.is_file():  # the flags that stop training early are refused: the run was past it
         step = ckpt.load_checkpoint(plan.checkpoint.with_name(ckpt.LAST)).get("step")

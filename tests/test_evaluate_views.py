@@ -8,7 +8,7 @@ import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from torchvision.transforms import functional as TF
 
-from dataset import SyntheticShapes
+from dataset import DATASETS, SyntheticShapes
 from features import bag_of_features, full_view_loader
 from model import Encoder
 from plumbing.checkpoint import save_checkpoint
@@ -30,7 +30,8 @@ class TestFullView:
         torch.manual_seed(0)
         model = Encoder(**ARCH).eval()
         images = torch.utils.data.Subset(SyntheticShapes(train=False), range(6))
-        features, labels = bag_of_features(model, full_view_loader(images, "synthetic", 4, 0), torch.device("cpu"))
+        batches = full_view_loader(images, DATASETS["synthetic"], 4, 0)
+        features, labels = bag_of_features(model, batches, torch.device("cpu"))
         x = torch.stack([TF.to_tensor(images[i][0]) for i in range(6)]) * 2 - 1  # (6, 3, 32, 32), Normalize(0.5, 0.5)
         with torch.no_grad():
             _, expected = model(x)  # (6, hidden)

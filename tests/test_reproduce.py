@@ -11,10 +11,12 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import ROOT, TINY_RUN, assert_one_line_error, write_cifar_batches, write_image_folder
+from PIL import Image
 
 import engine
 import evaluate
 import main
+from scripts.reproduce import SMOKE_FOLDERS, write_smoke_folder
 from scripts.rows import ROWS, TRANSFER_ROWS
 
 # Written from the paper and the official README (REFERENCE.md, "Published numbers"), not from the
@@ -48,6 +50,7 @@ OTHER_KEYS = ["row", "smoke", "protocol", "data", "arch", "num_patches", "bs", "
               "trained_epochs", "checkpoint", "resumed", "published_label", "test_patches", "gpu", "torch",
               "git_commit", "commands"]
 TRANSFER_KEYS = ["source_row", "source_data", "target_data", "transfer"]
+SMOKE_KEYS = ["smoke_data"]  # a --smoke result's own: what it ran on
 
 # The transfer rows the project promises: {row: (source row, target data set)}.
 TRANSFER = {"cifar10-30ep-to-cifar100": ("cifar10-30ep", "cifar100"),
@@ -178,7 +181,9 @@ class TestSmoke:
         assert result.returncode == 0, result.stderr
         path = tmp_path / "results" / "cifar10-1ep.smoke.json"
         record = json.loads(path.read_text())
-        assert set(record) == set(PERCENT_KEYS + SECONDS_KEYS + OTHER_KEYS)
+        assert set(record) == set(PERCENT_KEYS + SECONDS_KEYS + OTHER_KEYS + SMOKE_KEYS)
+        assert record["smoke_data"] == ("the built-in synthetic set, standing in for cifar10; cifar-kind patches of "
+                                        "32 px, resnet10-cifar at hidden 64 / z 32")
         assert all(0 <= record[k] <= 100 for k in PERCENT_KEYS), record
         assert all(0 < record[k] < 600 for k in SECONDS_KEYS), record
         assert record["train_seconds_per_epoch"] == record["train_seconds"]  # one epoch trained
@@ -247,6 +252,69 @@ class TestSmoke:
             assert evaluation["train_images"] == 20 and evaluation["test_images"] == 20
 
 
+# The ImageNet-kind rows' --smoke: {row: (backbone, the generated images' sizes in the result's words)}.
+IMAGENET_KIND = {"tinyimagenet-1ep": ("resnet18-tinyimagenet", "64×64"),
+                 "tinyimagenet-200p-10ep": ("resnet18-tinyimagenet", "64×64"),
+                 "imagenet100-1ep": ("resnet18-imagenet", "400×350 and 375×500"),
+                 "imagenet100-200p-10ep": ("resnet18-imagenet", "400×350 and 375×500")}
+
+
+class TestImageNetKindSmoke:
+    """The smoke of a Tiny ImageNet or ImageNet-100 row cuts ImageNet-kind patches from a generated folder
+    of the row's image sizes with the row's backbone. The two one-epoch rows run end to end (seconds
+    each); the two ten-epoch rows run the same chain for ten steps, so only their commands are checked."""
+
+    @pytest.mark.parametrize("name", list(IMAGENET_KIND))
+    def test_the_commands_train_and_evaluate_the_rows_backbone_on_a_generated_folder(self, cli, name: str) -> None:
+        train_argv, eval_argv, baseline_argv = dry_run(cli, name, "--smoke")
+        train = main.get_args_parser().parse_args(train_argv)
+        folder = Path(f"logs/reproduce/{name}-smoke/smoke_data")
+        assert (train.data, train.data_dir, train.arch) == ("imagefolder", folder, IMAGENET_KIND[name][0])
+        assert (train.patch_size, train.patch_kind, train.hidden_dim, train.z_dim) == (64, None, 64, 32)
+        assert train.epoch == ROWS[name].schedule_epochs and train.device == "cpu"
+        for argv in (eval_argv, baseline_argv):
+            ev = evaluate.get_args_parser().parse_args(argv)
+            assert (ev.data, ev.data_dir) == ("imagefolder", folder)
+        baseline = evaluate.get_args_parser().parse_args(baseline_argv)
+        assert (baseline.arch, baseline.patch_size) == (IMAGENET_KIND[name][0], 64)  # the checkpoint's patches
+        assert not folder.exists()  # --dry_run writes nothing
+
+    @pytest.mark.parametrize("name", ["tinyimagenet-1ep", "imagenet100-1ep"])
+    def test_the_chain_runs_on_imagenet_kind_patches(self, cli, tmp_path: Path, name: str) -> None:
+        result = cli("scripts.reproduce", name, "--smoke")
+        assert result.returncode == 0, result.stderr
+        run = tmp_path / f"logs/reproduce/{name}-smoke"
+        sizes = IMAGENET_KIND[name][1]
+        assert result.stdout.count("patches: imagenet kind, 64 px") == 3  # training, checkpoint, random init
+        assert f"from the images of {run.relative_to(tmp_path)}/smoke_data/train: " in result.stdout
+        record = json.loads((tmp_path / "results" / f"{name}.smoke.json").read_text())
+        assert set(record) == set(PERCENT_KEYS + SECONDS_KEYS + OTHER_KEYS + SMOKE_KEYS)
+        assert (record["data"], record["arch"], record["smoke"]) == ("imagefolder", IMAGENET_KIND[name][0], True)
+        assert f"a generated image folder of {ROWS[name].data}'s image sizes ({sizes};" in record["smoke_data"]
+        assert f"standing in for {ROWS[name].data}; imagenet-kind patches of 64 px" in record["smoke_data"]
+        for evaluation in ("0.eval.json", "0.random_init.eval.json"):
+            done = json.loads((run / "save_models" / evaluation).read_text())
+            assert (done["patch_kind"], done["patch_size"], done["train_images"], done["test_images"]) == \
+                   ("imagenet", 64, 16, 8)
+        trained = json.loads((run / "args.json").read_text())["args"]
+        assert (trained["patch_kind"], trained["patch_size"]) == ("imagenet", 64)
+        images = sorted((run / "smoke_data").rglob("*.png"))
+        assert len(images) == 24 and {Image.open(p).size for p in images} == set(SMOKE_FOLDERS[ROWS[name].data])
+
+        stamps = [p.stat().st_mtime_ns for p in images]
+        again = cli("scripts.reproduce", name, "--smoke")  # the finished run: evaluations reused, data untouched
+        assert again.returncode == 0, again.stderr
+        assert [p.stat().st_mtime_ns for p in images] == stamps
+
+    def test_the_folder_is_the_same_on_every_write(self, tmp_path: Path) -> None:
+        for root in (tmp_path / "a", tmp_path / "b"):
+            write_smoke_folder(root, SMOKE_FOLDERS["imagenet100"])
+        files = sorted(p.relative_to(tmp_path / "a") for p in (tmp_path / "a").rglob("*.png"))
+        assert [str(p) for p in files[:2]] == ["train/class0/0.png", "train/class0/13.png"]
+        assert all((tmp_path / "a" / p).read_bytes() == (tmp_path / "b" / p).read_bytes() for p in files)
+        assert len({(tmp_path / "a" / p).read_bytes() for p in files}) == 24  # 24 different images
+
+
 class TestTransferRows:
     @pytest.mark.parametrize("name", list(TRANSFER))
     def test_the_source_rows_training_then_both_evaluations_on_the_target(self, cli, name: str) -> None:
@@ -280,7 +348,7 @@ class TestTransferRows:
         assert "main.py" in result.stdout.split("evaluate.py")[0]  # the source row trained first
         path = tmp_path / "results" / "cifar10-1ep-to-cifar100.smoke.json"
         record = json.loads(path.read_text())
-        assert set(record) == set(PERCENT_KEYS + SECONDS_KEYS + OTHER_KEYS + TRANSFER_KEYS)
+        assert set(record) == set(PERCENT_KEYS + SECONDS_KEYS + OTHER_KEYS + TRANSFER_KEYS + SMOKE_KEYS)
         assert record["published_linear_top1"] is None and "no transfer result" in record["published_label"]
         assert (record["source_row"], record["source_data"], record["target_data"]) == \
                ("cifar10-1ep", "synthetic", "synthetic")
