@@ -70,7 +70,7 @@ from scripts.reproduce import (  # noqa: E402
 from scripts.sweep_plot import plot  # noqa: E402
 from scripts.sweeps import SWEEPS, Sweep, SweepRun  # noqa: E402
 
-SMOKE_RUNS, SMOKE_EPOCHS = 2, 2  # --smoke: the preset's first two runs, two epochs each, both evaluated
+SMOKE_EPOCHS = 2  # --smoke: the preset's first and last runs (its two ends), two epochs each, both evaluated
 CURVES = "sweep_curves"  # the TensorBoard folder of a run's evaluations, inside its run folder
 
 # evaluate.py's flags that the sweep sets itself, and what to do instead.
@@ -105,8 +105,8 @@ def get_args_parser() -> argparse.ArgumentParser:
                              "runs already there are continued, so pass a new one to train afresh")
     parser.add_argument("--dry_run", action="store_true", help="print every command and the patch budget, run nothing")
     parser.add_argument("--smoke", action="store_true",
-                        help=f"the same chain on synthetic data, on the CPU, at a tiny size ({SMOKE_RUNS} runs of "
-                             f"{SMOKE_EPOCHS} epochs; seconds); writes <name>.smoke.json with \"smoke\": true")
+                        help=f"the same chain on synthetic data, on the CPU, at a tiny size (the first and the "
+                             f"last run, {SMOKE_EPOCHS} epochs each; seconds); writes <name>.smoke.json with \"smoke\": true")
     return parser
 
 
@@ -147,7 +147,8 @@ class Plan:
 
 
 def preset(args: argparse.Namespace) -> Sweep:
-    """The preset named by args.name; with --smoke, its first runs at reproduce.py's smoke size."""
+    """The preset named by args.name; with --smoke, its first and last runs (e.g. EMP-SSL and VICReg,
+    the fewest and the most patches) at reproduce.py's smoke size."""
     sweep = SWEEPS.get(args.name)
     if sweep is None:
         raise UserError(f"unknown sweep {args.name!r}: choose one of {', '.join(SWEEPS)} (see --help)")
@@ -155,7 +156,7 @@ def preset(args: argparse.Namespace) -> Sweep:
         return sweep
     runs = tuple(SweepRun(run.name, {**run.flags, "epoch": SMOKE_EPOCHS,
                                      "num_patches": min(run.num_patches, int(SMOKE_TRAIN["num_patches"]))})
-                 for run in sweep.runs[:SMOKE_RUNS])
+                 for run in (sweep.runs[:1] + sweep.runs[1:][-1:]))
     evaluation = {flag.removeprefix("--"): value for flag, value in zip(SMOKE_EVAL[::2], SMOKE_EVAL[1::2])}
     return replace(sweep, name=f"{sweep.name}.smoke", settings={**sweep.settings, **SMOKE_TRAIN}, runs=runs,
                    evaluation=evaluation)

@@ -190,7 +190,7 @@ class TestSmoke:
         assert record["env"]["device"] == "cpu" and record["env"]["torch"] == torch.__version__
         assert record["env"]["commit"]
         assert (record["eval"]["test_patches"], record["eval"]["knn_k"], record["eval"]["linear_epochs"]) == (2, 20, 3)
-        assert [run["name"] for run in record["runs"]] == ["p2", "p4"]
+        assert [run["name"] for run in record["runs"]] == ["p2", "p32"]
         for run, patches in zip(record["runs"], (2, 4)):
             assert run["flags"]["num_patches"] == patches and run["flags"]["epoch"] == 2
             assert run["flags"]["data"] == "synthetic" and run["flags"]["train_subset"] == 16
@@ -245,7 +245,7 @@ class TestSmoke:
         """The second run stopped by a SIGTERM after its first step (the end of its first epoch): the
         sweep ends with 143 without evaluating it; the same command then trains its second epoch only."""
         folder = fresh_copy(smoke, tmp_path)
-        shutil.rmtree(folder / "logs/sweep/patches-cpu-smoke/p4")
+        shutil.rmtree(folder / "logs/sweep/patches-cpu-smoke/p32")
         import engine
         step = engine.train_step
 
@@ -258,15 +258,15 @@ class TestSmoke:
         monkeypatch.setattr(engine, "train_step", sigterm_after_first_step)
         capsys.readouterr()
         assert run_sweep(folder, "patches-cpu", "--smoke") == 143
-        assert capsys.readouterr().err.strip().splitlines()[-1].startswith("sweep: SIGTERM stopped the training of p4")
-        models = folder / "logs/sweep/patches-cpu-smoke/p4/save_models"
+        assert capsys.readouterr().err.strip().splitlines()[-1].startswith("sweep: SIGTERM stopped the training of p32")
+        models = folder / "logs/sweep/patches-cpu-smoke/p32/save_models"
         assert sorted(path.name for path in models.iterdir() if not path.name.startswith(".")) == ["0.pt", "last.pt"]
         kept = (models / "0.pt").read_bytes()
 
         calls = counting(monkeypatch)
         time.sleep(0.01)
         assert run_sweep(folder, "patches-cpu", "--smoke") == 0
-        assert calls["main"] == ["logs/sweep/patches-cpu-smoke/p4"]  # p2 is finished: not trained again
+        assert calls["main"] == ["logs/sweep/patches-cpu-smoke/p32"]  # p2 is finished: not trained again
         assert calls["evaluate"] == [str(models.relative_to(folder) / name) for name in ("0.pt", "1.pt")]
         assert (models / "0.pt").read_bytes() == kept  # continued, not trained afresh
         record = json.loads((folder / "results" / "patches-cpu.smoke.json").read_text())
