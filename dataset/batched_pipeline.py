@@ -35,7 +35,7 @@ from dataset.draws import (
     sample_crops,
 )
 from dataset.pil_pipeline import BLUR_SIGMA, CROP_RATIO, CROP_SCALE, SOLARIZE_THRESHOLD
-from dataset.resampling import resized_crops, sample_crops_sized
+from dataset.resampling import resized_crops
 
 CPU_CHUNK_BYTES = 4 << 20  # on a CPU the photometric steps go by chunks of patches of about this size
 # augment_whole_images makes its patches by chunks of whole patch rows (B patches each) of at most this many bytes of
@@ -168,7 +168,7 @@ class WholeImages:
         the rest padding (any values: no box reaches it);
     sizes: (B, 2) long (height, width) of every image, on the same device;
     window: a host-known bound on every box side the draws can give on these sizes
-        (:func:`dataset.resampling.crop_window_sized`), which fixes the work on the host.
+        (:func:`dataset.draws.crop_window_sized`), which fixes the work on the host.
     """
 
     pixels: torch.Tensor
@@ -194,9 +194,9 @@ def whole_image_crops(sizes: torch.Tensor, num_patches: int, generator: Randomne
                       scale: tuple[float, float] = CROP_SCALE) -> CropParams:
     """torchvision's RandomResizedCrop box (aspect ratio 3/4 … 4/3, area range ``scale``) and flip
     for P patches of each of B images of sizes (B, 2): (P·B,) each, patch-major, patch n on image
-    n mod B (:func:`dataset.resampling.sample_crops_sized`)."""
+    n mod B (:func:`dataset.draws.sample_crops` on each image's own size)."""
     per_patch = sizes.repeat(num_patches, 1)  # (P·B, 2)
-    return sample_crops_sized(per_patch[:, 0], per_patch[:, 1], CROP_RATIO["imagenet"], generator, scale)
+    return sample_crops(len(per_patch), per_patch[:, 0], per_patch[:, 1], CROP_RATIO["imagenet"], generator, scale)
 
 
 def whole_rows_per_chunk(images: int, size: int, device: torch.device) -> int:

@@ -6,7 +6,9 @@ jitter with its random order, grayscale, blur σ, solarize), as per-patch tensor
 (:class:`CropParams`, :class:`ColorParams`). dataset/batched_pipeline.py applies them with the
 batched image operations of dataset/image_ops.py; tests replay the same parameters through
 torchvision's functional ops on PIL images. :func:`crop_window` bounds the box sides from the
-constants alone, so that cutting the boxes reads nothing back from the device.
+constants alone (:func:`crop_window_sized` over several image sizes), so that cutting the boxes
+reads nothing back from the device. The boxes of images of different sizes come from the same
+:func:`sample_crops`, given each patch's image size.
 
 The randomness is a torch.Generator (training: the stream of (seed, epoch, step)) or any draw
 callable ``rand(n, *shape) → (n, *shape)`` float32 uniforms in [0, 1), such as
@@ -18,7 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 import torch
 
@@ -80,32 +82,40 @@ def _uniform(n: int, low: float, high: float, rand: Draw, *shape: int) -> torch.
     return rand(n, *shape) * (high - low) + low
 
 
-def sample_crops(n: int, height: int, width: int, ratio: tuple[float, float], generator: Randomness,
-                 scale: tuple[float, float] = CROP_SCALE) -> CropParams:
-    """n draws of torchvision's RandomResizedCrop box on a height×width image, and of the flip.
+def sample_crops(n: int, height: int | torch.Tensor, width: int | torch.Tensor, ratio: tuple[float, float],
+                 generator: Randomness, scale: tuple[float, float] = CROP_SCALE) -> CropParams:
+    """n draws of torchvision's RandomResizedCrop box and of the flip, on height×width images: one
+    size for all (ints), or each patch's own (long tensors (n,), e.g. a batch of different images).
 
     As torchvision: up to 10 tries of an area fraction ~ U(scale) and a log-uniform aspect ratio,
-    w = round(√(area·ratio)), h = round(√(area/ratio)); the first try that fits is placed at a
-    uniform integer offset; if none fits, the central crop of the ratio range. For CIFAR at the
-    official scale (0.25, 0.25) this is always a 16×16 window at offsets 0..16; at (S, S) a square
-    of side round(32·√S), the whole image at S = 1.
+    w = round(√(area·ratio)), h = round(√(area/ratio)); the first try with 0 < w ≤ W and 0 < h ≤ H
+    is placed at a uniform integer offset top ~ U{0 … H − h}, left ~ U{0 … W − w}; if none fits,
+    the central crop of the whole image clamped to the ratio range (W/H < r_min: w = W,
+    h = round(W/r_min); W/H > r_max: h = H, w = round(H·r_max)), the ratio tests in float64 as
+    torchvision's. For CIFAR at the official scale (0.25, 0.25) this is always a 16×16 window at
+    offsets 0..16; at (S, S) a square of side round(32·√S), the whole image at S = 1. Sizes given as
+    ints are filled on the draws' device (no copy from the host).
     """
     rand = as_draw(generator)
-    area = height * width * _uniform(n, scale[0], scale[1], rand, CROP_TRIES)  # (n, tries)
+    fraction = _uniform(n, scale[0], scale[1], rand, CROP_TRIES)  # (n, tries)
+    heights, widths = (torch.full((n,), side, device=fraction.device) if isinstance(side, int) else side
+                       for side in (height, width))  # (n,) each
+    h_col, w_col = heights.view(-1, 1), widths.view(-1, 1)  # (n, 1)
+    area = h_col * w_col * fraction  # (n, tries)
     aspect = torch.exp(_uniform(n, math.log(ratio[0]), math.log(ratio[1]), rand, CROP_TRIES))
     w = torch.round(torch.sqrt(area * aspect)).long()
     h = torch.round(torch.sqrt(area / aspect)).long()
-    fits = (w > 0) & (w <= width) & (h > 0) & (h <= height)  # (n, tries)
+    fits = (w > 0) & (w <= w_col) & (h > 0) & (h <= h_col)  # (n, tries)
     first = fits.int().argmax(1, keepdim=True)  # (n, 1) the first fitting try
     w, h = w.gather(1, first).squeeze(1), h.gather(1, first).squeeze(1)  # (n,)
-    in_ratio = width / height
-    fallback_w = width if in_ratio <= ratio[1] else int(round(height * ratio[1]))
-    fallback_h = height if in_ratio >= ratio[0] else int(round(width / ratio[0]))
+    in_ratio = widths.double() / heights.double()
+    fallback_w = torch.where(in_ratio <= ratio[1], widths, torch.round(heights.double() * ratio[1]).long())
+    fallback_h = torch.where(in_ratio >= ratio[0], heights, torch.round(widths.double() / ratio[0]).long())
     found = fits.any(1)
     w, h = torch.where(found, w, fallback_w), torch.where(found, h, fallback_h)
     u = rand(n, 2)  # (n, 2) uniform offsets
-    top = torch.where(found, (u[:, 0] * (height - h + 1)).long().clamp(max=height - h), (height - h) // 2)
-    left = torch.where(found, (u[:, 1] * (width - w + 1)).long().clamp(max=width - w), (width - w) // 2)
+    top = torch.where(found, torch.minimum((u[:, 0] * (heights - h + 1)).long(), heights - h), (heights - h) // 2)
+    left = torch.where(found, torch.minimum((u[:, 1] * (widths - w + 1)).long(), widths - w), (widths - w) // 2)
     flip = rand(n) < P_FLIP
     return CropParams(top, left, h, w, flip)
 
@@ -145,3 +155,10 @@ def crop_window(height: int, width: int, ratio: tuple[float, float], scale: tupl
     if longest_w > width or longest_h > height or shortest < 1:
         window = max(window, min(width, round(height * ratio[1])), min(height, round(width / ratio[0])))
     return window
+
+
+def crop_window_sized(sizes: Iterable[tuple[int, int]], ratio: tuple[float, float],
+                      scale: tuple[float, float] = CROP_SCALE) -> int:
+    """A bound on every box side :func:`sample_crops` can draw on images of the given (height, width)
+    sizes: the largest :func:`crop_window` over the distinct sizes (host arithmetic, e.g. once per batch)."""
+    return max(crop_window(h, w, ratio, scale) for h, w in set(sizes))

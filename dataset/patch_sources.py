@@ -49,7 +49,7 @@ from torchvision.transforms import functional as TF
 
 from dataset.batched_pipeline import WholeImages, augment_crops, augment_images, augment_whole_images
 from dataset.catalog import DataSpec, augmentation_kind, unwrap_subsets
-from dataset.draws import Randomness
+from dataset.draws import Randomness, crop_window_sized
 from dataset.pil_pipeline import (
     CROP_RATIO,
     DEFAULT_CROP_SCALE,
@@ -59,7 +59,6 @@ from dataset.pil_pipeline import (
     patch_transform,
 )
 from dataset.pixels import in_memory_pixels
-from dataset.resampling import crop_window_sized
 from dataset.sampler import ResumableSampler
 from dataset.seeding import KeyedUniform, SeededPatches, step_seed
 from plumbing.errors import UserError

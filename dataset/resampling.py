@@ -35,9 +35,8 @@ against RandomResizedCrop + PILToTensor per patch: 64×64 1279 patches/s float, 
 350×400 593 float, 529 exact, PIL 1643 (0.36× PIL); chunks of CHUNK_BYTES["cpu"] are the fastest
 of 4 MiB … 1 GiB.
 
-**Draws.** :func:`sample_crops_sized` is :func:`dataset.draws.sample_crops` with a height and width
-per patch: the same uniforms in the same order, so on equal sizes it gives sample_crops' boxes
-exactly. :func:`crop_window_sized` bounds the box sides over a set of image sizes.
+**Draws.** The boxes come from :func:`dataset.draws.sample_crops` with each patch's image size, and
+:func:`dataset.draws.crop_window_sized` bounds their sides over a set of image sizes.
 
 Images of different sizes come as one batch padded to the largest height and width: a box never
 leaves its image, so the padding is never read, and the patches equal those of each image alone.
@@ -45,13 +44,11 @@ leaves its image, so the padding is never read, and the patches equal those of e
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
 
 import torch
 from PIL import __version__ as PILLOW_VERSION
 
-from dataset.draws import CROP_TRIES, CropParams, Randomness, as_draw, crop_window
-from dataset.pil_pipeline import CROP_SCALE, P_FLIP
+from dataset.draws import CropParams
 
 FILTER_RADIUS = {"bilinear": 1.0, "bicubic": 2.0}  # Pillow's filter supports at scale 1
 CUBIC_A = -0.5  # Pillow's bicubic: Keys' cubic convolution with a = −½
@@ -222,45 +219,3 @@ def resized_crops(images: torch.Tensor, crop: CropParams, size: int, filter: str
         x = pixels[source.view(-1, 1, 1), rows.view(-1, 1, window), cols.view(-1, window, 1)]  # (n, L, L, C) transposed
         out[start:start + len(part.top)] = _chunk_patches(x, part, size, filter, window, exact)
     return out
-
-
-def sample_crops_sized(heights: torch.Tensor, widths: torch.Tensor, ratio: tuple[float, float],
-                       generator: Randomness, scale: tuple[float, float] = CROP_SCALE) -> CropParams:
-    """One draw of torchvision's RandomResizedCrop box and of the flip per patch, on an image of
-    heights[n]×widths[n] pixels (N,) each: :func:`dataset.draws.sample_crops` with sizes per patch.
-
-    Ten tries of area a ~ U(scale)·H·W and ratio r log-uniform in ``ratio``, w = round(√(a·r)),
-    h = round(√(a/r)); the first try with 0 < w ≤ W and 0 < h ≤ H is placed at top ~ U{0 … H − h},
-    left ~ U{0 … W − w}; if none fits, the central crop of the whole image clamped to the ratio
-    range (W/H < r_min: w = W, h = round(W/r_min); W/H > r_max: h = H, w = round(H·r_max)), the
-    ratio tests in float64 as torchvision's. The uniforms are drawn as sample_crops draws them.
-    """
-    rand = as_draw(generator)
-    n = len(heights)
-    height, width = heights.view(-1, 1), widths.view(-1, 1)  # (n, 1)
-    area = height * width * (rand(n, CROP_TRIES) * (scale[1] - scale[0]) + scale[0])  # (n, tries)
-    log_ratio = (math.log(ratio[0]), math.log(ratio[1]))
-    aspect = torch.exp(rand(n, CROP_TRIES) * (log_ratio[1] - log_ratio[0]) + log_ratio[0])
-    w = torch.round(torch.sqrt(area * aspect)).long()
-    h = torch.round(torch.sqrt(area / aspect)).long()
-    fits = (w > 0) & (w <= width) & (h > 0) & (h <= height)  # (n, tries)
-    first = fits.int().argmax(1, keepdim=True)  # (n, 1) the first fitting try
-    w, h = w.gather(1, first).squeeze(1), h.gather(1, first).squeeze(1)  # (n,)
-    in_ratio = widths.double() / heights.double()
-    fallback_w = torch.where(in_ratio <= ratio[1], widths, torch.round(heights.double() * ratio[1]).long())
-    fallback_h = torch.where(in_ratio >= ratio[0], heights, torch.round(widths.double() / ratio[0]).long())
-    found = fits.any(1)
-    w, h = torch.where(found, w, fallback_w), torch.where(found, h, fallback_h)
-    u = rand(n, 2)  # (n, 2) uniform offsets
-    top = torch.where(found, torch.minimum((u[:, 0] * (heights - h + 1)).long(), heights - h), (heights - h) // 2)
-    left = torch.where(found, torch.minimum((u[:, 1] * (widths - w + 1)).long(), widths - w), (widths - w) // 2)
-    flip = rand(n) < P_FLIP
-    return CropParams(top, left, h, w, flip)
-
-
-def crop_window_sized(sizes: Iterable[tuple[int, int]], ratio: tuple[float, float],
-                      scale: tuple[float, float] = CROP_SCALE) -> int:
-    """A bound on every box side :func:`sample_crops_sized` can draw on images of the given
-    (height, width) sizes: the largest :func:`dataset.draws.crop_window` over the distinct sizes
-    (host arithmetic, e.g. once per data set)."""
-    return max(crop_window(h, w, ratio, scale) for h, w in set(sizes))

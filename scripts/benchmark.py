@@ -68,10 +68,11 @@ from torch.utils.data import Dataset  # noqa: E402
 from build import patch_shape, training_patches  # noqa: E402
 from dataset import AUGMENTS, PatchRecipe, TrainingPatches, load_split  # noqa: E402
 from dataset.catalog import DATA_DEFAULTS  # noqa: E402
+from dataset.draws import crop_window_sized, sample_crops  # noqa: E402
 from dataset.images import load_image  # noqa: E402
 from dataset.pil_pipeline import CROP_RATIO  # noqa: E402
 from dataset.pixels import CACHE_ENV  # noqa: E402
-from dataset.resampling import crop_window_sized, resized_crops, sample_crops_sized  # noqa: E402
+from dataset.resampling import resized_crops  # noqa: E402
 from dataset.sampler import ResumableSampler  # noqa: E402
 from engine import NonFiniteGuard, Training, seed_everything  # noqa: E402
 from loss import total_coding_rate  # noqa: E402
@@ -465,7 +466,7 @@ def crop_stage(paths: list[Path], recipe: PatchRecipe, repeats: int, device: tor
     """The crops alone of (5), without decoding, loader or photometric half, on one CPU thread (on a
     CPU: per core), for P patches of each of the decoded images at `paths`: worker crops are the
     workers' per-patch transform (RandomResizedCrop, flip, PILToTensor; recipe.worker_transform)
-    in this process; device crops are the box draws (resampling.sample_crops_sized) and
+    in this process; device crops are the box draws (draws.sample_crops on each image's size) and
     resampling.resized_crops of the images as one padded uint8 batch on the device, Pillow-exact
     (as the device-crop path cuts them) and in float32 (resized_crops' default). Patches per
     second, the median of `repeats` timings taken in turns, and each device / worker ratio."""
@@ -483,7 +484,7 @@ def crop_stage(paths: list[Path], recipe: PatchRecipe, repeats: int, device: tor
 
     def device_crops(exact: bool) -> Callable[[], torch.Tensor]:
         def crop() -> torch.Tensor:  # (P·B, 3, S, S); patch n is cut from image n mod B
-            boxes = sample_crops_sized(heights.repeat(p), widths.repeat(p), ratio, generator, scale)
+            boxes = sample_crops(len(heights) * p, heights.repeat(p), widths.repeat(p), ratio, generator, scale)
             return resized_crops(padded, boxes, recipe.size, CROP_FILTER[recipe.kind], window, exact)
         return crop
 

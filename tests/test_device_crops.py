@@ -72,21 +72,21 @@ class TestCropsAreThePILCrops:
 
     def test_the_imagenet_path_draws_torchvisions_boxes_at_the_recipe_scale(self, tmp_path: Path,
                                                                             monkeypatch) -> None:
-        """The boxes come from resampling.sample_crops_sized (its law is torchvision's:
+        """The boxes come from draws.sample_crops on each image's own size (its law is torchvision's:
         tests/test_resampling.py TestBoxDraws, KS at α = 10⁻³) with the ImageNet ratio and the recipe's
         --crop_scale, on each image's own size."""
         calls = []
-        real = batched_pipeline.sample_crops_sized
+        real = batched_pipeline.sample_crops
 
-        def spy(heights, widths, ratio, generator, scale):
-            calls.append((heights.tolist(), widths.tolist(), ratio, scale))
-            return real(heights, widths, ratio, generator, scale)
+        def spy(n, heights, widths, ratio, generator, scale):
+            calls.append((n, heights.tolist(), widths.tolist(), ratio, scale))
+            return real(n, heights, widths, ratio, generator, scale)
 
-        monkeypatch.setattr(batched_pipeline, "sample_crops_sized", spy)
+        monkeypatch.setattr(batched_pipeline, "sample_crops", spy)
         dataset = load_split("tinyimagenet", folder(tmp_path, [(64, 64)]), "train")
         recipe = PatchRecipe.of("tinyimagenet", "batched", P, seed=0, crop_scale=0.5)
         next(iter(TrainingPatches(dataset, recipe, ResumableSampler(2, 2), 0, CPU)))
-        assert calls == [([64] * 4, [64] * 4, (3 / 4, 4 / 3), (0.5, 0.5))]
+        assert calls == [(4, [64] * 4, [64] * 4, (3 / 4, 4 / 3), (0.5, 0.5))]
 
 
 def training(root: Path, data: str = "tinyimagenet", bs: int = 4, **kw) -> TrainingPatches:

@@ -12,8 +12,8 @@ from PIL import Image
 from torchvision.transforms import InterpolationMode, RandomResizedCrop
 
 from dataset import image_ops, resampling
-from dataset.draws import CropParams, crop_window, sample_crops
-from dataset.resampling import crop_window_sized, resized_crops, sample_crops_sized
+from dataset.draws import CropParams, crop_window, crop_window_sized, sample_crops
+from dataset.resampling import resized_crops
 from plumbing.host_sync import HostSyncs
 
 IMAGENET_RATIO = (3 / 4, 4 / 3)
@@ -69,14 +69,14 @@ def noise(b: int, height: int, width: int, seed: int = 0) -> torch.Tensor:
 def boxes(b: int, p: int, height: int, width: int, scale: tuple[float, float], ratio=IMAGENET_RATIO) -> CropParams:
     """P·B boxes with random flips on b height×width images."""
     n = b * p
-    return sample_crops_sized(torch.full((n,), height), torch.full((n,), width), ratio,
-                              torch.Generator().manual_seed(1), scale)
+    return sample_crops(n, torch.full((n,), height), torch.full((n,), width), ratio,
+                        torch.Generator().manual_seed(1), scale)
 
 
 class TestBoxDraws:
     def test_equal_sizes_give_the_boxes_of_sample_crops(self) -> None:
-        ours = sample_crops_sized(torch.full((500,), 350), torch.full((500,), 400), IMAGENET_RATIO,
-                                  torch.Generator().manual_seed(3), (0.08, 1.0))
+        ours = sample_crops(500, torch.full((500,), 350), torch.full((500,), 400), IMAGENET_RATIO,
+                            torch.Generator().manual_seed(3), (0.08, 1.0))
         theirs = sample_crops(500, 350, 400, IMAGENET_RATIO, torch.Generator().manual_seed(3), (0.08, 1.0))
         for field in ("top", "left", "height", "width", "flip"):
             assert torch.equal(getattr(ours, field), getattr(theirs, field)), field
@@ -87,8 +87,8 @@ class TestBoxDraws:
         the law of torchvision's get_params (KS distance within the bound at α = 10⁻³)."""
         which = torch.arange(N_DRAWS * len(SIZES)) % len(SIZES)  # (3·N,) the size of every patch
         sizes = torch.tensor(SIZES)[which]  # (3·N, 2)
-        ours = as_boxes(sample_crops_sized(sizes[:, 0], sizes[:, 1], IMAGENET_RATIO,
-                                           torch.Generator().manual_seed(0), scale))
+        ours = as_boxes(sample_crops(len(sizes), sizes[:, 0], sizes[:, 1], IMAGENET_RATIO,
+                                     torch.Generator().manual_seed(0), scale))
         bound = ks_bound(N_DRAWS, N_DRAWS)
         for k, (height, width) in enumerate(SIZES):
             theirs = torchvision_boxes(height, width, scale, N_DRAWS, seed=k)
@@ -101,8 +101,8 @@ class TestBoxDraws:
         """On 40×400 (and 400×40) most tries do not fit: the central box clamped to the ratio range
         comes as often as torchvision's (within 4 binomial standard deviations) and is the same box."""
         n = 4000
-        ours = as_boxes(sample_crops_sized(torch.full((n,), height), torch.full((n,), width), IMAGENET_RATIO,
-                                           torch.Generator().manual_seed(0), (0.08, 1.0)))
+        ours = as_boxes(sample_crops(n, torch.full((n,), height), torch.full((n,), width), IMAGENET_RATIO,
+                                     torch.Generator().manual_seed(0), (0.08, 1.0)))
         theirs = torchvision_boxes(height, width, (0.08, 1.0), n, seed=0)
         h = height if width / height > 4 / 3 else round(width / (3 / 4))
         w = width if width / height < 3 / 4 else round(height * 4 / 3)
@@ -116,7 +116,8 @@ class TestBoxDraws:
     def test_boxes_fit_the_window_of_their_sizes(self) -> None:
         sizes = torch.tensor(SIZES * 2000)  # (6000, 2)
         for scale in ((0.25, 0.25), (0.08, 1.0)):
-            crop = sample_crops_sized(sizes[:, 0], sizes[:, 1], IMAGENET_RATIO, torch.Generator().manual_seed(0), scale)
+            crop = sample_crops(len(sizes), sizes[:, 0], sizes[:, 1], IMAGENET_RATIO,
+                                torch.Generator().manual_seed(0), scale)
             window = crop_window_sized(SIZES, IMAGENET_RATIO, scale)
             assert torch.cat([crop.height, crop.width]).max() <= window
             assert (crop.top + crop.height <= sizes[:, 0]).all() and (crop.left + crop.width <= sizes[:, 1]).all()
@@ -201,8 +202,8 @@ class TestFlipAndPadding:
             padded[k, :, :h, :w] = alone[k]
         p = 5
         per_patch = torch.tensor(sizes * p)  # (P·B, 2) patch-major
-        crop = sample_crops_sized(per_patch[:, 0], per_patch[:, 1], IMAGENET_RATIO, torch.Generator().manual_seed(0),
-                                  (0.08, 1.0))
+        crop = sample_crops(len(per_patch), per_patch[:, 0], per_patch[:, 1], IMAGENET_RATIO,
+                            torch.Generator().manual_seed(0), (0.08, 1.0))
         window = crop_window_sized(sizes, IMAGENET_RATIO, (0.08, 1.0))
         together = resized_crops(padded, crop, 48, "bicubic", window, exact)
         for k in range(3):
@@ -219,7 +220,7 @@ class TestNoHostSyncs:
         images = noise(4, 60, 50)
         sizes = torch.tensor([[60, 50], [40, 50], [60, 30], [20, 20]]).repeat(3, 1)  # (12, 2) patch-major
         with HostSyncs() as h:
-            crop = sample_crops_sized(sizes[:, 0], sizes[:, 1], IMAGENET_RATIO, torch.Generator().manual_seed(0),
-                                      (0.08, 1.0))
+            crop = sample_crops(len(sizes), sizes[:, 0], sizes[:, 1], IMAGENET_RATIO, torch.Generator().manual_seed(0),
+                                (0.08, 1.0))
             out = resized_crops(images, crop, 24, "bicubic", 60, exact)
         assert h.syncs == [] and out.shape == (12, 3, 24, 24)
