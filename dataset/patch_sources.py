@@ -255,6 +255,15 @@ def finish_whole(batch: HostWholeImages, recipe: PatchRecipe, device: torch.devi
                                 recipe.scale)
 
 
+def finish_batch(batch: tuple | list, whole: bool, recipe: PatchRecipe, device: torch.device, randomness: Randomness,
+                 global_batch: int | None = None, first: int = 0) -> torch.Tensor:
+    """A loader batch made into its patches (P·B, 3, S, S) on the device: whole images
+    (:func:`finish_whole`) or the crops the workers cut, its first item (:func:`finish`)."""
+    if whole:
+        return finish_whole(batch, recipe, device, randomness, global_batch, first)
+    return finish(batch[0], recipe, device, randomness, global_batch, first)
+
+
 def device_bytes(batch: tuple | list) -> int:
     """The bytes of a loader batch that go to the device: every tensor but the labels (its last item)."""
     tensors = [t for item in batch[:-1] for t in (item if isinstance(item, (list, tuple)) else [item])]
@@ -327,8 +336,7 @@ class TrainingPatches:
         else:
             for step, batch in enumerate(self.loader, start=self.start_step):
                 self.moved = device_bytes(batch)
-                make, taken = (finish_whole, batch) if self.whole else (finish, batch[0])
-                x = make(taken, self.recipe, self.device, self._generator(step), **share)
+                x = finish_batch(batch, self.whole, self.recipe, self.device, self._generator(step), **share)
                 yield x.contiguous(memory_format=self.memory_format)  # (P·B/W, 3, S, S)
 
 
@@ -371,6 +379,5 @@ class EvaluationPatches:
             for start, batch in zip(starts, self.loader):
                 labels = batch[-1]  # (B,)
                 draws = KeyedUniform(self.recipe.seed, self.keys[start:start + len(labels)], p)
-                make, taken = (finish_whole, batch) if self.whole else (finish, batch[0])
-                x = make(taken, self.recipe, self.device, draws)
+                x = finish_batch(batch, self.whole, self.recipe, self.device, draws)
                 yield x.view(p, -1, *x.shape[1:]), labels  # (P, B, 3, S, S)
