@@ -316,9 +316,10 @@ def main(args: argparse.Namespace) -> None:
                   f"sweep.py command again to continue it", file=sys.stderr, flush=True)
             raise
         runs.append(run_record(run_plan, evaluate_run(run_plan)))
-        write_or_print(plan.result, json.dumps(summarise(plan, args, runs), indent=2) + "\n", "--out")
+        record = summarise(plan, args, runs)
+        write_or_print(plan.result, json.dumps(record, indent=2) + "\n", "--out")
     picture = plan.result.with_suffix(".png")
-    drawn = plot(summarise(plan, args, runs), picture)
+    drawn = plot(record, picture)
     print(f"results: {plan.result}" + (f" and {picture}" if drawn else ""))
 
 
