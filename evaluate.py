@@ -49,8 +49,7 @@ from dataset.catalog import (
     PATCH_KINDS,
     DataSpec,
     patch_size_flag,
-    patch_spec,
-    patches_before_the_flags,
+    resolve_patches,
 )
 from dataset.patch_sources import DEFAULT_AUGMENT, DEFAULT_CROP_SCALE, crop_scale_flag
 from dataset.seeding import eval_seed
@@ -209,20 +208,6 @@ def build_encoder(args: argparse.Namespace) -> tuple[Encoder, dict[str, Any]]:
     return model.eval(), record
 
 
-def resolve_patches(args: argparse.Namespace, trained: dict[str, Any]) -> DataSpec:
-    """Set --patch_kind and --patch_size to the evaluation's values and return them: as given, else as
-    the checkpoint was trained (build_encoder filled them from its args; a checkpoint older than the
-    flags: what its --data gave then), else (an official checkpoint, --random_init without one) from
-    the evaluated data, as main.py resolves them (dataset.catalog.patch_spec)."""
-    before = patches_before_the_flags(trained["data"]) if "data" in trained else None
-    if before is not None:
-        args.patch_kind = before.kind if args.patch_kind is None else args.patch_kind
-        args.patch_size = before.size if args.patch_size is None else args.patch_size
-    spec = patch_spec(args.data, args.data_dir, args.patch_kind, args.patch_size)
-    args.patch_kind, args.patch_size = spec.kind, spec.size
-    return spec if before is None else DataSpec(spec.kind, spec.size, "as the checkpoint was trained")
-
-
 def protocol(args: argparse.Namespace) -> dict[str, Any]:
     """The flags that define what an evaluation computes, as given (before the checkpoint fills the
     unset ones) and as JSON holds them: every flag but RUNNING_FLAGS."""
@@ -371,7 +356,7 @@ def main(args: argparse.Namespace) -> None:
     torch.backends.cudnn.benchmark = True  # evaluation shapes are fixed: cuDNN times its kernels once per shape
     both_given = args.patch_kind is not None and args.patch_size is not None
     model, record = build_encoder(args)
-    patches = resolve_patches(args, {} if both_given else record["args"])
+    patches = resolve_patches(args, None if both_given else record["args"], "as the checkpoint was trained")
     output, cache_folder, prefix = output_paths(args)
     cache = FeatureCache(cache_folder, prefix, weights_identity(args), check_outputs(args, output, cache_folder))
     model.to(device)

@@ -43,10 +43,9 @@ from dataset.catalog import (
     DATA_DEFAULTS,
     MIN_PATCH_SIZE,
     PATCH_KINDS,
-    DataSpec,
     patch_size_flag,
-    patch_spec,
     patches_before_the_flags,
+    resolve_patches,
 )
 from dataset.patch_sources import DEFAULT_AUGMENT, DEFAULT_CROP_SCALE, crop_scale_flag
 from engine import NonFiniteGuard, Schedule, StepLog, Training, fit, seed_everything
@@ -329,20 +328,6 @@ def changed_flags(saved: dict[str, Any], args: argparse.Namespace) -> str:
     return ", ".join(f"--{k} {saved[k]} (now {getattr(args, k)})" for k in changed)
 
 
-def resolve_patches(args: argparse.Namespace, saved: dict[str, Any] | None) -> DataSpec:
-    """Set --patch_kind and --patch_size to the values the run uses, so that args.json and every
-    checkpoint hold them: as given; else, resuming, the checkpoint's (saved: its args; one older than
-    the flags: what its --data gave, BEFORE_THE_FLAG); else from the data (dataset.catalog.patch_spec:
-    an image folder's from its training images' headers). Returns them with where they came from."""
-    recorded = trained_with(saved) if saved is not None else {}
-    for name in FROM_THE_RUN:
-        if getattr(args, name) is None and name in recorded:
-            setattr(args, name, recorded[name])
-    spec = patch_spec(args.data, args.data_dir, args.patch_kind, args.patch_size)
-    args.patch_kind, args.patch_size = spec.kind, spec.size
-    return spec if saved is None else DataSpec(spec.kind, spec.size, "as the run being resumed was trained")
-
-
 def resume_state(args: argparse.Namespace, run_dir: Path) -> dict[str, Any] | None:
     """The checkpoint to resume from, or None for a new run; refuse to overwrite an existing run.
     A run that torchrun restarts after a failure (--max_restarts) resumes from its last.pt as if
@@ -448,7 +433,8 @@ def main(args: argparse.Namespace) -> None:
     device = distributed.setup(resolve_device(args.device), args.dist_backend, args.dist_timeout, args.sync_bn)
     state = distributed.fail_together(lambda: resume_state(args, run_dir))  # every rank reads last.pt
     saved = None if state is None else state.get("args", {})
-    spec = distributed.fail_together(lambda: resolve_patches(args, saved))  # before the run folder is made
+    spec = distributed.fail_together(  # before the run folder is made; a resumed run's own patches where not given
+        lambda: resolve_patches(args, saved, "as the run being resumed was trained"))
     distributed.on_main(check_writable, run_dir, "--output_dir", "the run folder")  # before any data is read
     seed_everything(args.seed, args.deterministic)
 

@@ -137,6 +137,22 @@ def patch_spec(data: str, data_dir: pathlib.Path | None, kind: str | None = None
                     f"--patch_kind as given; the size {found.origin if kind == found.kind else 'its official one'}")
 
 
+def resolve_patches(args: argparse.Namespace, recorded: dict | None, origin: str) -> DataSpec:
+    """Set args.patch_kind and args.patch_size to the values a run or an evaluation uses, and return
+    them: as given; else as a run's record says (``recorded``: a checkpoint's training args, its
+    patch_kind and patch_size, or for a record older than those flags what its --data gave,
+    :func:`patches_before_the_flags`); else from the data (:func:`patch_spec`: an image folder's from
+    its images). Values taken from a record are described by ``origin``."""
+    follows = recorded is not None and "data" in recorded
+    if follows:
+        before = patches_before_the_flags(recorded["data"])
+        args.patch_kind = recorded.get("patch_kind", before.kind) if args.patch_kind is None else args.patch_kind
+        args.patch_size = recorded.get("patch_size", before.size) if args.patch_size is None else args.patch_size
+    spec = patch_spec(args.data, args.data_dir, args.patch_kind, args.patch_size)
+    args.patch_kind, args.patch_size = spec.kind, spec.size
+    return DataSpec(spec.kind, spec.size, origin) if follows else spec
+
+
 def _cifar(name: str, root: pathlib.Path, train: bool, transform: Callable | None,
            download: bool) -> Dataset:
     """torchvision CIFAR rooted at ``root``; on failure, remove what this call created.
