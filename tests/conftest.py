@@ -3,7 +3,9 @@ write the image folders that folder data sets read."""
 from __future__ import annotations
 
 import importlib
+import os
 import pickle
+import signal
 import subprocess
 import sys
 from collections.abc import Sequence
@@ -156,3 +158,19 @@ def clusters(n: int, num_classes: int = 10, dim: int = 32, noise: float = 0.1,
                                             dim=1)  # (C, dim), the same for every split
     labels = torch.randint(num_classes, (n,), generator=g)
     return centres[labels] + noise * torch.randn(n, dim, generator=g), labels
+
+
+def sigterm_after_first_step(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Make the next engine.train_step send this process a SIGTERM once it is done, as a scheduler
+    would mid-run: main.py's Preemption catches it and stops at that step's boundary; later steps
+    run as usual."""
+    import engine
+    step = engine.train_step
+
+    def step_then_sigterm(*args, **kwargs):
+        monkeypatch.setattr(engine, "train_step", step)
+        stats = step(*args, **kwargs)
+        os.kill(os.getpid(), signal.SIGTERM)
+        return stats
+
+    monkeypatch.setattr(engine, "train_step", step_then_sigterm)

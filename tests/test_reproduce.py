@@ -3,17 +3,21 @@ whole chain at --smoke size."""
 from __future__ import annotations
 
 import json
-import os
 import shlex
-import signal
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import ROOT, TINY_RUN, assert_one_line_error, write_cifar_batches, write_image_folder
+from conftest import (
+    ROOT,
+    TINY_RUN,
+    assert_one_line_error,
+    sigterm_after_first_step,
+    write_cifar_batches,
+    write_image_folder,
+)
 from PIL import Image
 
-import engine
 import evaluate
 import main
 from scripts.reproduce import SMOKE_FOLDERS, write_smoke_folder
@@ -213,15 +217,7 @@ class TestSmoke:
             self, cli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
         """A SIGTERM after the first of the epoch's two steps: main.py saves last.pt and stops, and
         reproduce.py ends with 143 and one line, without evaluating; run again, it resumes and evaluates."""
-        step = engine.train_step
-
-        def sigterm_after_first_step(*args, **kwargs):
-            monkeypatch.setattr(engine, "train_step", step)
-            stats = step(*args, **kwargs)
-            os.kill(os.getpid(), signal.SIGTERM)  # caught by main.py's Preemption, read at the step boundary
-            return stats
-
-        monkeypatch.setattr(engine, "train_step", sigterm_after_first_step)
+        sigterm_after_first_step(monkeypatch)
         command = ["scripts.reproduce", "cifar10-1ep", "--smoke", "--train_args", "--train_subset 32 --log_every 1"]
         stopped = cli(*command)
         assert stopped.returncode == 143, stopped.stderr

@@ -7,7 +7,6 @@ import json
 import os
 import shlex
 import shutil
-import signal
 import sys
 import time
 from fractions import Fraction
@@ -15,7 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import ROOT, TINY_RUN, assert_one_line_error
+from conftest import ROOT, TINY_RUN, assert_one_line_error, sigterm_after_first_step
 from PIL import Image
 
 import evaluate
@@ -246,16 +245,7 @@ class TestSmoke:
         sweep ends with 143 without evaluating it; the same command then trains its second epoch only."""
         folder = fresh_copy(smoke, tmp_path)
         shutil.rmtree(folder / "logs/sweep/patches-cpu-smoke/p32")
-        import engine
-        step = engine.train_step
-
-        def sigterm_after_first_step(*args, **kwargs):
-            monkeypatch.setattr(engine, "train_step", step)
-            stats = step(*args, **kwargs)
-            os.kill(os.getpid(), signal.SIGTERM)  # caught by main.py's Preemption, read at the step boundary
-            return stats
-
-        monkeypatch.setattr(engine, "train_step", sigterm_after_first_step)
+        sigterm_after_first_step(monkeypatch)
         capsys.readouterr()
         assert run_sweep(folder, "patches-cpu", "--smoke") == 143
         assert capsys.readouterr().err.strip().splitlines()[-1].startswith("sweep: SIGTERM stopped the training of p32")
